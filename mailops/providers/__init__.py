@@ -1,0 +1,1 @@
+"""How accounts authenticate: OAuth (Microsoft, Google) or a password (manual)."""

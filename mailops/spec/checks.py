@@ -1,0 +1,202 @@
+"""Checks that need the whole spec, and the filling of server defaults.
+
+Each check reports through :class:`mailops.spec.loader.Report`, which locates the
+problem in its file, so every message ends up as ``FILE:LINE:COL: path: message``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mailops.providers.presets import preset_for
+from mailops.spec.htmltemplate import check_html_template
+from mailops.spec.loader import ACCOUNTS_FILE, DEFAULTS_FILE, Report, SpecParts
+from mailops.spec.models import TEMPLATE_VARIABLES, Account, Spec
+
+_PLACEHOLDER = re.compile(r"\{([^{}\s]*)\}")
+_ALLOWED_VARIABLES = ", ".join("{" + name + "}" for name in TEMPLATE_VARIABLES)
+
+
+def check_spec(parts: SpecParts, config_dir: Path, report: Report) -> Spec | None:
+    """Run every cross-check; return the complete spec, or None when anything is wrong."""
+    accounts = [(index, _fill_account(index, account, report)) for index, account in parts.accounts]
+    _check_duplicate_addresses(accounts, report)
+    _check_references(accounts, parts, report)
+    _check_template_variables(accounts, parts, report)
+    _check_html_template(parts, config_dir, report)
+    _check_secret_files(accounts, config_dir, report)
+    _check_policies(accounts, parts, report)
+    _check_autoreplies(accounts, report)
+    if report.problems or parts.defaults is None:
+        return None
+    return Spec(
+        accounts=tuple(account for _, account in accounts),
+        projects=parts.projects,
+        defaults=parts.defaults,
+        employees=parts.employees,
+        queues=tuple(parts.queues),
+        policies=parts.policies,
+    )
+
+
+def _fill_account(index: int, account: Account, report: Report) -> Account:
+    """Complete an account: OAuth names and servers from the provider, manual servers from a preset."""
+    path = ("accounts", index)
+    updates: dict[str, object] = {}
+    if account.is_oauth:
+        if account.password is not None:
+            report.problem(
+                ACCOUNTS_FILE,
+                path + ("password",),
+                f"{account.provider} accounts connect by OAuth consent (`mailops connect`), not a password; "
+                "remove `password`",
+                at_key=True,
+            )
+        if account.display_name is None:
+            updates["display_name"] = account.address.partition("@")[0]
+        if account.username is None:
+            updates["username"] = account.address
+    else:
+        for name in ("display_name", "username", "password"):
+            if getattr(account, name) is None:
+                report.problem(ACCOUNTS_FILE, path + (name,), "required for manual accounts")
+    missing_servers = [name for name in ("imap", "smtp") if getattr(account, name) is None]
+    if missing_servers:
+        preset = preset_for(account.provider, account.address)
+        if preset is not None:
+            updates.update({name: getattr(preset, name) for name in missing_servers})
+            source = f"{account.provider} defaults" if account.is_oauth else f"preset {preset.name}"
+            filled = [name for name in ("display_name", "username") if name in updates] + missing_servers
+            report.note(ACCOUNTS_FILE, path, f"filled {', '.join(filled)} from {source}")
+        else:
+            domain = account.address.partition("@")[2]
+            for name in missing_servers:
+                report.problem(
+                    ACCOUNTS_FILE,
+                    path + (name,),
+                    f"required for manual accounts: no preset is known for `{domain}`; "
+                    "give host, port and encryption",
+                )
+    elif "display_name" in updates:
+        report.note(ACCOUNTS_FILE, path, "filled display_name from the address's local part")
+    return account.model_copy(update=updates) if updates else account
+
+
+def _check_duplicate_addresses(accounts: list[tuple[int, Account]], report: Report) -> None:
+    first_seen: dict[str, int] = {}
+    document = report.documents[ACCOUNTS_FILE]
+    for index, account in accounts:
+        key = account.address.lower()
+        if key in first_seen:
+            line, column = document.position(("accounts", first_seen[key], "address"))
+            report.problem(
+                ACCOUNTS_FILE,
+                ("accounts", index, "address"),
+                f"duplicate address `{account.address}`; already declared at {document.display_name}:{line}:{column} "
+                "(addresses are compared without regard to case)",
+            )
+        else:
+            first_seen[key] = index
+
+
+def _check_references(accounts: list[tuple[int, Account]], parts: SpecParts, report: Report) -> None:
+    def missing_account(file: str, path: tuple, address: str) -> None:
+        if ACCOUNTS_FILE not in parts.unreadable_files and address.lower() not in parts.declared_addresses:
+            report.problem(file, path, f"`{address}` is not a declared account; declare it under `accounts:` first")
+
+    if parts.defaults is not None:
+        missing_account(DEFAULTS_FILE, ("defaults", "email"), parts.defaults.email)
+    for code, link in parts.projects.items():
+        missing_account(ACCOUNTS_FILE, ("projects", code, "email"), link.email)
+    defaults_known = DEFAULTS_FILE not in parts.unreadable_files
+    for index, account in accounts:
+        ticket = account.ticket
+        if ticket.default_project is not None and ticket.default_project not in parts.declared_projects:
+            report.problem(
+                ACCOUNTS_FILE,
+                ("accounts", index, "ticket", "default_project"),
+                f"unknown project `{ticket.default_project}`; declare it under `projects:`",
+            )
+        if defaults_known and ticket.default_queue is not None and ticket.default_queue not in parts.declared_queues:
+            report.problem(
+                ACCOUNTS_FILE,
+                ("accounts", index, "ticket", "default_queue"),
+                f"unknown queue `{ticket.default_queue}`; declare it under `queues:` in {DEFAULTS_FILE}",
+            )
+        for position, name in enumerate(account.visible_to):
+            if defaults_known and name not in parts.declared_principals:
+                report.problem(
+                    ACCOUNTS_FILE,
+                    ("accounts", index, "visible_to", position),
+                    f"`{name}` is neither an employee nor a group declared under `employees:`",
+                )
+
+
+def _check_template_variables(accounts: list[tuple[int, Account]], parts: SpecParts, report: Report) -> None:
+    texts: list[tuple[str, tuple, str]] = [
+        (ACCOUNTS_FILE, ("accounts", index, "signature"), account.signature) for index, account in accounts
+    ]
+    if parts.defaults is not None:
+        texts += [
+            (DEFAULTS_FILE, ("defaults", "signature"), parts.defaults.signature),
+            (DEFAULTS_FILE, ("defaults", "greeting"), parts.defaults.greeting),
+        ]
+    for file, path, text in texts:
+        for name in _PLACEHOLDER.findall(text):
+            if name not in TEMPLATE_VARIABLES:
+                report.problem(file, path, f"unknown variable {{{name}}}; allowed are {_ALLOWED_VARIABLES}")
+
+
+def _check_html_template(parts: SpecParts, config_dir: Path, report: Report) -> None:
+    if parts.defaults is None or parts.defaults.html_template is None:
+        return
+    relative = parts.defaults.html_template
+    path = ("defaults", "html_template")
+    try:
+        text = (config_dir / relative).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        report.problem(DEFAULTS_FILE, path, f"template file `{relative}` not found (paths are relative to the config dir)")
+        return
+    except (OSError, UnicodeDecodeError) as exc:
+        report.problem(DEFAULTS_FILE, path, f"cannot read template `{relative}`: {exc}")
+        return
+    for problem in check_html_template(text):
+        where = f"{relative}:{problem}" if problem[:1].isdigit() else f"{relative} {problem}"
+        report.problem(DEFAULTS_FILE, path, where)
+
+
+def _check_secret_files(accounts: list[tuple[int, Account]], config_dir: Path, report: Report) -> None:
+    for index, account in accounts:
+        if account.password is not None and account.password.file is not None:
+            if not (config_dir / account.password.file).is_file():
+                report.problem(
+                    ACCOUNTS_FILE,
+                    ("accounts", index, "password", "file"),
+                    f"secret file `{account.password.file}` not found (paths are relative to the config dir)",
+                )
+
+
+def _check_policies(accounts: list[tuple[int, Account]], parts: SpecParts, report: Report) -> None:
+    if not parts.policies.require_encryption:
+        return
+    for index, account in accounts:
+        for name in ("imap", "smtp"):
+            server = getattr(account, name)
+            if server is not None and server.encryption == "none":
+                report.problem(
+                    ACCOUNTS_FILE,
+                    ("accounts", index, name, "encryption"),
+                    "`none` is refused by policies.require_encryption; use ssl or starttls",
+                )
+
+
+def _check_autoreplies(accounts: list[tuple[int, Account]], report: Report) -> None:
+    for index, account in accounts:
+        if not account.autoreply.enabled:
+            continue
+        for name in ("subject", "body"):
+            if not getattr(account.autoreply, name).strip():
+                report.problem(
+                    ACCOUNTS_FILE, ("accounts", index, "autoreply", name), "required when the auto-reply is enabled"
+                )

@@ -1,0 +1,263 @@
+"""Loads the two spec files and reports every problem at once, each located in its file.
+
+The steps: parse both files round-trip (syntax, duplicate keys), validate each
+section with the pydantic models (item by item, so one broken account does not hide
+the others), run the cross-file checks, and fill server defaults from presets.
+Only a spec without a single problem comes out as a :class:`Spec`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import types
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+from mailops.errors import Diagnostic, SpecError
+from mailops.spec.models import (
+    Account,
+    AccountsFile,
+    DefaultsFile,
+    Employee,
+    Policies,
+    ProjectLink,
+    SendingDefaults,
+    Spec,
+)
+from mailops.spec.yamldoc import FieldPath, YamlDocument, load_document
+
+ACCOUNTS_FILE = "accounts.yaml"
+DEFAULTS_FILE = "defaults.yaml"
+FILE_MODELS: dict[str, type[BaseModel]] = {ACCOUNTS_FILE: AccountsFile, DEFAULTS_FILE: DefaultsFile}
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    spec: Spec
+    config_dir: Path
+    documents: dict[str, YamlDocument]
+    notes: list[Diagnostic]  # what was filled in, e.g. servers from a preset
+
+
+@dataclass
+class SpecParts:
+    """What validated, section by section, plus the names declared anywhere (even in broken items)."""
+
+    accounts: list[tuple[int, Account]] = field(default_factory=list)
+    projects: dict[str, ProjectLink] = field(default_factory=dict)
+    defaults: SendingDefaults | None = None
+    employees: dict[str, Employee] = field(default_factory=dict)
+    queues: list[str] = field(default_factory=list)
+    policies: Policies = field(default_factory=Policies)
+    declared_addresses: set[str] = field(default_factory=set)
+    declared_projects: set[str] = field(default_factory=set)
+    declared_queues: set[str] = field(default_factory=set)
+    declared_principals: set[str] = field(default_factory=set)
+    # Files that could not be read or parsed: references into them are not checked,
+    # since every name in them would look undeclared.
+    unreadable_files: set[str] = field(default_factory=set)
+
+
+class Report:
+    """Collects located problems and notes for both documents."""
+
+    def __init__(self, documents: dict[str, YamlDocument]):
+        self.documents = documents
+        self.problems: list[Diagnostic] = [p for d in documents.values() for p in d.problems]
+        self.notes: list[Diagnostic] = []
+
+    def problem(self, file: str, path: FieldPath, message: str, *, at_key: bool = False) -> None:
+        self.problems.append(self.documents[file].diagnostic(path, message, at_key=at_key))
+
+    def note(self, file: str, path: FieldPath, message: str) -> None:
+        self.notes.append(self.documents[file].diagnostic(path, message))
+
+
+def _display_name(config_dir: Path, name: str) -> str:
+    path = config_dir / name
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return str(path)
+
+
+def load_spec(config_dir: Path | str) -> LoadedSpec:
+    """Load and check the spec in ``config_dir``; raise :class:`SpecError` listing every problem."""
+    from mailops.spec.checks import check_spec  # the checks import presets, which import the models
+
+    config_dir = Path(config_dir)
+    documents = {name: load_document(config_dir / name, _display_name(config_dir, name)) for name in FILE_MODELS}
+    report = Report(documents)
+    parts = SpecParts()
+    for name, document in documents.items():
+        if document.problems or not isinstance(document.data, dict):
+            parts.unreadable_files.add(name)
+        if not document.problems:
+            _validate_document(name, document, parts, report)
+    spec = check_spec(parts, config_dir, report)
+    if report.problems or spec is None:
+        raise SpecError(report.problems)
+    return LoadedSpec(spec=spec, config_dir=config_dir, documents=documents, notes=sorted(report.notes))
+
+
+def _validate_document(name: str, document: YamlDocument, parts: SpecParts, report: Report) -> None:
+    model = FILE_MODELS[name]
+    data = document.data
+    sections = ", ".join(model.model_fields)
+    if data is None:
+        report.problem(name, (), f"file is empty; expected a mapping with the keys: {sections}")
+        return
+    if not isinstance(data, CommentedMap):
+        report.problem(name, (), f"expected a mapping with the keys: {sections}; got {_kind(data)}")
+        return
+    for key in data:
+        if key in model.model_fields:
+            continue
+        other = next((n for n, m in FILE_MODELS.items() if n != name and key in m.model_fields), None)
+        hint = f"`{key}` belongs in {other}" if other else _unknown_key_hint(key, model.model_fields)
+        report.problem(name, (key,), f"unknown key; {hint}", at_key=True)
+    for section, info in model.model_fields.items():
+        if section not in data:
+            if info.is_required():
+                report.problem(name, (), f"`{section}:` is required")
+            continue
+        _validate_section(name, section, data[section], info.annotation, parts, report)
+
+
+def _validate_section(
+    file: str, section: str, raw: Any, annotation: Any, parts: SpecParts, report: Report
+) -> None:
+    _collect_declared_names(section, raw, parts)
+    if section == "accounts" and isinstance(raw, list):
+        for index, item in enumerate(raw):
+            account = _validate(Account, item, file, (section, index), report)
+            if account is not None:
+                parts.accounts.append((index, account))
+        return
+    if section in ("projects", "employees") and isinstance(raw, dict):
+        # One entry at a time, so a broken entry leaves the others usable for cross-checks.
+        for key, value in raw.items():
+            entry = _validate(annotation, {key: value}, file, (section,), report)
+            if entry is not None:
+                getattr(parts, section).update(entry)
+        return
+    value = _validate(annotation, raw, file, (section,), report)
+    if value is not None:
+        setattr(parts, section, value)
+
+
+def _collect_declared_names(section: str, raw: Any, parts: SpecParts) -> None:
+    """Names that references may point to, taken from the raw YAML so broken entries still count."""
+    if section == "accounts" and isinstance(raw, list):
+        parts.declared_addresses |= {
+            item["address"].lower() for item in raw if isinstance(item, dict) and isinstance(item.get("address"), str)
+        }
+    elif section == "projects" and isinstance(raw, dict):
+        parts.declared_projects |= {str(key) for key in raw}
+    elif section == "queues" and isinstance(raw, list):
+        parts.declared_queues |= {str(item) for item in raw}
+    elif section == "employees" and isinstance(raw, dict):
+        parts.declared_principals |= {str(key) for key in raw}
+        for person in raw.values():
+            if isinstance(person, dict) and isinstance(person.get("groups"), list):
+                parts.declared_principals |= {str(group) for group in person["groups"]}
+
+
+def _validate(annotation: Any, raw: Any, file: str, prefix: FieldPath, report: Report) -> Any:
+    adapter = _adapter(annotation)
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            loc: FieldPath = prefix + tuple(error["loc"])
+            if error["type"] == "extra_forbidden":
+                owner = _model_at(annotation, tuple(error["loc"])[:-1])
+                fields = owner.model_fields if owner else {}
+                report.problem(file, loc, f"unknown field; {_unknown_key_hint(loc[-1], fields)}", at_key=True)
+            elif error["type"] == "missing":
+                report.problem(file, loc, "required field is missing")
+            else:
+                report.problem(file, loc, _message(error))
+        return None
+
+
+_ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
+
+
+def _adapter(annotation: Any) -> TypeAdapter[Any]:
+    key = repr(annotation)
+    if key not in _ADAPTERS:
+        _ADAPTERS[key] = TypeAdapter(annotation)
+    return _ADAPTERS[key]
+
+
+_EXPECTED_SHAPE = {"model_type": "a mapping", "model_attributes_type": "a mapping", "dict_type": "a mapping", "list_type": "a list"}
+
+
+def _message(error: Any) -> str:
+    """Pydantic's message, phrased for a YAML author. Never quotes the input (it may be a secret)."""
+    if error["type"] in _EXPECTED_SHAPE:
+        return f"expected {_EXPECTED_SHAPE[error['type']]}, got {_kind(error.get('input'))}"
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return message[:1].lower() + message[1:] if message[:2] != message[:2].upper() else message
+
+
+def _unknown_key_hint(key: object, known: Iterable[str]) -> str:
+    known = list(known)
+    close = difflib.get_close_matches(str(key), known, n=1)
+    if close:
+        return f"did you mean `{close[0]}`?"
+    return "expected one of: " + ", ".join(known) if known else "no keys are allowed here"
+
+
+def _model_at(annotation: Any, loc: FieldPath) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at ``loc`` under ``annotation``."""
+    current = annotation
+    for step in loc:
+        current = _unwrap(current)
+        origin = typing.get_origin(current)
+        if isinstance(step, int) and origin in (list, tuple):
+            current = typing.get_args(current)[0]
+        elif origin is dict:
+            current = typing.get_args(current)[1]
+        elif isinstance(current, type) and issubclass(current, BaseModel) and step in current.model_fields:
+            current = current.model_fields[step].annotation
+        else:
+            return None
+    current = _unwrap(current)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip ``Annotated[...]`` and ``X | None`` down to the interesting type."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            members = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = members[0]
+        else:
+            return annotation
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, CommentedSeq | list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if value is None:
+        return "nothing (null)"
+    for kind, name in ((bool, "a boolean"), (int, "a number"), (float, "a number"), (str, "a string")):
+        if isinstance(value, kind):
+            return name
+    return f"a {type(value).__name__}"

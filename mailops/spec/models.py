@@ -1,0 +1,228 @@
+"""The desired state: what `config/accounts.yaml` and `config/defaults.yaml` may say.
+
+Every field maps to a setting of the ERP's e-mail account screen (see DESIGN.md §3).
+The models check shapes and single values; checks that need the whole spec
+(references, duplicates, policies) live in :mod:`mailops.spec.checks`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+Provider = Literal["microsoft", "google", "manual"]
+OAUTH_PROVIDERS: frozenset[str] = frozenset({"microsoft", "google"})
+Encryption = Literal["ssl", "starttls", "none"]
+
+# The only placeholders the seed allows in signatures and greetings.
+TEMPLATE_VARIABLES: tuple[str, ...] = (
+    "MITARBEITER",
+    "MITARBEITER_TELEFON",
+    "MITARBEITER_MOBIL",
+    "MITARBEITER_EMAIL",
+    "MITARBEITER_TELEFAX",
+)
+# Where the HTML template puts the mail's content.
+CONTENT_PLACEHOLDER = "{CONTENT}"
+MAX_CC = 2
+
+
+def _check_address(value: str) -> str:
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise PydanticCustomError("email", "not a valid e-mail address: {reason}", {"reason": str(exc)}) from None
+
+
+EmailAddress = Annotated[str, AfterValidator(_check_address)]
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+
+def _check_cc(value: list[str]) -> list[str]:
+    if len(value) > MAX_CC:
+        raise PydanticCustomError(
+            "too_many_cc",
+            "at most {limit} copy recipients are allowed (Kopie-Empfänger 1 and 2), got {count}",
+            {"limit": MAX_CC, "count": len(value)},
+        )
+    return value
+
+
+class SpecModel(BaseModel):
+    # Unknown keys are typos (`retention_day`): refuse them instead of ignoring them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(SpecModel):
+    """Where a secret comes from. The spec never holds the secret itself."""
+
+    env: NonEmptyStr | None = Field(None, description="Name of the environment variable holding the secret.")
+    file: NonEmptyStr | None = Field(None, description="Path of a file holding the secret (relative to the config dir).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_literal(cls, value: object) -> object:
+        if isinstance(value, (str, int, float)):
+            raise PydanticCustomError(
+                "literal_secret",
+                "a literal password is not allowed in the spec; reference it as "
+                "{env: VARIABLE} or {file: PATH}",
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise PydanticCustomError("secret_source", "give exactly one of `env` or `file`")
+        return self
+
+    def describe(self) -> str:
+        return f"env:{self.env}" if self.env is not None else f"file:{self.file}"
+
+
+class ServerSettings(SpecModel):
+    """One connection endpoint (IMAP-Server/-Port/-Verschlüsselung, or the SMTP ones)."""
+
+    host: NonEmptyStr
+    port: Annotated[int, Field(ge=1, le=65535)]
+    encryption: Encryption
+
+
+class TicketSettings(SpecModel):
+    """"Für Ticket-Modul aktivieren" and its options."""
+
+    enabled: bool = False
+    default_project: NonEmptyStr | None = None
+    default_queue: NonEmptyStr | None = None
+    import_since: dt.date | None = Field(None, description="Only mail received on or after this date is imported.")
+    delete_after_import: bool = Field(False, description="Delete on the server once the ticket is stored.")
+    auto_close: bool = Field(False, description="Imported tickets are closed right away.")
+
+
+class ArchiveSettings(SpecModel):
+    """"Webmail": keep this account's mail in the e-mail archive."""
+
+    enabled: bool = False
+    retention_days: Annotated[int, Field(ge=0, description="Days to keep archived mail; 0 keeps it forever.")] = 0
+
+
+class AutoreplySettings(SpecModel):
+    """"Automatische Antwort" on new inbound mail."""
+
+    enabled: bool = False
+    once_per_day_per_sender: bool = True
+    subject: str = ""
+    body: str = Field("", description="HTML body of the reply.")
+
+
+class Account(SpecModel):
+    address: EmailAddress
+    provider: Provider
+    display_name: NonEmptyStr | None = Field(
+        None, description="Shown name; OAuth accounts default to the address's local part, manual ones need it."
+    )
+    username: NonEmptyStr | None = Field(None, description="Login name; manual accounts need it.")
+    password: SecretRef | None = Field(None, description="Manual accounts only: where the password comes from.")
+    imap: ServerSettings | None = None
+    smtp: ServerSettings | None = None
+    visible_to: list[NonEmptyStr] = Field(
+        default_factory=list, description="Employees or groups; empty = everyone with ticket/archive access."
+    )
+    ticket: TicketSettings = TicketSettings()
+    archive: ArchiveSettings = ArchiveSettings()
+    autoreply: AutoreplySettings = AutoreplySettings()
+    signature: str = ""
+
+    @property
+    def is_oauth(self) -> bool:
+        return self.provider in OAUTH_PROVIDERS
+
+
+class ProjectLink(SpecModel):
+    """A project or sales channel that sends from its own account instead of the default."""
+
+    email: EmailAddress
+    sender_name: NonEmptyStr | None = None
+
+
+class SendingDefaults(SpecModel):
+    """"Standard Einstellung E-Mail (bei Versand von E-Mails)"."""
+
+    email: EmailAddress
+    sender_name: NonEmptyStr
+    signature: str = ""
+    greeting: str = ""
+    cc: Annotated[list[EmailAddress], AfterValidator(_check_cc)] = Field(default_factory=list)
+    bcc: EmailAddress | None = None
+    html_template: NonEmptyStr | None = Field(
+        None, description=f"HTML file (relative to the config dir) that wraps every mail; holds {CONTENT_PLACEHOLDER}."
+    )
+
+
+class Employee(SpecModel):
+    name: NonEmptyStr
+    email: EmailAddress | None = None
+    phone: str = ""
+    mobile: str = ""
+    fax: str = ""
+    groups: list[NonEmptyStr] = Field(default_factory=list)
+
+
+def _check_test_mail_recipient(value: str) -> str:
+    return value if value == "self" else _check_address(value)
+
+
+class TestMailPolicy(SpecModel):
+    __test__ = False  # not a pytest class
+
+    on_apply: bool = True
+    to: Annotated[str, AfterValidator(_check_test_mail_recipient)] = Field(
+        "self", description="`self` (the account itself) or an address."
+    )
+
+
+class Policies(SpecModel):
+    require_encryption: bool = True
+    allow_delete: bool = False
+    max_delete_fraction: Annotated[float, Field(ge=0, le=1)] = 0.34
+    test_mail: TestMailPolicy = TestMailPolicy()
+
+
+class AccountsFile(SpecModel):
+    """`config/accounts.yaml`."""
+
+    accounts: list[Account] = Field(default_factory=list)
+    projects: dict[NonEmptyStr, ProjectLink] = Field(default_factory=dict)
+
+
+class DefaultsFile(SpecModel):
+    """`config/defaults.yaml`."""
+
+    defaults: SendingDefaults
+    employees: dict[NonEmptyStr, Employee] = Field(default_factory=dict)
+    queues: list[NonEmptyStr] = Field(default_factory=list)
+    policies: Policies = Policies()
+
+
+class Spec(SpecModel):
+    """The whole desired state, after validation and after filling server defaults."""
+
+    accounts: tuple[Account, ...]
+    projects: dict[str, ProjectLink]
+    defaults: SendingDefaults
+    employees: dict[str, Employee]
+    queues: tuple[str, ...]
+    policies: Policies
+
+    def account(self, address: str) -> Account | None:
+        wanted = address.lower()
+        return next((a for a in self.accounts if a.address.lower() == wanted), None)
+
+    def projects_of(self, address: str) -> list[str]:
+        """The projects/sales channels that send from ``address`` (shown under it in the overview)."""
+        wanted = address.lower()
+        return [code for code, link in self.projects.items() if link.email.lower() == wanted]
