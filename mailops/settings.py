@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(15.0, gt=0, description="Seconds to wait for a TCP/TLS connection.")
     command_timeout: float = Field(30.0, gt=0, description="Seconds to wait for one IMAP/SMTP command.")
     concurrency: int = Field(20, ge=1, le=512, description="Accounts verified at the same time during apply.")
+    lock_wait: float = Field(5.0, ge=0, description="Seconds an apply waits for another apply's lock before failing.")
     ca_file: Path | None = Field(
         None, description="Extra CA bundle (PEM) that is trusted besides the system's, for self-hosted servers."
     )

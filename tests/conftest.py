@@ -64,3 +64,116 @@ def example_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     shutil.copytree(EXAMPLE_CONFIG, tmp_path / "config")
     return Path("config")
+
+
+# --- real mail servers ------------------------------------------------------------
+
+import itertools  # noqa: E402
+import os  # noqa: E402
+import secrets  # noqa: E402
+import tempfile  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+from tests.servers import HOST, Dovecot, MailUsers, Smtp, write_certificate  # noqa: E402
+
+
+@dataclass
+class MailServers:
+    users: MailUsers
+    dovecot: Dovecot
+    smtp: Smtp
+    cert: Path
+
+    def ports(self, imap: str, smtp: str) -> tuple[int, int]:
+        imap_port = {"ssl": self.dovecot.tls_port, "starttls": self.dovecot.plain_port, "none": self.dovecot.plain_port}[imap]
+        smtp_port = {"ssl": self.smtp.tls_port, "starttls": self.smtp.starttls_port, "none": self.smtp.plain_port}[smtp]
+        return imap_port, smtp_port
+
+
+@pytest.fixture(scope="session")
+def mail_servers():
+    if not shutil.which("dovecot") and not Path("/usr/sbin/dovecot").exists():
+        pytest.fail("Dovecot is not installed; `make test` installs it (Debian package dovecot-imapd)")
+    root = Path(tempfile.mkdtemp(prefix="mailops-servers-"))
+    root.chmod(0o755)  # Dovecot's auth process runs as another user and must reach the files
+    cert, key = write_certificate(root)
+    users = MailUsers(root)
+    dovecot = Dovecot(root, users, cert, key)
+    smtp = Smtp(users, cert, key)
+    dovecot.start()
+    smtp.start()
+    yield MailServers(users, dovecot, smtp, cert)
+    smtp.stop()
+    dovecot.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+_account_numbers = itertools.count(1)
+
+
+@dataclass
+class ServerAccount:
+    """A mailbox that exists on both test servers, with its password in an environment variable."""
+
+    address: str
+    password: str
+    env_name: str
+
+    def yaml(self, servers: MailServers, imap: str = "ssl", smtp: str = "starttls", **overrides: object) -> str:
+        imap_port, smtp_port = servers.ports(imap, smtp)
+        fields = {
+            "address": self.address,
+            "provider": "manual",
+            "display_name": self.address.split("@")[0],
+            "username": self.address,
+            "password": f"{{env: {self.env_name}}}",
+            "imap": f"{{host: {HOST}, port: {imap_port}, encryption: {imap}}}",
+            "smtp": f"{{host: {HOST}, port: {smtp_port}, encryption: {smtp}}}",
+        }
+        fields.update({key: str(value) for key, value in overrides.items()})
+        head, *rest = fields.items()
+        return "\n".join([f"  - {head[0]}: {head[1]}"] + [f"    {key}: {value}" for key, value in rest]) + "\n"
+
+
+@pytest.fixture
+def new_account(mail_servers: MailServers, monkeypatch: pytest.MonkeyPatch):
+    """Make a fresh mailbox (``local`` prefixes the local part, e.g. to trigger a rejection)."""
+
+    def make(local: str = "user", *, register: bool = True) -> ServerAccount:
+        number = next(_account_numbers)
+        address = f"{local}{number}-{os.getpid()}@example.com"
+        password = "pw-" + secrets.token_hex(12)
+        env_name = f"MAILOPS_TEST_PASSWORD_{number}"
+        if register:
+            mail_servers.users.add(address, password)
+        monkeypatch.setenv(env_name, password)
+        return ServerAccount(address, password, env_name)
+
+    return make
+
+
+@pytest.fixture
+def engine_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mail_servers: MailServers):
+    """A working directory with its own state store that trusts the test servers' certificate."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MAILOPS_STATE_URL", f"sqlite:///{tmp_path / 'state.db'}")
+    monkeypatch.setenv("MAILOPS_CA_FILE", str(mail_servers.cert))
+    monkeypatch.setenv("MAILOPS_CONFIG_DIR", "config")
+    monkeypatch.setenv("MAILOPS_LOCK_WAIT", "0.5")
+    monkeypatch.setenv("MAILOPS_CONNECT_TIMEOUT", "3")
+    monkeypatch.setenv("MAILOPS_COMMAND_TIMEOUT", "5")
+    return tmp_path
+
+
+def spec_files(tmp_path: Path, accounts_yaml: str, *, policies: str = "", projects: str = "") -> Path:
+    """Write a spec whose default sender is the first account."""
+    config = tmp_path / "config"
+    config.mkdir(exist_ok=True)
+    first = accounts_yaml.split("address: ", 1)[1].split("\n", 1)[0].strip()
+    (config / "accounts.yaml").write_text(f"# the accounts\naccounts:\n{accounts_yaml}{projects}", encoding="utf-8")
+    (config / "defaults.yaml").write_text(
+        f"defaults:\n  email: {first}\n  sender_name: Test\nqueues: [support]\n{policies}", encoding="utf-8"
+    )
+    return config
+
+

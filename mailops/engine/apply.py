@@ -1,0 +1,151 @@
+"""Apply: execute a plan under the apply lock, account by account, concurrently.
+
+Each account's result is committed as soon as that account is done, so an apply
+that is killed leaves a consistent state and the next apply picks up the rest.
+One account's failure never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from mailops.engine.plan import Action, AccountChange, Plan, make_plan
+from mailops.engine.verify import TestMailResult, verify_account
+from mailops.errors import MailopsError
+from mailops.settings import Settings
+from mailops.spec import LoadedSpec
+from mailops.state.store import StateStore
+from mailops.transport.failures import TransportError
+
+
+class ApplyRefused(MailopsError):
+    """The plan breaks a policy (e.g. an unconfirmed delete); nothing was applied."""
+
+
+@dataclass(frozen=True)
+class AccountOutcome:
+    change: AccountChange
+    status: str | None  # the account's status afterwards; None when deleted
+    error: TransportError | None = None
+    test_mail: TestMailResult | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class ApplyReport:
+    plan: Plan
+    outcomes: tuple[AccountOutcome, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(outcome.ok for outcome in self.outcomes)
+
+    @property
+    def failed(self) -> list[AccountOutcome]:
+        return [outcome for outcome in self.outcomes if not outcome.ok]
+
+
+Progress = Callable[[AccountOutcome], None]
+
+
+def plan_for(loaded: LoadedSpec, store: StateStore, **judging: Any) -> Plan:
+    """The plan for the current spec and live state (``judging``: confirmed_deletes, force)."""
+    return make_plan(loaded.spec, store.accounts(), store.fingerprint(), **judging)
+
+
+def apply(
+    loaded: LoadedSpec,
+    store: StateStore,
+    settings: Settings,
+    *,
+    saved_plan: dict[str, Any] | None = None,
+    confirmed_deletes: frozenset[str] = frozenset(),
+    force: bool = False,
+    approve: Callable[[Plan], bool] = lambda plan: True,
+    on_start: Callable[[Plan], None] = lambda plan: None,
+    on_done: Progress = lambda outcome: None,
+    lock_wait: float = 5.0,
+) -> ApplyReport:
+    """Plan under the lock, check it against ``saved_plan`` and the policies, then execute it."""
+    with store.locked(wait=lock_wait):
+        plan = plan_for(loaded, store, confirmed_deletes=confirmed_deletes, force=force)
+        if saved_plan is not None:
+            plan.check_matches(saved_plan)
+        if plan.blocked:
+            reasons = "\n".join(f"  - {change.address}: {change.blocked}" for change in plan.blocked)
+            raise ApplyRefused(f"refusing to apply; nothing was changed:\n{reasons}")
+        if not plan.has_changes or not approve(plan):
+            return ApplyReport(plan, ())
+        on_start(plan)
+        outcomes = asyncio.run(_execute(plan, loaded, store, settings, on_done))
+    return ApplyReport(plan, tuple(sorted(outcomes, key=lambda o: o.change.address)))
+
+
+async def _execute(
+    plan: Plan, loaded: LoadedSpec, store: StateStore, settings: Settings, on_done: Progress
+) -> list[AccountOutcome]:
+    semaphore = asyncio.Semaphore(settings.concurrency)
+    # imapclient blocks: give it as many threads as accounts may run at once.
+    with ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="mailops-imap") as executor:
+
+        async def run(change: AccountChange) -> AccountOutcome:
+            async with semaphore:
+                outcome = await _execute_change(change, loaded, store, settings, executor)
+            on_done(outcome)
+            return outcome
+
+        actionable = [c for c in plan.changes if c.action in (Action.CREATE, Action.UPDATE, Action.DELETE)]
+        return list(await asyncio.gather(*(run(change) for change in actionable)))
+
+
+async def _execute_change(
+    change: AccountChange, loaded: LoadedSpec, store: StateStore, settings: Settings, executor: ThreadPoolExecutor
+) -> AccountOutcome:
+    if change.action is Action.DELETE:
+        store.delete_account(change.address)
+        return AccountOutcome(change, status=None)
+    account = loaded.spec.account(change.address)
+    assert account is not None and change.after is not None
+    current = store.account(change.address)
+    if account.is_oauth or not change.verify:
+        # Nothing to log in to (yet): store the settings, keep the status it has.
+        status = current.status if current is not None else ("pending_consent" if account.is_oauth else "error")
+        store.record_account(
+            change.address,
+            account.provider,
+            change.after,
+            status,
+            error_class=current.last_error_class if current else None,
+            error=current.last_error if current else None,
+        )
+        return AccountOutcome(change, status=status)
+    policy = loaded.spec.policies.test_mail
+    result = await verify_account(
+        account,
+        config_dir=loaded.config_dir,
+        settings=settings,
+        executor=executor,
+        send_test_mail=policy.on_apply,
+        test_mail_to=policy.to,
+    )
+    status = "connected" if result.ok else "error"
+    store.record_account(
+        change.address,
+        account.provider,
+        change.after,
+        status,
+        verified=True,
+        error_class=result.error.failure_class.value if result.error else None,
+        error=result.error.summary() if result.error else None,
+    )
+    if result.test_mail is not None:
+        error = result.test_mail.error
+        store.record_test_mail(change.address, result.test_mail.recipient, error.summary() if error else None)
+    return AccountOutcome(change, status=status, error=result.error, test_mail=result.test_mail)

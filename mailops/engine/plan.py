@@ -1,0 +1,289 @@
+"""The plan: what apply would change to make the live state match the spec.
+
+Reads like the algorithm: take the desired accounts, the live ones, compare them
+account by account and field by field, then let the :class:`Plan` judge the deletes
+against the policies. A plan is a value: it can be shown, saved and checked for
+staleness, and apply executes exactly it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from mailops.errors import MailopsError
+from mailops.spec.models import Account, Policies, Spec
+from mailops.state.store import AccountState
+
+PLAN_FORMAT_VERSION = 1
+SENSITIVE = "(sensitive)"
+SENSITIVE_FIELDS = frozenset({"password"})
+# A change to any of these means the account must be verified (and test-mailed) again.
+CONNECTION_FIELDS = frozenset({"provider", "username", "password", "imap", "smtp"})
+
+
+class Action(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    NEEDS_ACTION = "needs_action"
+    NOOP = "noop"
+
+
+SYMBOLS = {Action.CREATE: "+", Action.UPDATE: "~", Action.DELETE: "-", Action.NEEDS_ACTION: "!", Action.NOOP: " "}
+
+
+class StalePlan(MailopsError):
+    pass
+
+
+def desired_settings(account: Account) -> dict[str, Any]:
+    """The settings of an account as stored in the state: JSON, with secret *references* only."""
+    return account.model_dump(mode="json")
+
+
+def redact(settings: dict[str, Any] | None) -> dict[str, Any] | None:
+    if settings is None:
+        return None
+    return {key: (SENSITIVE if key in SENSITIVE_FIELDS and value is not None else value) for key, value in settings.items()}
+
+
+def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and key not in SENSITIVE_FIELDS:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    path: str
+    before: Any
+    after: Any
+
+    @property
+    def sensitive(self) -> bool:
+        return self.path.split(".")[0] in SENSITIVE_FIELDS
+
+
+@dataclass(frozen=True)
+class AccountChange:
+    address: str
+    provider: str
+    action: Action
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    fields: tuple[FieldChange, ...] = ()
+    verify: bool = False  # log in and send a test mail after storing
+    reason: str = ""
+    blocked: str = ""  # why apply will refuse this change (deletes only)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "provider": self.provider,
+            "actions": [self.action.value],
+            "before": redact(self.before),
+            "after": redact(self.after),
+            "fields": [
+                {"path": f.path, "before": SENSITIVE if f.sensitive else f.before, "after": SENSITIVE if f.sensitive else f.after}
+                for f in self.fields
+            ],
+            "verify": self.verify,
+            "reason": self.reason,
+            "blocked": self.blocked,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    changes: tuple[AccountChange, ...]
+    spec_fingerprint: str
+    state_fingerprint: str
+    created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+    def by_action(self, action: Action) -> list[AccountChange]:
+        return [change for change in self.changes if change.action is action]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {
+            "add": len(self.by_action(Action.CREATE)),
+            "change": len(self.by_action(Action.UPDATE)),
+            "delete": len(self.by_action(Action.DELETE)),
+            "needs_action": len(self.by_action(Action.NEEDS_ACTION)),
+        }
+
+    @property
+    def has_changes(self) -> bool:
+        """True when apply would change anything (accounts that need a person's action do not count)."""
+        counts = self.counts
+        return bool(counts["add"] or counts["change"] or counts["delete"])
+
+    @property
+    def blocked(self) -> list[AccountChange]:
+        return [change for change in self.changes if change.blocked]
+
+    def summary_line(self) -> str:
+        if not self.has_changes:
+            line = "No changes. The live state matches the spec."
+        else:
+            c = self.counts
+            line = f"Plan: {c['add']} to add, {c['change']} to change, {c['delete']} to delete."
+        if self.counts["needs_action"]:
+            line += f" {self.counts['needs_action']} account(s) need action."
+        return line
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "format_version": PLAN_FORMAT_VERSION,
+            "created_at": self.created_at.isoformat(),
+            "spec_fingerprint": self.spec_fingerprint,
+            "state_fingerprint": self.state_fingerprint,
+            "summary": self.counts,
+            "changes": [change.as_json() for change in self.changes if change.action is not Action.NOOP],
+        }
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.as_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    def check_matches(self, saved: dict[str, Any]) -> None:
+        """Refuse to apply a saved plan when the spec or the live state moved on since it was made."""
+        if saved.get("format_version") != PLAN_FORMAT_VERSION:
+            raise StalePlan(f"the saved plan has format {saved.get('format_version')!r}; expected {PLAN_FORMAT_VERSION}")
+        if saved.get("state_fingerprint") != self.state_fingerprint:
+            raise StalePlan("the live state changed since the plan was made; run `mailops plan` again")
+        if saved.get("spec_fingerprint") != self.spec_fingerprint:
+            raise StalePlan("the spec changed since the plan was made; run `mailops plan` again")
+
+
+def spec_fingerprint(spec: Spec) -> str:
+    payload = {
+        "accounts": [desired_settings(account) for account in spec.accounts],
+        "policies": spec.policies.model_dump(mode="json"),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def make_plan(
+    spec: Spec,
+    live: list[AccountState],
+    state_fingerprint: str,
+    *,
+    confirmed_deletes: frozenset[str] = frozenset(),
+    force: bool = False,
+) -> Plan:
+    """Compare the spec with the live accounts and judge the deletes against the policies."""
+    live_by_address = {state.address: state for state in live}
+    changes: list[AccountChange] = []
+    for account in spec.accounts:
+        changes.append(_change_for(account, live_by_address.pop(account.address.lower(), None)))
+    deletes = [
+        AccountChange(address=state.address, provider=state.provider, action=Action.DELETE, before=state.settings, after=None)
+        for state in live_by_address.values()
+    ]
+    changes += _judge_deletes(deletes, len(live), spec.policies, confirmed_deletes, force)
+    return Plan(
+        changes=tuple(sorted(changes, key=lambda c: c.address)),
+        spec_fingerprint=spec_fingerprint(spec),
+        state_fingerprint=state_fingerprint,
+    )
+
+
+def _change_for(account: Account, state: AccountState | None) -> AccountChange:
+    after = desired_settings(account)
+    common = {"address": account.address.lower(), "provider": account.provider, "after": after}
+    if state is None:
+        if account.is_oauth:
+            return AccountChange(
+                **common, action=Action.CREATE, before=None, reason=f"then needs OAuth consent: mailops connect {account.address}"
+            )
+        return AccountChange(**common, action=Action.CREATE, before=None, verify=True)
+    before_flat, after_flat = _flatten(state.settings), _flatten(after)
+    fields = tuple(
+        FieldChange(path, before_flat.get(path), after_flat.get(path))
+        for path in sorted(set(before_flat) | set(after_flat))
+        if before_flat.get(path) != after_flat.get(path)
+    )
+    connection_changed = any(f.path.split(".")[0] in CONNECTION_FIELDS for f in fields)
+    if account.is_oauth:
+        if fields:
+            return AccountChange(**common, action=Action.UPDATE, before=state.settings, fields=fields)
+        if state.status != "connected":
+            return AccountChange(
+                **common,
+                action=Action.NEEDS_ACTION,
+                before=state.settings,
+                reason=f"{state.status.replace('_', ' ')}: run `mailops connect {account.address}`",
+            )
+        return AccountChange(**common, action=Action.NOOP, before=state.settings)
+    if fields:
+        return AccountChange(**common, action=Action.UPDATE, before=state.settings, fields=fields, verify=connection_changed)
+    if state.status != "connected":
+        return AccountChange(
+            **common,
+            action=Action.UPDATE,
+            before=state.settings,
+            verify=True,
+            reason=f"retry: last verification failed ({state.last_error_class or state.status})",
+        )
+    return AccountChange(**common, action=Action.NOOP, before=state.settings)
+
+
+def _judge_deletes(
+    deletes: list[AccountChange], live_count: int, policies: Policies, confirmed: frozenset[str], force: bool
+) -> list[AccountChange]:
+    if not deletes:
+        return []
+    fraction = len(deletes) / live_count if live_count else 0.0
+    judged = []
+    for change in deletes:
+        reasons = []
+        if fraction > policies.max_delete_fraction and not force:
+            reasons.append(
+                f"deletes {len(deletes)} of {live_count} accounts ({fraction:.0%}), more than "
+                f"policies.max_delete_fraction ({policies.max_delete_fraction:.0%}); use --force to override"
+            )
+        if not policies.allow_delete and change.address not in confirmed:
+            reasons.append(f"needs --confirm-delete {change.address} (policies.allow_delete is false)")
+        judged.append(replace(change, blocked="; ".join(reasons)) if reasons else change)
+    return judged
+
+
+LEGEND = (
+    "mailops will perform the following actions:\n"
+    "  + create    ~ update in place    - delete    ! needs a person's action\n"
+)
+
+
+def format_plan(plan: Plan) -> str:
+    """Terraform-style text: a legend, one block per account that changes, and the summary line."""
+    lines: list[str] = []
+    for change in plan.changes:
+        if change.action is Action.NOOP:
+            continue
+        head = f"  {SYMBOLS[change.action]} {change.address} ({change.provider})"
+        if change.blocked:
+            head += f"  BLOCKED: {change.blocked}"
+        lines.append(head)
+        if change.action is Action.CREATE and change.after is not None:
+            for name in ("imap", "smtp"):
+                server = change.after.get(name) or {}
+                lines.append(f"      + {name}: {server.get('host')}:{server.get('port')} {server.get('encryption')}")
+        for f in change.fields:
+            before, after = (SENSITIVE, SENSITIVE) if f.sensitive else (json.dumps(f.before), json.dumps(f.after))
+            lines.append(f"      ~ {f.path}: {before} -> {after}")
+        if change.verify:
+            lines.append("      (verify IMAP and SMTP login, send test mail)")
+        if change.reason:
+            lines.append(f"      {change.reason}")
+    body = LEGEND + "\n" + "\n".join(lines) + "\n\n" if lines else ""
+    return body + plan.summary_line()

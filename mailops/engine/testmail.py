@@ -1,0 +1,32 @@
+"""`mailops test-mail`: send one test mail from an account now, and record the result."""
+
+from __future__ import annotations
+
+import asyncio
+
+from mailops.engine.verify import TestMailResult, recipient_of_test_mail, send_test_mail_now
+from mailops.errors import MailopsError
+from mailops.providers.manual import password_credential
+from mailops.settings import Settings
+from mailops.spec import LoadedSpec
+from mailops.state.store import StateStore
+from mailops.transport.failures import TransportError
+
+
+def send_test_mail(
+    loaded: LoadedSpec, store: StateStore, settings: Settings, address: str, *, to: str | None, wait: bool
+) -> TestMailResult:
+    account = loaded.spec.account(address)
+    if account is None:
+        raise MailopsError(f"{address} is not an account in {loaded.config_dir}")
+    if account.is_oauth:
+        raise MailopsError(f"{address} is a {account.provider} account; connect it first with `mailops connect {address}`")
+    recipient = to or recipient_of_test_mail(account, loaded.spec.policies.test_mail.to)
+    try:
+        credential = password_credential(account, loaded.config_dir)
+    except TransportError as error:
+        result = TestMailResult(recipient, "", error=error)
+    else:
+        result = asyncio.run(send_test_mail_now(account, credential, recipient, settings, None, wait))
+    store.record_test_mail(address, recipient, result.error.summary() if result.error else None)
+    return result

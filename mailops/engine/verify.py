@@ -1,0 +1,128 @@
+"""Verifying an account: IMAP login, SMTP login, then the test mail the seed describes."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr, make_msgid
+from pathlib import Path
+
+from mailops.providers.manual import password_credential
+from mailops.settings import Settings
+from mailops.spec.models import Account
+from mailops.transport.connection import Credential, Endpoint, Timeouts
+from mailops.transport.failures import TransportError
+from mailops.transport.imap import verify_imap_login, wait_for_message
+from mailops.transport.smtp import send_message, verify_smtp_login
+
+
+@dataclass(frozen=True)
+class TestMailResult:
+    __test__ = False  # not a pytest class
+
+    recipient: str
+    message_id: str
+    error: TransportError | None = None
+    arrived: bool | None = None  # None: not checked
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    address: str
+    error: TransportError | None = None  # the first failed step (login or test mail)
+    test_mail: TestMailResult | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def endpoints(account: Account) -> tuple[Endpoint, Endpoint]:
+    assert account.imap is not None and account.smtp is not None  # filled by the spec loader
+    return (
+        Endpoint(account.imap.host, account.imap.port, account.imap.encryption),
+        Endpoint(account.smtp.host, account.smtp.port, account.smtp.encryption),
+    )
+
+
+def timeouts_of(settings: Settings) -> Timeouts:
+    return Timeouts(connect=settings.connect_timeout, command=settings.command_timeout)
+
+
+def recipient_of_test_mail(account: Account, policy_to: str) -> str:
+    return account.address if policy_to == "self" else policy_to
+
+
+def build_test_mail(account: Account, recipient: str) -> EmailMessage:
+    message = EmailMessage()
+    domain = account.address.partition("@")[2]
+    message["From"] = formataddr((account.display_name or "", account.address))
+    message["To"] = recipient
+    message["Subject"] = f"mailops test mail for {account.address}"
+    message["Date"] = format_datetime(dt.datetime.now(dt.UTC))
+    message["Message-ID"] = make_msgid(domain=domain)
+    # Marks the mail as automatic, so auto-replies (ours and others') leave it alone.
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(
+        f"This is a test mail from mailops.\n\nThe account {account.address} can log in to IMAP and SMTP "
+        "and send mail. No action is needed.\n"
+    )
+    return message
+
+
+async def verify_account(
+    account: Account,
+    *,
+    config_dir: Path,
+    settings: Settings,
+    executor: Executor | None,
+    send_test_mail: bool,
+    test_mail_to: str = "self",
+    wait_for_arrival: bool = False,
+) -> VerifyResult:
+    """Log in to IMAP and SMTP and send the test mail; the first failure ends the check."""
+    imap, smtp = endpoints(account)
+    timeouts = timeouts_of(settings)
+    loop = asyncio.get_running_loop()
+    try:
+        credential = password_credential(account, config_dir)
+        await loop.run_in_executor(executor, verify_imap_login, imap, credential, timeouts, settings.ca_file)
+        await verify_smtp_login(smtp, credential, timeouts, settings.ca_file)
+    except TransportError as error:
+        return VerifyResult(account.address, error=error)
+    if not send_test_mail:
+        return VerifyResult(account.address)
+    result = await send_test_mail_now(
+        account, credential, recipient_of_test_mail(account, test_mail_to), settings, executor, wait_for_arrival
+    )
+    return VerifyResult(account.address, error=result.error, test_mail=result)
+
+
+async def send_test_mail_now(
+    account: Account,
+    credential: Credential,
+    recipient: str,
+    settings: Settings,
+    executor: Executor | None,
+    wait_for_arrival: bool,
+) -> TestMailResult:
+    imap, smtp = endpoints(account)
+    timeouts = timeouts_of(settings)
+    message = build_test_mail(account, recipient)
+    try:
+        await send_message(smtp, credential, message, timeouts, settings.ca_file)
+    except TransportError as error:
+        return TestMailResult(recipient, message["Message-ID"], error=error)
+    arrived = None
+    if wait_for_arrival and recipient.lower() == account.address.lower():
+        loop = asyncio.get_running_loop()
+        try:
+            arrived = await loop.run_in_executor(
+                executor, wait_for_message, imap, credential, message["Message-ID"], timeouts, settings.ca_file
+            )
+        except TransportError as error:
+            return TestMailResult(recipient, message["Message-ID"], error=error, arrived=False)
+    return TestMailResult(recipient, message["Message-ID"], arrived=arrived)

@@ -1,0 +1,318 @@
+"""The state store: applied accounts, their health, and the apply lock.
+
+A SQLite file by default; any SQLAlchemy URL (e.g. PostgreSQL) works the same way.
+The schema is created and upgraded by Alembic migrations on open, so a newer release
+upgrades an existing state file in place.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import hashlib
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailops.errors import MailopsError
+from mailops.state.tables import AccountRow, ApplyLockRow
+
+STATUSES = ("connected", "error", "needs_reconnect", "pending_consent")
+LOCK_NAME = "apply"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite drops the time zone; everything stored is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value
+
+
+@dataclass(frozen=True)
+class AccountState:
+    """A read-only view of one account's row."""
+
+    address: str
+    provider: str
+    settings: dict[str, Any]
+    status: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    deleted_at: dt.datetime | None
+    last_verified_at: dt.datetime | None
+    last_error_class: str | None
+    last_error: str | None
+    last_test_mail_at: dt.datetime | None
+    last_test_mail_to: str | None
+    last_test_mail_error: str | None
+
+    @classmethod
+    def of(cls, row: AccountRow) -> AccountState:
+        return cls(
+            address=row.address,
+            provider=row.provider,
+            settings=row.settings,
+            status=row.status,
+            created_at=_aware(row.created_at),
+            updated_at=_aware(row.updated_at),
+            deleted_at=_aware(row.deleted_at),
+            last_verified_at=_aware(row.last_verified_at),
+            last_error_class=row.last_error_class,
+            last_error=row.last_error,
+            last_test_mail_at=_aware(row.last_test_mail_at),
+            last_test_mail_to=row.last_test_mail_to,
+            last_test_mail_error=row.last_test_mail_error,
+        )
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    lock_id: str
+    owner: str
+    host: str
+    pid: int
+    acquired_at: dt.datetime
+    expires_at: dt.datetime
+
+    def describe(self) -> str:
+        return (
+            f"lock {self.lock_id} held by {self.owner} on {self.host} (pid {self.pid}) "
+            f"since {self.acquired_at:%Y-%m-%d %H:%M:%S} UTC, expires {self.expires_at:%H:%M:%S} UTC"
+        )
+
+
+class LockHeld(MailopsError):
+    def __init__(self, holder: LockInfo):
+        self.holder = holder
+        super().__init__(
+            f"another apply is running: {holder.describe()}. "
+            f"If it is gone, release it with `mailops force-unlock {holder.lock_id}`."
+        )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets `plan` read while `apply` writes; a busy timeout rides out short write overlaps.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class StateStore:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str) -> StateStore:
+        """Open (and create or upgrade) the state store at ``url``."""
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url)
+        if parsed.get_backend_name() == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        store = cls(engine)
+        store._migrate()
+        return store
+
+    def _migrate(self) -> None:
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", "mailops.state:migrations")
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    # -- accounts -------------------------------------------------------------
+
+    def accounts(self, *, include_deleted: bool = False) -> list[AccountState]:
+        with self.session() as session:
+            query = select(AccountRow).order_by(AccountRow.address)
+            if not include_deleted:
+                query = query.where(AccountRow.deleted_at.is_(None))
+            return [AccountState.of(row) for row in session.scalars(query)]
+
+    def account(self, address: str) -> AccountState | None:
+        with self.session() as session:
+            row = session.get(AccountRow, address.lower())
+            return AccountState.of(row) if row is not None and row.deleted_at is None else None
+
+    def record_account(
+        self,
+        address: str,
+        provider: str,
+        settings: dict[str, Any],
+        status: str,
+        *,
+        verified: bool = False,
+        error_class: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Store an account's applied settings and verification result, in one transaction."""
+        assert status in STATUSES, status
+        now = utcnow()
+        with self.session() as session:
+            row = session.get(AccountRow, address.lower())
+            if row is None:
+                row = AccountRow(address=address.lower(), created_at=now)
+                session.add(row)
+            row.provider = provider
+            row.settings = settings
+            row.status = status
+            row.updated_at = now
+            row.deleted_at = None
+            if verified:
+                row.last_verified_at = now
+            row.last_error_class = error_class
+            row.last_error = error
+
+    def record_test_mail(self, address: str, recipient: str, error: str | None) -> None:
+        with self.session() as session:
+            row = session.get(AccountRow, address.lower())
+            if row is None:
+                return
+            row.last_test_mail_at = utcnow()
+            row.last_test_mail_to = recipient
+            row.last_test_mail_error = error
+
+    def set_status(self, address: str, status: str, *, error_class: str | None, error: str | None) -> None:
+        assert status in STATUSES, status
+        with self.session() as session:
+            row = session.get(AccountRow, address.lower())
+            if row is not None:
+                row.status, row.last_error_class, row.last_error = status, error_class, error
+                row.updated_at = utcnow()
+
+    def delete_account(self, address: str) -> None:
+        """Remove the account from use; its row (and any history pointing to it) stays."""
+        with self.session() as session:
+            row = session.get(AccountRow, address.lower())
+            if row is not None and row.deleted_at is None:
+                row.deleted_at = utcnow()
+                row.updated_at = row.deleted_at
+
+    def fingerprint(self) -> str:
+        """A digest of everything a plan is based on: which accounts exist, as what, in which status."""
+        digest = hashlib.sha256()
+        for account in self.accounts():
+            digest.update(
+                json.dumps([account.address, account.provider, account.settings, account.status], sort_keys=True).encode()
+            )
+        return digest.hexdigest()
+
+    # -- apply lock -----------------------------------------------------------
+
+    def current_lock(self) -> LockInfo | None:
+        with self.session() as session:
+            row = session.get(ApplyLockRow, LOCK_NAME)
+            return _lock_info(row) if row is not None else None
+
+    def acquire_lock(self, *, ttl: float = 3600, wait: float = 5.0, owner: str | None = None) -> LockInfo:
+        """Take the apply lock, waiting up to ``wait`` seconds; an expired lock is taken over."""
+        deadline = time.monotonic() + wait
+        while True:
+            now = utcnow()
+            info = LockInfo(
+                lock_id=str(uuid.uuid4()),
+                owner=owner or _current_user(),
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                acquired_at=now,
+                expires_at=now + dt.timedelta(seconds=ttl),
+            )
+            try:
+                with self.session() as session:
+                    existing = session.get(ApplyLockRow, LOCK_NAME)
+                    if existing is not None and _is_abandoned(existing, now):
+                        session.delete(existing)
+                        session.flush()
+                        existing = None
+                    if existing is None:
+                        session.add(ApplyLockRow(name=LOCK_NAME, **info.__dict__))
+                        return info
+                    holder = _lock_info(existing)
+            except IntegrityError:  # another process inserted first
+                holder = self.current_lock()
+                if holder is None:
+                    continue
+            if time.monotonic() >= deadline:
+                raise LockHeld(holder)
+            time.sleep(0.2)
+
+    def release_lock(self, lock_id: str) -> bool:
+        """Release the lock if ``lock_id`` holds it; True when something was released."""
+        with self.session() as session:
+            row = session.get(ApplyLockRow, LOCK_NAME)
+            if row is not None and row.lock_id == lock_id:
+                session.delete(row)
+                return True
+            return False
+
+    @contextmanager
+    def locked(self, **kwargs: Any) -> Iterator[LockInfo]:
+        info = self.acquire_lock(**kwargs)
+        try:
+            yield info
+        finally:
+            self.release_lock(info.lock_id)
+
+
+def _lock_info(row: ApplyLockRow) -> LockInfo:
+    return LockInfo(
+        lock_id=row.lock_id,
+        owner=row.owner,
+        host=row.host,
+        pid=row.pid,
+        acquired_at=_aware(row.acquired_at),
+        expires_at=_aware(row.expires_at),
+    )
+
+
+def _is_abandoned(row: ApplyLockRow, now: dt.datetime) -> bool:
+    """Expired, or held by a process on this host that no longer exists (e.g. after kill -9)."""
+    if _aware(row.expires_at) < now:
+        return True
+    if row.host != socket.gethostname():
+        return False
+    try:
+        os.kill(row.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by someone else
+        return False
+    return False
+
+
+def _current_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"

@@ -1,0 +1,47 @@
+"""Table definitions of the state store. Change them only together with a new migration."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class AccountRow(Base):
+    """One account as applied. ``settings`` holds secret *references* only, never secrets."""
+
+    __tablename__ = "accounts"
+
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)  # lower-cased
+    provider: Mapped[str] = mapped_column(String(20))
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(20))  # see mailops.state.store.STATUSES
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    last_verified_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    last_error_class: Mapped[str | None] = mapped_column(String(40), default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    last_test_mail_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    last_test_mail_to: Mapped[str | None] = mapped_column(String(320), default=None)
+    last_test_mail_error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class ApplyLockRow(Base):
+    """At most one row: the apply that currently holds the lock."""
+
+    __tablename__ = "apply_lock"
+
+    name: Mapped[str] = mapped_column(String(20), primary_key=True)  # always "apply"
+    lock_id: Mapped[str] = mapped_column(String(36))
+    owner: Mapped[str] = mapped_column(String(200))
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    acquired_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))

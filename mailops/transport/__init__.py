@@ -1,0 +1,1 @@
+"""Talking to mail servers: IMAP (imapclient) and SMTP (aiosmtplib), with classified failures."""

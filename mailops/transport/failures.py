@@ -1,0 +1,192 @@
+"""Why a connection, login or send failed, and what to do about it.
+
+Every exception from the network layer is turned into a :class:`TransportError` with
+a :class:`FailureClass`. The remedies are written for the person who has to fix it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import re
+import socket
+import ssl
+from enum import StrEnum
+
+from mailops.errors import MailopsError
+
+
+class FailureClass(StrEnum):
+    CONNECT = "connect"
+    TLS = "tls"
+    AUTH = "auth"
+    SENDER_REFUSED = "sender_refused"
+    RECIPIENT_REFUSED = "recipient_refused"
+    DATA_REFUSED = "data_refused"
+    TIMEOUT = "timeout"
+    SECRET = "secret"
+    PROTOCOL = "protocol"
+
+
+REMEDIES: dict[FailureClass, str] = {
+    FailureClass.CONNECT: (
+        "The server could not be reached. Check the host name and port in the spec, that the host "
+        "resolves, and that no firewall blocks the port."
+    ),
+    FailureClass.TLS: (
+        "The encrypted connection failed. Check that `encryption` matches the port (ssl: 993/465, "
+        "starttls: 143/587) and that the server's certificate is valid; for a self-hosted server, "
+        "trust its CA with MAILOPS_CA_FILE."
+    ),
+    FailureClass.AUTH: (
+        "The server refused the login. Check the username and the password the secret reference "
+        "points to; some providers need an app password or IMAP/SMTP access enabled first. Shared "
+        "mailboxes have no password of their own and cannot be connected."
+    ),
+    FailureClass.SENDER_REFUSED: (
+        "The server does not accept this address as sender. Check that the address is hosted by "
+        "this provider and that the login may send as it."
+    ),
+    FailureClass.RECIPIENT_REFUSED: (
+        "The recipient's address is unknown or refused. Check its spelling; rarely a provider "
+        "limit is the cause."
+    ),
+    FailureClass.DATA_REFUSED: (
+        "The server refused the message itself (content, size or sending limits). Check the "
+        "server's text below and the provider's sending limits."
+    ),
+    FailureClass.TIMEOUT: (
+        "The server did not answer in time. Check the host and port, then retry; raise "
+        "MAILOPS_CONNECT_TIMEOUT or MAILOPS_COMMAND_TIMEOUT for slow servers."
+    ),
+    FailureClass.SECRET: (
+        "The password could not be read. Set the environment variable or create the file that "
+        "the account's `password:` reference names."
+    ),
+    FailureClass.PROTOCOL: (
+        "The server answered in an unexpected way. Check that host and port belong to the right "
+        "protocol (IMAP or SMTP) and see the server's text below."
+    ),
+}
+
+_ENHANCED_CODE = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+
+
+class TransportError(MailopsError):
+    """A classified failure; ``detail`` is the server's or the system's own text."""
+
+    def __init__(
+        self,
+        failure_class: FailureClass,
+        detail: str,
+        *,
+        protocol: str = "",
+        smtp_code: int | None = None,
+        enhanced_code: str | None = None,
+    ):
+        self.failure_class = failure_class
+        self.detail = detail.strip()
+        self.protocol = protocol
+        self.smtp_code = smtp_code
+        self.enhanced_code = enhanced_code or _enhanced_code(detail)
+        super().__init__(self.summary())
+
+    @property
+    def remedy(self) -> str:
+        return REMEDIES[self.failure_class]
+
+    def summary(self) -> str:
+        where = f"{self.protocol.upper()} " if self.protocol else ""
+        code = f" [{self.smtp_code}{' ' + self.enhanced_code if self.enhanced_code else ''}]" if self.smtp_code else ""
+        return f"{where}{self.failure_class.value}{code}: {self.detail}"
+
+
+def _enhanced_code(text: str) -> str | None:
+    match = _ENHANCED_CODE.search(text)
+    return match.group(1) if match else None
+
+
+def classify(exc: BaseException, protocol: str) -> TransportError:
+    """Map any exception raised while talking to a server to a classified error."""
+    if isinstance(exc, TransportError):
+        return exc
+    smtp = _classify_smtp(exc, protocol)
+    if smtp is not None:
+        return smtp
+    imap = _classify_imap(exc, protocol)
+    if imap is not None:
+        return imap
+    return _classify_os(exc, protocol)
+
+
+def _classify_os(exc: BaseException, protocol: str) -> TransportError:
+    # Walk the cause chain: libraries wrap the socket/SSL error that tells what happened.
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError | ssl.CertificateError):
+            return TransportError(FailureClass.TLS, _text(seen), protocol=protocol)
+        if isinstance(seen, socket.gaierror):
+            return TransportError(FailureClass.CONNECT, f"host not found ({_text(seen)})", protocol=protocol)
+        if isinstance(seen, TimeoutError | socket.timeout | asyncio.TimeoutError):
+            return TransportError(FailureClass.TIMEOUT, _text(seen) or "timed out", protocol=protocol)
+        if isinstance(seen, ConnectionRefusedError) or getattr(seen, "errno", None) in (
+            errno.ECONNREFUSED,
+            errno.EHOSTUNREACH,
+            errno.ENETUNREACH,
+        ):
+            return TransportError(FailureClass.CONNECT, f"connection refused ({_text(seen)})", protocol=protocol)
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, ConnectionError | EOFError):
+        # A server that closes the connection right after the handshake often expects TLS.
+        return TransportError(FailureClass.PROTOCOL, _text(exc) or "connection closed by the server", protocol=protocol)
+    return TransportError(FailureClass.PROTOCOL, _text(exc) or type(exc).__name__, protocol=protocol)
+
+
+def _classify_imap(exc: BaseException, protocol: str) -> TransportError | None:
+    from imapclient.exceptions import LoginError
+
+    if isinstance(exc, LoginError):
+        return TransportError(FailureClass.AUTH, _text(exc), protocol=protocol)
+    return None
+
+
+def _classify_smtp(exc: BaseException, protocol: str) -> TransportError | None:
+    import aiosmtplib
+
+    if not isinstance(exc, aiosmtplib.SMTPException):
+        return None
+    code = getattr(exc, "code", None)
+    message = getattr(exc, "message", "") or _text(exc)
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError):
+        return TransportError(FailureClass.TIMEOUT, message, protocol=protocol)
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return TransportError(FailureClass.AUTH, message, protocol=protocol, smtp_code=code)
+    if isinstance(exc, aiosmtplib.SMTPSenderRefused):
+        return TransportError(FailureClass.SENDER_REFUSED, message, protocol=protocol, smtp_code=code)
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        first = exc.recipients[0] if exc.recipients else None
+        text = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients) or message
+        return TransportError(
+            FailureClass.RECIPIENT_REFUSED, text, protocol=protocol, smtp_code=first.code if first else None
+        )
+    if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
+        return TransportError(FailureClass.RECIPIENT_REFUSED, f"{exc.recipient}: {message}", protocol=protocol, smtp_code=code)
+    if isinstance(exc, aiosmtplib.SMTPDataError):
+        return TransportError(FailureClass.DATA_REFUSED, message, protocol=protocol, smtp_code=code)
+    if isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected):
+        inner = exc.__cause__ or exc.__context__
+        if inner is not None:
+            classified = _classify_os(inner, protocol)
+            if classified.failure_class is not FailureClass.PROTOCOL:
+                return classified
+        return TransportError(FailureClass.CONNECT if isinstance(exc, aiosmtplib.SMTPConnectError) else FailureClass.PROTOCOL, message, protocol=protocol)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return TransportError(FailureClass.PROTOCOL, message, protocol=protocol, smtp_code=code)
+    return TransportError(FailureClass.PROTOCOL, message, protocol=protocol)
+
+
+def _text(exc: BaseException) -> str:
+    # imaplib puts the server's raw bytes into the exception; show them as text.
+    parts = [arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg) for arg in exc.args]
+    text = " ".join(parts) if parts else str(exc)
+    return text.strip() or type(exc).__name__

@@ -1,0 +1,66 @@
+"""SMTP with aiosmtplib: log in (password or XOAUTH2) and send."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from email.message import EmailMessage
+from pathlib import Path
+
+import aiosmtplib
+
+from mailops.transport.connection import Credential, Endpoint, Timeouts, client_tls_context
+from mailops.transport.failures import FailureClass, TransportError, classify
+
+
+@asynccontextmanager
+async def smtp_session(
+    endpoint: Endpoint, credential: Credential, timeouts: Timeouts, ca_file: Path | None = None
+) -> AsyncIterator[aiosmtplib.SMTP]:
+    """A logged-in SMTP connection; every failure comes out as a classified TransportError."""
+    client = aiosmtplib.SMTP(
+        hostname=endpoint.host,
+        port=endpoint.port,
+        use_tls=endpoint.encryption == "ssl",
+        # False, not None: None would upgrade opportunistically even where `none` was asked for.
+        start_tls=endpoint.encryption == "starttls",
+        tls_context=client_tls_context(ca_file),
+        timeout=timeouts.command,
+    )
+    try:
+        await client.connect(timeout=timeouts.connect)
+        if credential.oauth_token is not None:
+            await client.auth_xoauth2(credential.username, credential.oauth_token)
+        else:
+            await client.login(credential.username, credential.password or "")
+    except Exception as exc:  # noqa: BLE001 - every failure is classified
+        client.close()
+        raise classify(exc, "smtp") from None
+    try:
+        yield client
+    except TransportError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise classify(exc, "smtp") from None
+    finally:
+        try:
+            await client.quit()
+        except Exception:  # noqa: BLE001 - the server may already be gone
+            client.close()
+
+
+async def verify_smtp_login(endpoint: Endpoint, credential: Credential, timeouts: Timeouts, ca_file=None) -> None:
+    async with smtp_session(endpoint, credential, timeouts, ca_file):
+        pass
+
+
+async def send_message(
+    endpoint: Endpoint, credential: Credential, message: EmailMessage, timeouts: Timeouts, ca_file=None
+) -> None:
+    """Send ``message``; a recipient refused while others were accepted still counts as a failure."""
+    async with smtp_session(endpoint, credential, timeouts, ca_file) as client:
+        refused, _response = await client.send_message(message)
+    if refused:
+        text = "; ".join(f"{address}: {code} {reply}" for address, (code, reply) in refused.items())
+        first_code = next(iter(refused.values()))[0]
+        raise TransportError(FailureClass.RECIPIENT_REFUSED, text, protocol="smtp", smtp_code=first_code)

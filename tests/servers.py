@@ -1,0 +1,257 @@
+"""Real mail servers on 127.0.0.1 for the tests: Dovecot (IMAP) and aiosmtpd (SMTP).
+
+Both share one user table, so an account that exists logs in to both. SMTP delivers
+into the recipient's Dovecot maildir, so a test mail can be found over IMAP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import mailbox
+import os
+import pwd
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def write_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+@dataclass
+class MailUsers:
+    """The user table both servers read: address -> password, plus the maildirs."""
+
+    root: Path
+    passwords: dict[str, str] = field(default_factory=dict)
+
+    def add(self, address: str, password: str) -> None:
+        self.passwords[address] = password
+        # One passwd-file per user: Dovecot reads a new file on first lookup, whereas a
+        # shared file changed twice within a second may not be re-read.
+        (self.root / "users" / address).write_text(f"{address}:{{PLAIN}}{password}::::::\n", encoding="utf-8")
+        self.maildir(address)
+
+    def maildir(self, address: str) -> mailbox.Maildir:
+        path = self.root / "mail" / address
+        box = mailbox.Maildir(path, create=True)
+        _give_to_nobody(path)
+        return box
+
+    def deliver(self, address: str, data: bytes) -> None:
+        if address not in self.passwords:
+            return  # no such mailbox: silently dropped, like a catch-nothing relay
+        box = self.maildir(address)
+        box.add(message_from_bytes(data))
+        _give_to_nobody(self.root / "mail" / address)
+
+    def messages(self, address: str) -> list:
+        return list(self.maildir(address))
+
+
+def _give_to_nobody(path: Path) -> None:
+    if os.geteuid() != 0:
+        return
+    nobody = pwd.getpwnam("nobody")
+    for directory, _dirs, files in os.walk(path):
+        os.chown(directory, nobody.pw_uid, nobody.pw_gid)
+        for name in files:
+            os.chown(os.path.join(directory, name), nobody.pw_uid, nobody.pw_gid)
+
+
+class Dovecot:
+    """Dovecot from Debian, configured from a temp dir, with a plain (STARTTLS) and an IMAPS port."""
+
+    def __init__(self, root: Path, users: MailUsers, cert: Path, key: Path):
+        self.root, self.users = root, users
+        self.plain_port, self.tls_port = free_port(), free_port()
+        self.config = root / "dovecot.conf"
+        for name in ("run", "state", "mail", "users"):
+            (root / name).mkdir(exist_ok=True)
+        _give_to_nobody(root / "mail")
+        self.config.write_text(
+            f"""
+base_dir = {root}/run
+state_dir = {root}/state
+instance_name = mailops-test-{self.plain_port}
+log_path = {root}/dovecot.log
+protocols = imap
+listen = {HOST}
+default_internal_user = dovecot
+default_login_user = dovenull
+auth_failure_delay = 0
+ssl = yes
+ssl_cert = <{cert}
+ssl_key = <{key}
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+mail_location = maildir:{root}/mail/%u
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root}/users/%u
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home={root}/mail/%u
+}}
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = {HOST}
+    port = {self.plain_port}
+  }}
+  inet_listener imaps {{
+    address = {HOST}
+    port = {self.tls_port}
+    ssl = yes
+  }}
+}}
+""",
+            encoding="utf-8",
+        )
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("dovecot") or "/usr/sbin/dovecot"
+        self.process = subprocess.Popen([binary, "-F", "-c", str(self.config)], start_new_session=True)
+        probe = "probe@example.com"
+        self.users.add(probe, "probe-password")
+        deadline = time.monotonic() + 15
+        from imapclient import IMAPClient
+
+        while True:  # auth is ready some time after the port opens: poll a real login
+            try:
+                client = IMAPClient(HOST, port=self.plain_port, ssl=False, timeout=2)
+                client.login(probe, "probe-password")
+                client.logout()
+                return
+            except Exception:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    log = (self.root / "dovecot.log").read_text() if (self.root / "dovecot.log").exists() else ""
+                    raise RuntimeError(f"dovecot did not come up:\n{log}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+class RejectingHandler:
+    """Delivers into Dovecot's maildirs, and refuses on purpose by the address's local part.
+
+    ``refused-sender*`` as sender gets 553 5.1.8, ``unknown*`` as recipient gets 550 5.1.1,
+    and mail from ``reject-data*`` gets 554 5.6.0 after DATA.
+    """
+
+    def __init__(self, users: MailUsers):
+        self.users = users
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):  # noqa: N802
+        if address.startswith("refused-sender"):
+            return "553 5.1.8 Sender address rejected: not owned by user"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+        if address.startswith("unknown"):
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        if envelope.mail_from.startswith("reject-data"):
+            return "554 5.6.0 Message content rejected"
+        if envelope.mail_from.startswith("slow"):
+            await asyncio.sleep(1.5)
+        for recipient in envelope.rcpt_tos:
+            self.users.deliver(recipient, envelope.original_content or envelope.content)
+        return "250 Message accepted for delivery"
+
+
+class Smtp:
+    """aiosmtpd with AUTH on three ports: STARTTLS (required), implicit TLS, and plain."""
+
+    def __init__(self, users: MailUsers, cert: Path, key: Path):
+        self.users = users
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        self.starttls_port, self.tls_port, self.plain_port = free_port(), free_port(), free_port()
+        handler = RejectingHandler(users)
+        common = {"hostname": HOST, "authenticator": self._authenticate, "auth_required": True}
+        self.controllers = [
+            Controller(handler, port=self.starttls_port, tls_context=context, require_starttls=True, **common),
+            Controller(handler, port=self.tls_port, ssl_context=context, auth_require_tls=False, **common),
+            Controller(handler, port=self.plain_port, auth_require_tls=False, **common),
+        ]
+
+    def _authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
+        if isinstance(auth_data, LoginPassword):
+            login, password = auth_data.login.decode(), auth_data.password.decode()
+            if self.users.passwords.get(login) == password:
+                return AuthResult(success=True)
+        # handled=False makes aiosmtpd answer 535; with True the client would hang.
+        return AuthResult(success=False, handled=False)
+
+    def start(self) -> None:
+        for controller in self.controllers:
+            controller.start()
+
+    def stop(self) -> None:
+        for controller in self.controllers:
+            controller.stop()
