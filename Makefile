@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test system-deps bench schema clean
 
 demo: $(STAMP)
-	$(BIN)/mailops validate -c config
+	$(BIN)/mailops demo
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest

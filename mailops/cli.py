@@ -323,6 +323,32 @@ def force_unlock(ctx: typer.Context, lock_id: str = typer.Argument(..., help="Th
     typer.echo(f"Released lock {lock_id} ({holder.describe() if holder else ''}).")
 
 
+@app.command(name="import")
+def import_command(ctx: typer.Context, config_dir: Optional[Path] = ConfigDirOption) -> None:  # noqa: UP007
+    """Write the live state back into accounts.yaml, keeping comments; adds accounts that exist only live."""
+    from mailops.spec.writer import import_live_state
+
+    settings = _settings(ctx, config_dir)
+    with _reported_errors():
+        report = import_live_state(settings.config_dir, _open_store(settings).accounts())
+    for address, fields in report.updated.items():
+        typer.echo(f"~ {address}: {', '.join(fields)}")
+    for address in report.added:
+        typer.echo(f"+ {address} (only in the live state)")
+    for address in report.only_in_spec:
+        typer.echo(f"  {address} is not in the live state yet; kept")
+    target = settings.config_dir / "accounts.yaml"
+    typer.echo(f"Wrote {target}." if report.changed else f"{target} already matches the live state.")
+
+
+@app.command()
+def demo(config_dir: Optional[Path] = ConfigDirOption) -> None:  # noqa: UP007
+    """Run validate, plan, apply, accounts and a test mail against an embedded local mail server."""
+    from mailops.demo import run_demo
+
+    raise typer.Exit(run_demo(config_dir or Path("config"), echo=typer.echo))
+
+
 def _accounts_table(loaded: LoadedSpec):  # noqa: ANN202 - rich is imported lazily
     from rich.table import Table
 

@@ -1,0 +1,3 @@
+from mailops.cli import app
+
+app(prog_name="mailops")

@@ -1,0 +1,198 @@
+"""`mailops demo`: the whole job against an embedded mail server, on a fresh machine.
+
+It starts mail-devel (in-memory IMAP + SMTP) on 127.0.0.1, points a temporary copy
+of the example config at it, and runs the real commands one after another:
+validate, plan, apply, accounts, a round-trip test mail, and a final plan that must
+say "No changes.". Nothing outside 127.0.0.1 is contacted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+PASSWORD_ENV = "MAILOPS_DEMO_PASSWORD"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def write_self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for localhost and 127.0.0.1 (the local servers' TLS); returns (cert, key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+@dataclass(frozen=True)
+class EmbeddedMailServer:
+    """mail-devel: every address has its own mailbox; all share one password."""
+
+    imap_port: int
+    smtp_port: int
+    password: str
+    cert: Path
+
+
+@contextmanager
+def embedded_mail_server(directory: Path) -> Iterator[EmbeddedMailServer]:
+    cert, key = write_self_signed_certificate(directory)
+    server = EmbeddedMailServer(free_port(), free_port(), secrets.token_urlsafe(16), cert)
+    log = (directory / "mail-devel.log").open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "mail_devel",
+            "--host", HOST,
+            "--multi-user",
+            "--auth-required",
+            "--no-http",
+            "--imap-port", str(server.imap_port),
+            "--smtp-port", str(server.smtp_port),
+            "--smtps-port", str(free_port()),
+            "--cert", str(cert),
+            "--key", str(key),
+        ],
+        env={**os.environ, "MAIL_PASSWORD": server.password},  # not on the command line, where ps shows it
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        _wait_until_ready(server, process, directory / "mail-devel.log")
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def _wait_until_ready(server: EmbeddedMailServer, process: subprocess.Popen, log: Path) -> None:
+    from imapclient import IMAPClient
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client = IMAPClient(HOST, port=server.imap_port, ssl=False, timeout=2)
+            client.login("probe@example.com", server.password)
+            client.logout()
+            return
+        except Exception:  # noqa: BLE001 - not up yet
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the embedded mail server did not start:\n{log.read_text(errors='replace')}") from None
+            time.sleep(0.1)
+
+
+def point_config_at(source: Path, target: Path, server: EmbeddedMailServer) -> list[str]:
+    """Copy the config and make every account a manual one on the embedded server.
+
+    Comments and order survive (ruamel round trip). Returns the account addresses.
+    """
+    from mailops.spec.yamldoc import round_trip_yaml
+
+    shutil.copytree(source, target)
+    yaml = round_trip_yaml()
+    accounts_path, defaults_path = target / "accounts.yaml", target / "defaults.yaml"
+    accounts = yaml.load(accounts_path.read_text(encoding="utf-8"))
+    for account in accounts["accounts"]:
+        account["provider"] = "manual"
+        account.setdefault("display_name", account["address"].split("@")[0])
+        account["username"] = account["address"]
+        account["password"] = {"env": PASSWORD_ENV}
+        account["imap"] = {"host": HOST, "port": server.imap_port, "encryption": "none"}
+        account["smtp"] = {"host": HOST, "port": server.smtp_port, "encryption": "starttls"}
+    with accounts_path.open("w", encoding="utf-8") as out:
+        yaml.dump(accounts, out)
+    defaults = yaml.load(defaults_path.read_text(encoding="utf-8"))
+    # The embedded server offers no IMAP TLS; SMTP still runs with STARTTLS.
+    defaults["policies"]["require_encryption"] = False
+    with defaults_path.open("w", encoding="utf-8") as out:
+        yaml.dump(defaults, out)
+    return [str(account["address"]) for account in accounts["accounts"]]
+
+
+Echo = Callable[[str], None]
+
+
+def run_demo(config_dir: Path, echo: Echo = print) -> int:
+    """Run the demo; 0 when every step did what it should."""
+    workdir = Path(tempfile.mkdtemp(prefix="mailops-demo-"))
+    try:
+        echo(f"Starting an embedded mail server on {HOST} …")
+        with embedded_mail_server(workdir) as server:
+            echo(f"  IMAP on port {server.imap_port}, SMTP with STARTTLS on port {server.smtp_port}")
+            demo_config = workdir / "config"
+            addresses = point_config_at(config_dir, demo_config, server)
+            echo(f"Copied {config_dir} to {demo_config}; its {len(addresses)} accounts now live on the embedded server.\n")
+            env = {
+                **os.environ,
+                PASSWORD_ENV: server.password,
+                "MAILOPS_CONFIG_DIR": str(demo_config),
+                "MAILOPS_STATE_URL": f"sqlite:///{workdir / 'state.db'}",
+                "MAILOPS_CA_FILE": str(server.cert),
+                "COLUMNS": os.environ.get("COLUMNS", "120"),
+            }
+            steps: list[tuple[list[str], set[int]]] = [
+                (["validate"], {0}),
+                (["plan", "--detailed-exitcode"], {2}),
+                (["apply", "--auto-approve"], {0}),
+                (["accounts"], {0}),
+                (["test-mail", addresses[0], "--wait"], {0}),
+                (["plan", "--detailed-exitcode"], {0}),
+            ]
+            for arguments, expected in steps:
+                echo(f"$ mailops {' '.join(arguments)}")
+                result = subprocess.run([sys.executable, "-m", "mailops", *arguments], env=env, cwd=workdir)
+                echo("")
+                if result.returncode not in expected:
+                    echo(f"The demo stopped: `mailops {arguments[0]}` exited {result.returncode}.")
+                    return 1
+        echo("Demo complete: every account was verified and sent its test mail; the final plan has no changes.")
+        return 0
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

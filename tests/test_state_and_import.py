@@ -1,0 +1,108 @@
+"""The state store's schema, crash safety of apply, `mailops import`, and the demo."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import create_engine, inspect, text
+from typer.testing import CliRunner
+
+from mailops.cli import app
+from mailops.spec import load_spec
+from mailops.state import StateStore
+from tests.conftest import spec_files
+
+runner = CliRunner()
+MAILOPS = [sys.executable, "-m", "mailops"]
+
+
+def test_state_schema_is_created_by_migrations_and_reopening_keeps_data(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'nested' / 'state.db'}"
+    store = StateStore.open(url)
+    store.record_account("A@Example.com", "manual", {"password": {"env": "X", "file": None}}, "connected", verified=True)
+    store.close()
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        assert connection.execute(text("select version_num from alembic_version")).scalar() == "0001"
+    assert {"accounts", "apply_lock", "alembic_version"} <= set(inspect(engine).get_table_names())
+    reopened = StateStore.open(url)
+    assert [a.address for a in reopened.accounts()] == ["a@example.com"]
+
+
+def test_kill_during_apply_then_apply_again_converges(engine_env, mail_servers, new_account) -> None:
+    slow = [new_account("slow") for _ in range(3)]  # the test SMTP server takes 1.5 s for their DATA
+    spec_files(engine_env, "".join(a.yaml(mail_servers) for a in slow))
+    env = {**os.environ, "MAILOPS_CONCURRENCY": "1"}
+    process = subprocess.Popen([*MAILOPS, "apply", "--auto-approve"], env=env, cwd=engine_env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = StateStore.open(f"sqlite:///{engine_env / 'state.db'}")
+    deadline = time.monotonic() + 20
+    while not store.accounts() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = store.accounts()
+    assert 1 <= len(done) < 3, "the kill should land between two accounts"
+    assert all(a.status == "connected" for a in done)
+    assert store.current_lock() is not None  # left behind by the killed apply
+
+    again = subprocess.run([*MAILOPS, "apply", "--auto-approve"], env=env, cwd=engine_env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"Apply complete: {3 - len(done)} account(s) done." in again.stdout
+    final = subprocess.run([*MAILOPS, "plan", "--detailed-exitcode"], cwd=engine_env, capture_output=True, text=True)
+    assert final.returncode == 0
+    assert "No changes." in final.stdout
+
+
+def test_import_round_trip_keeps_comments_and_adds_drift(example_config, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MAILOPS_STATE_URL", f"sqlite:///{tmp_path / 'state.db'}")
+    spec = load_spec(example_config).spec
+    store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+    for account in spec.accounts:
+        store.record_account(account.address, account.provider, account.model_dump(mode="json"), "connected")
+    # Someone changed the live state by hand: a new retention, and an account the spec does not know.
+    support = spec.account("support@example.com").model_dump(mode="json")
+    support["archive"]["retention_days"] = 90
+    store.record_account("support@example.com", "microsoft", support, "connected")
+    drift = spec.account("shop@example.net").model_copy(update={"address": "drift@posteo.de", "imap": None, "smtp": None})
+    drift_settings = drift.model_dump(mode="json")
+    drift_settings.update(imap={"host": "posteo.de", "port": 993, "encryption": "ssl"},
+                          smtp={"host": "posteo.de", "port": 587, "encryption": "starttls"})
+    store.record_account("drift@posteo.de", "manual", drift_settings, "connected")
+
+    before = (example_config / "accounts.yaml").read_text()
+    result = runner.invoke(app, ["import", "-c", str(example_config)])
+    assert result.exit_code == 0, result.output
+    assert "~ support@example.com: archive.retention_days" in result.stdout
+    assert "+ drift@posteo.de (only in the live state)" in result.stdout
+    after = (example_config / "accounts.yaml").read_text()
+
+    # Every comment line of the original is still there, and in the same order.
+    comments = [line.strip() for line in before.splitlines() if line.strip().startswith("#")]
+    assert [line.strip() for line in after.splitlines() if line.strip().startswith("#")][: len(comments)] == comments
+    assert "      retention_days: 90             # 0 keeps archived mail forever" in after
+    # The drift account is written without what the posteo.de preset fills in.
+    drift_block = after.split("- address: drift@posteo.de", 1)[1]
+    assert "imap" not in drift_block.split("projects:")[0]
+
+    reloaded = load_spec(example_config).spec
+    assert reloaded.account("support@example.com").archive.retention_days == 90
+    assert reloaded.account("drift@posteo.de").model_dump(mode="json") == drift_settings
+    # Importing again finds nothing to write.
+    second = runner.invoke(app, ["import", "-c", str(example_config)])
+    assert "already matches the live state" in second.stdout
+
+
+def test_demo_runs_end_to_end_on_the_embedded_server(tmp_path) -> None:
+    repo_config = Path(__file__).resolve().parent.parent / "config"
+    result = subprocess.run([*MAILOPS, "demo", "-c", str(repo_config)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Apply complete: 4 account(s) done." in result.stdout
+    assert "and arrived in the inbox" in result.stdout
+    assert result.stdout.rstrip().endswith("the final plan has no changes.")
+    assert "No changes. The live state matches the spec." in result.stdout
