@@ -32,8 +32,10 @@ system-deps:
 		echo "dovecot is missing and apt-get is not available: install Dovecot (IMAP) yourself" >&2; exit 1; \
 	fi
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	$(BIN)/python benchmarks/cli_startup.py
+	$(BIN)/python benchmarks/plan_1000.py
+	$(BIN)/python benchmarks/apply_concurrency.py
 
 schema: $(STAMP)
 	$(BIN)/python -m mailops.spec.schema > schema/mailops.schema.json

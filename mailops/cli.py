@@ -132,8 +132,7 @@ def plan(
     out: Optional[Path] = typer.Option(None, "--out", help="Save the plan, for `mailops apply FILE`."),  # noqa: UP007
 ) -> None:
     """Show what apply would change: + create, ~ update, - delete, ! needs action."""
-    from mailops.engine.apply import plan_for
-    from mailops.engine.plan import format_plan
+    from mailops.engine.plan import format_plan, plan_for
 
     settings = _settings(ctx, config_dir)
     loaded = _load_or_exit(settings, as_json=as_json)

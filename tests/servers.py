@@ -7,6 +7,7 @@ into the recipient's Dovecot maildir, so a test mail can be found over IMAP.
 from __future__ import annotations
 
 import asyncio
+import logging
 import mailbox
 import os
 import pwd
@@ -15,6 +16,7 @@ import socket
 import ssl
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from pathlib import Path
@@ -25,6 +27,11 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from mailops.demo import write_self_signed_certificate
 
 HOST = "127.0.0.1"
+
+# aiosmtpd warns about what these servers do on purpose (AUTH on a plain port).
+warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
+warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
+logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 
 def free_port() -> int:

@@ -278,4 +278,20 @@ def test_oauth_accounts_are_planned_as_needing_consent(engine_env, mail_servers,
     assert "1 account(s) need action." in planned.stdout
 
 
-_ = HOST
+
+
+def test_a_server_that_never_answers_is_a_timeout(engine_env, mail_servers, new_account, monkeypatch) -> None:
+    import socket
+
+    monkeypatch.setenv("MAILOPS_COMMAND_TIMEOUT", "1")
+    with socket.socket() as silent:  # accepts connections (kernel backlog) but never greets
+        silent.bind((HOST, 0))
+        silent.listen(8)
+        account = new_account()
+        entry = account.yaml(mail_servers, imap="none").replace(
+            f"port: {mail_servers.dovecot.plain_port}", f"port: {silent.getsockname()[1]}"
+        )
+        spec_files(engine_env, entry, policies="policies: {require_encryption: false}\n")
+        assert run("apply", "--auto-approve").exit_code == 1
+    state = StateStore.open(f"sqlite:///{engine_env / 'state.db'}").account(account.address)
+    assert state.last_error_class == "timeout"

@@ -50,7 +50,7 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
     ),
     "unterminated flow mapping": (
         {"accounts": accounts("port: 993, encryption: ssl}", "port: 993, encryption: ssl")},
-        [f"{A}:8:9: expected ',' or '}}', but got ':' (while parsing a flow mapping)"],
+        [f"{A}:8:9: did not find expected ',' or '}}' (while parsing a flow mapping)"],
     ),
     "unknown field with a close match": (
         {"accounts": accounts("    username: a\n", "    username: a\n    archive: {enabled: true, retention_day: 30}\n")},

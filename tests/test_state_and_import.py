@@ -106,3 +106,14 @@ def test_demo_runs_end_to_end_on_the_embedded_server(tmp_path) -> None:
     assert "and arrived in the inbox" in result.stdout
     assert result.stdout.rstrip().endswith("the final plan has no changes.")
     assert "No changes. The live state matches the spec." in result.stdout
+
+
+def test_schema_revision_constant_is_the_newest_migration() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from mailops.state.store import SCHEMA_REVISION
+
+    config = Config()
+    config.set_main_option("script_location", "mailops.state:migrations")
+    assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_REVISION

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from mailops.engine.plan import Action, AccountChange, Plan, make_plan
+from mailops.engine.plan import AccountChange, Action, Plan, plan_for
 from mailops.engine.verify import TestMailResult, verify_account
 from mailops.errors import MailopsError
 from mailops.settings import Settings
@@ -53,11 +53,6 @@ class ApplyReport:
 
 
 Progress = Callable[[AccountOutcome], None]
-
-
-def plan_for(loaded: LoadedSpec, store: StateStore, **judging: Any) -> Plan:
-    """The plan for the current spec and live state (``judging``: confirmed_deletes, force)."""
-    return make_plan(loaded.spec, store.accounts(), store.fingerprint(), **judging)
 
 
 def apply(
@@ -113,9 +108,9 @@ async def _execute_change(
         return AccountOutcome(change, status=None)
     account = loaded.spec.account(change.address)
     assert account is not None and change.after is not None
-    current = store.account(change.address)
     if account.is_oauth or not change.verify:
         # Nothing to log in to (yet): store the settings, keep the status it has.
+        current = store.account(change.address)
         status = current.status if current is not None else ("pending_consent" if account.is_oauth else "error")
         store.record_account(
             change.address,
@@ -136,6 +131,7 @@ async def _execute_change(
         test_mail_to=policy.to,
     )
     status = "connected" if result.ok else "error"
+    mail = result.test_mail
     store.record_account(
         change.address,
         account.provider,
@@ -144,8 +140,6 @@ async def _execute_change(
         verified=True,
         error_class=result.error.failure_class.value if result.error else None,
         error=result.error.summary() if result.error else None,
+        test_mail=(mail.recipient, mail.error.summary() if mail.error else None) if mail else None,
     )
-    if result.test_mail is not None:
-        error = result.test_mail.error
-        store.record_test_mail(change.address, result.test_mail.recipient, error.summary() if error else None)
     return AccountOutcome(change, status=status, error=result.error, test_mail=result.test_mail)

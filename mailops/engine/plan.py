@@ -18,7 +18,8 @@ from typing import Any
 
 from mailops.errors import MailopsError
 from mailops.spec.models import Account, Policies, Spec
-from mailops.state.store import AccountState
+from mailops.spec import LoadedSpec
+from mailops.state.store import AccountState, StateStore, state_fingerprint
 
 PLAN_FORMAT_VERSION = 1
 SENSITIVE = "(sensitive)"
@@ -171,6 +172,12 @@ def spec_fingerprint(spec: Spec) -> str:
         "policies": spec.policies.model_dump(mode="json"),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def plan_for(loaded: LoadedSpec, store: StateStore, **judging: Any) -> Plan:
+    """The plan for the current spec and live state (``judging``: confirmed_deletes, force)."""
+    live = store.accounts()
+    return make_plan(loaded.spec, live, state_fingerprint(live), **judging)
 
 
 def make_plan(

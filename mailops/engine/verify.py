@@ -16,7 +16,7 @@ from mailops.spec.models import Account
 from mailops.transport.connection import Credential, Endpoint, Timeouts
 from mailops.transport.failures import TransportError
 from mailops.transport.imap import verify_imap_login, wait_for_message
-from mailops.transport.smtp import send_message, verify_smtp_login
+from mailops.transport.smtp import send_in_session, send_message, smtp_session
 
 
 @dataclass(frozen=True)
@@ -81,24 +81,46 @@ async def verify_account(
     executor: Executor | None,
     send_test_mail: bool,
     test_mail_to: str = "self",
-    wait_for_arrival: bool = False,
 ) -> VerifyResult:
-    """Log in to IMAP and SMTP and send the test mail; the first failure ends the check."""
+    """Log in to IMAP and SMTP at the same time, then send the test mail on the SMTP session.
+
+    The test mail goes out only when both logins worked; the first failure is the result.
+    """
     imap, smtp = endpoints(account)
     timeouts = timeouts_of(settings)
-    loop = asyncio.get_running_loop()
     try:
         credential = password_credential(account, config_dir)
-        await loop.run_in_executor(executor, verify_imap_login, imap, credential, timeouts, settings.ca_file)
-        await verify_smtp_login(smtp, credential, timeouts, settings.ca_file)
     except TransportError as error:
         return VerifyResult(account.address, error=error)
-    if not send_test_mail:
-        return VerifyResult(account.address)
-    result = await send_test_mail_now(
-        account, credential, recipient_of_test_mail(account, test_mail_to), settings, executor, wait_for_arrival
+    recipient = recipient_of_test_mail(account, test_mail_to)
+    imap_login = asyncio.get_running_loop().run_in_executor(
+        executor, verify_imap_login, imap, credential, timeouts, settings.ca_file
     )
-    return VerifyResult(account.address, error=result.error, test_mail=result)
+
+    async def smtp_login_and_test_mail() -> TestMailResult | None:
+        async with smtp_session(smtp, credential, timeouts, settings.ca_file) as client:
+            try:
+                await imap_login
+            except TransportError:
+                return None  # reported from imap_login below
+            if not send_test_mail:
+                return None
+            message = build_test_mail(account, recipient)
+            try:
+                await send_in_session(client, message)
+            except TransportError as error:
+                return TestMailResult(recipient, message["Message-ID"], error=error)
+            return TestMailResult(recipient, message["Message-ID"])
+
+    imap_outcome, smtp_outcome = await asyncio.gather(imap_login, smtp_login_and_test_mail(), return_exceptions=True)
+    for outcome in (imap_outcome, smtp_outcome):
+        if isinstance(outcome, BaseException) and not isinstance(outcome, TransportError):
+            raise outcome
+    error = next((o for o in (imap_outcome, smtp_outcome) if isinstance(o, TransportError)), None)
+    test_mail = smtp_outcome if isinstance(smtp_outcome, TestMailResult) else None
+    if error is None and test_mail is not None:
+        error = test_mail.error
+    return VerifyResult(account.address, error=error, test_mail=test_mail)
 
 
 async def send_test_mail_now(

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from mailops.errors import Diagnostic, SpecError
 from mailops.spec.models import (
@@ -43,7 +42,12 @@ class LoadedSpec:
     spec: Spec
     config_dir: Path
     documents: dict[str, YamlDocument]
-    notes: list[Diagnostic]  # what was filled in, e.g. servers from a preset
+    pending_notes: list[tuple[str, FieldPath, str]]
+
+    @property
+    def notes(self) -> list[Diagnostic]:
+        """What was filled in (e.g. servers from a preset), located in the files."""
+        return sorted(self.documents[file].diagnostic(path, message) for file, path, message in self.pending_notes)
 
 
 @dataclass
@@ -71,13 +75,14 @@ class Report:
     def __init__(self, documents: dict[str, YamlDocument]):
         self.documents = documents
         self.problems: list[Diagnostic] = [p for d in documents.values() for p in d.problems]
-        self.notes: list[Diagnostic] = []
+        # Located only when shown: locating needs the slow round-trip parse.
+        self.notes: list[tuple[str, FieldPath, str]] = []
 
     def problem(self, file: str, path: FieldPath, message: str, *, at_key: bool = False) -> None:
         self.problems.append(self.documents[file].diagnostic(path, message, at_key=at_key))
 
     def note(self, file: str, path: FieldPath, message: str) -> None:
-        self.notes.append(self.documents[file].diagnostic(path, message))
+        self.notes.append((file, path, message))
 
 
 def _display_name(config_dir: Path, name: str) -> str:
@@ -104,7 +109,7 @@ def load_spec(config_dir: Path | str) -> LoadedSpec:
     spec = check_spec(parts, config_dir, report)
     if report.problems or spec is None:
         raise SpecError(report.problems)
-    return LoadedSpec(spec=spec, config_dir=config_dir, documents=documents, notes=sorted(report.notes))
+    return LoadedSpec(spec=spec, config_dir=config_dir, documents=documents, pending_notes=report.notes)
 
 
 def _validate_document(name: str, document: YamlDocument, parts: SpecParts, report: Report) -> None:
@@ -114,7 +119,7 @@ def _validate_document(name: str, document: YamlDocument, parts: SpecParts, repo
     if data is None:
         report.problem(name, (), f"file is empty; expected a mapping with the keys: {sections}")
         return
-    if not isinstance(data, CommentedMap):
+    if not isinstance(data, dict):
         report.problem(name, (), f"expected a mapping with the keys: {sections}; got {_kind(data)}")
         return
     for key in data:
@@ -251,7 +256,7 @@ def _unwrap(annotation: Any) -> Any:
 
 
 def _kind(value: Any) -> str:
-    if isinstance(value, CommentedSeq | list):
+    if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):
         return "a mapping"

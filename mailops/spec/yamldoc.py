@@ -15,6 +15,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.resolver import VersionedResolver
 
 from mailops.errors import Diagnostic
 
@@ -37,14 +38,43 @@ def round_trip_yaml() -> YAML:
     return yaml
 
 
+class _Yaml12Resolver(VersionedResolver):
+    # The stock resolver looks up the document's YAML version for every scalar, through an
+    # exception when libyaml parses; the spec is YAML 1.2, so answer that directly.
+    @property
+    def processing_version(self) -> tuple[int, int]:
+        return (1, 2)
+
+
+def fast_yaml() -> YAML:
+    """Plain data, parsed by libyaml (ruamel.yaml.clib) where available: several times faster."""
+    yaml = YAML(typ="safe", pure=False)
+    yaml.Resolver = _Yaml12Resolver
+    yaml.allow_duplicate_keys = False
+    return yaml
+
+
 @dataclass
 class YamlDocument:
-    """A loaded YAML file; ``data`` is None when it could not be parsed or is empty."""
+    """A loaded YAML file; ``data`` is None when it could not be parsed or is empty.
+
+    ``data`` comes from the fast loader. Positions need the round-trip loader, which is
+    slow on large files, so that second parse happens only when a position is asked for.
+    """
 
     path: Path
     display_name: str
+    text: str = ""
     data: Any = None
     problems: list[Diagnostic] = field(default_factory=list)
+    _located: Any = None
+
+    @property
+    def located(self) -> Any:
+        """The same document as round-trip nodes that carry their line and column."""
+        if self._located is None and self.data is not None:
+            self._located = round_trip_yaml().load(self.text)
+        return self._located
 
     def position(self, path: FieldPath, *, at_key: bool = False) -> tuple[int, int]:
         """1-based (line, column) of the node at ``path``, or of its nearest existing parent.
@@ -52,7 +82,7 @@ class YamlDocument:
         A complete path points at the value, or at its key when ``at_key`` is set (e.g. for
         an unknown key); a path that leaves the document points at the last node it reached.
         """
-        node = self.data
+        node = self.located
         line, column = 0, 0
         for index, step in enumerate(path):
             last = index == len(path) - 1
@@ -82,7 +112,7 @@ def _describe_yaml_error(exc: MarkedYAMLError) -> str:
     if duplicate:
         # ruamel's text also quotes both values; a value may be sensitive, so leave them out.
         return f"duplicate key `{duplicate['key']}` (each key may appear once per mapping)"
-    if "'\\t'" in problem:
+    if "'\\t'" in problem or "tab character" in problem:
         return "tab character; YAML indentation must use spaces"
     if exc.context and exc.context not in problem:
         return f"{problem} ({exc.context})"
@@ -100,8 +130,9 @@ def load_document(path: Path, display_name: str) -> YamlDocument:
     except (OSError, UnicodeDecodeError) as exc:
         document.problems.append(Diagnostic(display_name, 1, 1, "", f"cannot read file: {exc}"))
         return document
+    document.text = text
     try:
-        document.data = round_trip_yaml().load(text)
+        document.data = fast_yaml().load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)

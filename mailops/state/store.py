@@ -21,15 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, event, select, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailops.errors import MailopsError
 from mailops.state.tables import AccountRow, ApplyLockRow
 
 STATUSES = ("connected", "error", "needs_reconnect", "pending_consent")
+# The newest migration in migrations/versions; a test keeps the two in step.
+SCHEMA_REVISION = "0001"
 LOCK_NAME = "apply"
 
 
@@ -134,6 +136,8 @@ class StateStore:
         return store
 
     def _migrate(self) -> None:
+        if self._schema_revision() == SCHEMA_REVISION:
+            return  # up to date: skip loading Alembic, which costs more than the check
         from alembic import command
         from alembic.config import Config
 
@@ -142,6 +146,15 @@ class StateStore:
         with self.engine.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+
+    def _schema_revision(self) -> str | None:
+        try:
+            with self.engine.connect() as connection:
+                return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except OperationalError:
+            return None  # a new, empty store
+        except ProgrammingError:
+            return None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -175,8 +188,12 @@ class StateStore:
         verified: bool = False,
         error_class: str | None = None,
         error: str | None = None,
+        test_mail: tuple[str, str | None] | None = None,
     ) -> None:
-        """Store an account's applied settings and verification result, in one transaction."""
+        """Store an account's applied settings, verification and test-mail result in one transaction.
+
+        ``test_mail`` is (recipient, error text or None).
+        """
         assert status in STATUSES, status
         now = utcnow()
         with self.session() as session:
@@ -193,6 +210,9 @@ class StateStore:
                 row.last_verified_at = now
             row.last_error_class = error_class
             row.last_error = error
+            if test_mail is not None:
+                row.last_test_mail_at = now
+                row.last_test_mail_to, row.last_test_mail_error = test_mail
 
     def record_test_mail(self, address: str, recipient: str, error: str | None) -> None:
         with self.session() as session:
@@ -220,13 +240,7 @@ class StateStore:
                 row.updated_at = row.deleted_at
 
     def fingerprint(self) -> str:
-        """A digest of everything a plan is based on: which accounts exist, as what, in which status."""
-        digest = hashlib.sha256()
-        for account in self.accounts():
-            digest.update(
-                json.dumps([account.address, account.provider, account.settings, account.status], sort_keys=True).encode()
-            )
-        return digest.hexdigest()
+        return state_fingerprint(self.accounts())
 
     # -- apply lock -----------------------------------------------------------
 
@@ -283,6 +297,12 @@ class StateStore:
             yield info
         finally:
             self.release_lock(info.lock_id)
+
+
+def state_fingerprint(accounts: list[AccountState]) -> str:
+    """A digest of everything a plan is based on: which accounts exist, as what, in which status."""
+    payload = [[a.address, a.provider, a.settings, a.status] for a in sorted(accounts, key=lambda a: a.address)]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def _lock_info(row: ApplyLockRow) -> LockInfo:

@@ -49,17 +49,20 @@ async def smtp_session(
             client.close()
 
 
-async def verify_smtp_login(endpoint: Endpoint, credential: Credential, timeouts: Timeouts, ca_file=None) -> None:
-    async with smtp_session(endpoint, credential, timeouts, ca_file):
-        pass
-
-
 async def send_message(
     endpoint: Endpoint, credential: Credential, message: EmailMessage, timeouts: Timeouts, ca_file=None
 ) -> None:
-    """Send ``message``; a recipient refused while others were accepted still counts as a failure."""
+    """Log in and send ``message``."""
     async with smtp_session(endpoint, credential, timeouts, ca_file) as client:
+        await send_in_session(client, message)
+
+
+async def send_in_session(client: aiosmtplib.SMTP, message: EmailMessage) -> None:
+    """Send on an open session; a recipient refused while others were accepted still counts as a failure."""
+    try:
         refused, _response = await client.send_message(message)
+    except aiosmtplib.SMTPException as exc:
+        raise classify(exc, "smtp") from None
     if refused:
         text = "; ".join(f"{address}: {code} {reply}" for address, (code, reply) in refused.items())
         first_code = next(iter(refused.values()))[0]

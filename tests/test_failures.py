@@ -1,0 +1,37 @@
+"""The mapping from low-level exceptions to failure classes, for errors a local server cannot produce."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+import aiosmtplib
+
+from mailops.transport.failures import REMEDIES, FailureClass, classify
+
+
+def test_dns_failure_is_a_connect_failure() -> None:
+    error = classify(socket.gaierror(-2, "Name or service not known"), "imap")
+    assert error.failure_class is FailureClass.CONNECT
+    assert error.summary() == "IMAP connect: host not found (-2 Name or service not known)"
+
+
+def test_a_wrapped_ssl_error_is_found_through_the_cause_chain() -> None:
+    try:
+        try:
+            raise ssl.SSLCertVerificationError(1, "certificate verify failed: self-signed certificate")
+        except ssl.SSLError as inner:
+            raise aiosmtplib.SMTPConnectError("Error connecting to 127.0.0.1 on port 465") from inner
+    except aiosmtplib.SMTPConnectError as outer:
+        error = classify(outer, "smtp")
+    assert error.failure_class is FailureClass.TLS
+
+
+def test_smtp_codes_and_enhanced_status_codes_are_kept() -> None:
+    error = classify(aiosmtplib.SMTPSenderRefused(553, "5.1.8 Sender address rejected", "x@example.com"), "smtp")
+    assert (error.failure_class, error.smtp_code, error.enhanced_code) == (FailureClass.SENDER_REFUSED, 553, "5.1.8")
+
+
+def test_every_class_has_a_remedy() -> None:
+    assert set(REMEDIES) == set(FailureClass)
+    assert all(len(text) > 40 for text in REMEDIES.values())
