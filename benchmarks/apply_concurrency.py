@@ -106,7 +106,9 @@ def write_spec(config: Path, addresses: list[str], imap_port: int, smtp_port: in
             f"    smtp: {{host: {HOST}, port: {smtp_port}, encryption: starttls}}",
         ]
     (config / "accounts.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (config / "defaults.yaml").write_text(f"defaults: {{email: {addresses[0]}, sender_name: Bench}}\n", encoding="utf-8")
+    (config / "defaults.yaml").write_text(
+        f"defaults: {{email: {addresses[0]}, sender_name: Bench}}\n", encoding="utf-8"
+    )
 
 
 def timed_apply(config: Path, state: Path, ca: Path, concurrency: int) -> tuple[float, float]:
@@ -118,8 +120,12 @@ def timed_apply(config: Path, state: Path, ca: Path, concurrency: int) -> tuple[
         "MAILOPS_CONCURRENCY": str(concurrency),
     }
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "mailops", "apply", "--auto-approve"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailops", "apply", "--auto-approve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     output = process.stdout.read()
     _pid, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - started
@@ -144,7 +150,10 @@ def main() -> int:
     try:
         proxy = DelayingProxy([dovecot.tls_port, smtp.starttls_port], ROUND_TRIP_SECONDS).start()
         results = {}
-        runs = (("one after another", 1, min(args.sequential_sample, args.accounts)), ("concurrent", args.concurrency, args.accounts))
+        runs = (
+            ("one after another", 1, min(args.sequential_sample, args.accounts)),
+            ("concurrent", args.concurrency, args.accounts),
+        )
         for label, concurrency, count in runs:
             work = root / label.replace(" ", "-")
             addresses = [f"bench{n}-{label[0]}@example.com" for n in range(count)]
@@ -160,17 +169,21 @@ def main() -> int:
             scaled = elapsed * args.accounts / count
             results[label] = (scaled, peak)
             note = f" (measured {elapsed:.2f} s for {count}, scaled)" if count != args.accounts else ""
-            print(f"{label:>17}: {args.accounts} accounts in {scaled:6.2f} s{note}, peak RSS {peak:.0f} MB; "
-                  f"test servers' CPU {after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime:.2f} s",
-                  flush=True)
+            print(
+                f"{label:>17}: {args.accounts} accounts in {scaled:6.2f} s{note}, peak RSS {peak:.0f} MB; "
+                f"test servers' CPU {after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime:.2f} s",
+                flush=True,
+            )
     finally:
         smtp.stop()
         dovecot.stop()
         shutil.rmtree(root, ignore_errors=True)
     speedup = results["one after another"][0] / results["concurrent"][0]
     verdict = "meets" if speedup >= TARGET_SPEEDUP else "MISSES"
-    print(f"speed-up {speedup:.1f}x with concurrency {args.concurrency} (target >= {TARGET_SPEEDUP}x): {verdict}; "
-          f"memory {results['one after another'][1]:.0f} MB -> {results['concurrent'][1]:.0f} MB")
+    print(
+        f"speed-up {speedup:.1f}x with concurrency {args.concurrency} (target >= {TARGET_SPEEDUP}x): {verdict}; "
+        f"memory {results['one after another'][1]:.0f} MB -> {results['concurrent'][1]:.0f} MB"
+    )
     return 0 if speedup >= TARGET_SPEEDUP else 1
 
 

@@ -28,9 +28,11 @@ def main() -> int:
         timings.append(time.perf_counter() - started)
     median = statistics.median(timings)
     verdict = "meets" if median < TARGET_SECONDS else "MISSES"
-    print(f"mailops --help: median {median * 1000:.0f} ms over {args.runs} runs "
-          f"(min {min(timings) * 1000:.0f} ms, max {max(timings) * 1000:.0f} ms); "
-          f"target < {TARGET_SECONDS * 1000:.0f} ms: {verdict}")
+    print(
+        f"mailops --help: median {median * 1000:.0f} ms over {args.runs} runs "
+        f"(min {min(timings) * 1000:.0f} ms, max {max(timings) * 1000:.0f} ms); "
+        f"target < {TARGET_SECONDS * 1000:.0f} ms: {verdict}"
+    )
     return 0 if median < TARGET_SECONDS else 1
 
 

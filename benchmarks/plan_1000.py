@@ -71,8 +71,12 @@ def main() -> int:
         timings, peaks = [], []
         for _ in range(args.runs):
             started = time.perf_counter()
-            process = subprocess.Popen([sys.executable, "-m", "mailops", "plan", "--detailed-exitcode"], env=env,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "mailops", "plan", "--detailed-exitcode"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
             _pid, status, usage = os.wait4(process.pid, 0)
             timings.append(time.perf_counter() - started)
             peaks.append(usage.ru_maxrss / 1024)  # KiB -> MiB on Linux
@@ -81,9 +85,11 @@ def main() -> int:
                 return 1
     plan_median, median, peak = statistics.median(in_process), statistics.median(timings), max(peaks)
     ok = plan_median < TARGET_SECONDS and peak < TARGET_MB
-    print(f"plan of {args.accounts} accounts: median {plan_median:.2f} s over {args.runs} runs "
-          f"(target < {TARGET_SECONDS:.0f} s); `mailops plan` command: median {median:.2f} s wall, "
-          f"peak RSS {peak:.0f} MB (target < {TARGET_MB} MB): {'meets' if ok else 'MISSES'} the targets")
+    print(
+        f"plan of {args.accounts} accounts: median {plan_median:.2f} s over {args.runs} runs "
+        f"(target < {TARGET_SECONDS:.0f} s); `mailops plan` command: median {median:.2f} s wall, "
+        f"peak RSS {peak:.0f} MB (target < {TARGET_MB} MB): {'meets' if ok else 'MISSES'} the targets"
+    )
     return 0 if ok else 1
 
 

@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -31,7 +31,10 @@ app = typer.Typer(
 )
 
 ConfigDirOption = typer.Option(
-    None, "--config-dir", "-c", help="Directory with accounts.yaml and defaults.yaml [env: MAILOPS_CONFIG_DIR; default: config]"
+    None,
+    "--config-dir",
+    "-c",
+    help="Directory with accounts.yaml and defaults.yaml [env: MAILOPS_CONFIG_DIR; default: config]",
 )
 
 
@@ -44,11 +47,13 @@ def _show_version(value: bool) -> None:
 @app.callback()
 def main(
     ctx: typer.Context,
-    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."),
-    state: Optional[str] = typer.Option(  # noqa: UP007
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+    ),
+    state: str | None = typer.Option(
         None, "--state", help="State store URL [env: MAILOPS_STATE_URL; default: sqlite:///.mailops/state.db]"
     ),
-    acting_user: Optional[str] = typer.Option(  # noqa: UP007
+    acting_user: str | None = typer.Option(
         None, "--as", help="The acting employee, for visibility checks [env: MAILOPS_USER]"
     ),
 ) -> None:
@@ -81,7 +86,7 @@ def _load_or_exit(settings: Settings, *, as_json: bool) -> LoadedSpec:
 @app.command()
 def validate(
     ctx: typer.Context,
-    config_dir: Optional[Path] = ConfigDirOption,  # noqa: UP007
+    config_dir: Path | None = ConfigDirOption,
     as_json: bool = typer.Option(False, "--json", help="Print the problems as a JSON list."),
 ) -> None:
     """Load and check the spec. Exit 0 when valid, 1 when not."""
@@ -124,12 +129,12 @@ def _open_store(settings: Settings) -> StateStore:
 @app.command()
 def plan(
     ctx: typer.Context,
-    config_dir: Optional[Path] = ConfigDirOption,  # noqa: UP007
+    config_dir: Path | None = ConfigDirOption,
     as_json: bool = typer.Option(False, "--json", help="Print the plan as versioned JSON (secrets redacted)."),
     detailed_exitcode: bool = typer.Option(
         False, "--detailed-exitcode", help="Exit 0 when nothing changes, 2 when something would, 1 on error."
     ),
-    out: Optional[Path] = typer.Option(None, "--out", help="Save the plan, for `mailops apply FILE`."),  # noqa: UP007
+    out: Path | None = typer.Option(None, "--out", help="Save the plan, for `mailops apply FILE`."),
 ) -> None:
     """Show what apply would change: + create, ~ update, - delete, ! needs action."""
     from mailops.engine.plan import format_plan, plan_for
@@ -149,8 +154,8 @@ def plan(
 @app.command(name="apply")
 def apply_command(
     ctx: typer.Context,
-    plan_file: Optional[Path] = typer.Argument(None, help="A plan saved by `mailops plan --out`."),  # noqa: UP007
-    config_dir: Optional[Path] = ConfigDirOption,  # noqa: UP007
+    plan_file: Path | None = typer.Argument(None, help="A plan saved by `mailops plan --out`."),
+    config_dir: Path | None = ConfigDirOption,
     auto_approve: bool = typer.Option(False, "--auto-approve", help="Apply without asking."),
     confirm_delete: list[str] = typer.Option(
         [], "--confirm-delete", metavar="ADDRESS", help="Allow deleting this account (repeat for each)."
@@ -178,7 +183,7 @@ def apply_command(
             raise typer.Exit(1) from None
 
     def approve(the_plan) -> bool:  # noqa: ANN001
-        console.print(format_plan(the_plan))
+        console.print(format_plan(the_plan), markup=False)
         if auto_approve or saved is not None:
             return True
         if not sys.stdin.isatty():
@@ -187,8 +192,13 @@ def apply_command(
         return typer.confirm("Apply these changes?")
 
     progress = Progress(
-        TextColumn("[bold]apply"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"),
-        console=console, transient=True,
+        TextColumn("[bold]apply"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        transient=True,
     )
     task = progress.add_task("", total=0)
 
@@ -259,7 +269,7 @@ def _outcomes_table(report):  # noqa: ANN001, ANN202
 @app.command()
 def accounts(
     ctx: typer.Context,
-    config_dir: Optional[Path] = ConfigDirOption,  # noqa: UP007
+    config_dir: Path | None = ConfigDirOption,
     as_json: bool = typer.Option(False, "--json", help="Print the overview as JSON."),
 ) -> None:
     """The overview: each live account with its status, project links and last test mail."""
@@ -280,7 +290,9 @@ def accounts(
     for row in rows:
         links = "".join(f"\n  [dim]{code}[/dim]" for code in row["projects"])
         mail = row["last_test_mail"]
-        mail_text = "" if mail is None else f"{mail['at']:%Y-%m-%d %H:%M} {'ok' if mail['ok'] else 'failed: ' + mail['error']}"
+        mail_text = (
+            "" if mail is None else f"{mail['at']:%Y-%m-%d %H:%M} {'ok' if mail['ok'] else 'failed: ' + mail['error']}"
+        )
         table.add_row(row["address"] + links, row["display_name"], row["provider"], row["status"], mail_text)
     Console(highlight=False).print(table)
 
@@ -289,9 +301,9 @@ def accounts(
 def test_mail(
     ctx: typer.Context,
     address: str = typer.Argument(..., help="The account that sends."),
-    to: Optional[str] = typer.Option(None, "--to", help="Recipient (default: policies.test_mail.to)."),  # noqa: UP007
+    to: str | None = typer.Option(None, "--to", help="Recipient (default: policies.test_mail.to)."),
     wait: bool = typer.Option(False, "--wait", help="Wait until the mail has arrived in the account's inbox."),
-    config_dir: Optional[Path] = ConfigDirOption,  # noqa: UP007
+    config_dir: Path | None = ConfigDirOption,
 ) -> None:
     """Send a test mail from ADDRESS now."""
     from mailops.engine.testmail import send_test_mail
@@ -309,7 +321,9 @@ def test_mail(
 
 
 @app.command(name="force-unlock")
-def force_unlock(ctx: typer.Context, lock_id: str = typer.Argument(..., help="The lock ID that apply reported.")) -> None:
+def force_unlock(
+    ctx: typer.Context, lock_id: str = typer.Argument(..., help="The lock ID that apply reported.")
+) -> None:
     """Release an apply lock whose holder is gone."""
     settings = _settings(ctx)
     with _reported_errors():
@@ -323,7 +337,7 @@ def force_unlock(ctx: typer.Context, lock_id: str = typer.Argument(..., help="Th
 
 
 @app.command(name="import")
-def import_command(ctx: typer.Context, config_dir: Optional[Path] = ConfigDirOption) -> None:  # noqa: UP007
+def import_command(ctx: typer.Context, config_dir: Path | None = ConfigDirOption) -> None:
     """Write the live state back into accounts.yaml, keeping comments; adds accounts that exist only live."""
     from mailops.spec.writer import import_live_state
 
@@ -341,11 +355,11 @@ def import_command(ctx: typer.Context, config_dir: Optional[Path] = ConfigDirOpt
 
 
 @app.command()
-def demo(config_dir: Optional[Path] = ConfigDirOption) -> None:  # noqa: UP007
+def demo(ctx: typer.Context, config_dir: Path | None = ConfigDirOption) -> None:
     """Run validate, plan, apply, accounts and a test mail against an embedded local mail server."""
     from mailops.demo import run_demo
 
-    raise typer.Exit(run_demo(config_dir or Path("config"), echo=typer.echo))
+    raise typer.Exit(run_demo(_settings(ctx, config_dir).config_dir, echo=typer.echo))
 
 
 def _accounts_table(loaded: LoadedSpec):  # noqa: ANN202 - rich is imported lazily

@@ -84,16 +84,24 @@ def embedded_mail_server(directory: Path) -> Iterator[EmbeddedMailServer]:
     log = (directory / "mail-devel.log").open("wb")
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "mail_devel",
-            "--host", HOST,
+            sys.executable,
+            "-m",
+            "mail_devel",
+            "--host",
+            HOST,
             "--multi-user",
             "--auth-required",
             "--no-http",
-            "--imap-port", str(server.imap_port),
-            "--smtp-port", str(server.smtp_port),
-            "--smtps-port", str(free_port()),
-            "--cert", str(cert),
-            "--key", str(key),
+            "--imap-port",
+            str(server.imap_port),
+            "--smtp-port",
+            str(server.smtp_port),
+            "--smtps-port",
+            str(free_port()),
+            "--cert",
+            str(cert),
+            "--key",
+            str(key),
         ],
         env={**os.environ, "MAIL_PASSWORD": server.password},  # not on the command line, where ps shows it
         stdout=log,
@@ -124,7 +132,9 @@ def _wait_until_ready(server: EmbeddedMailServer, process: subprocess.Popen, log
             return
         except Exception:  # noqa: BLE001 - not up yet
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the embedded mail server did not start:\n{log.read_text(errors='replace')}") from None
+                raise RuntimeError(
+                    f"the embedded mail server did not start:\n{log.read_text(errors='replace')}"
+                ) from None
             time.sleep(0.1)
 
 
@@ -168,7 +178,7 @@ def run_demo(config_dir: Path, echo: Echo = print) -> int:
             echo(f"  IMAP on port {server.imap_port}, SMTP with STARTTLS on port {server.smtp_port}")
             demo_config = workdir / "config"
             addresses = point_config_at(config_dir, demo_config, server)
-            echo(f"Copied {config_dir} to {demo_config}; its {len(addresses)} accounts now live on the embedded server.\n")
+            echo(f"Copied {config_dir} to {demo_config}; its {len(addresses)} accounts now use the embedded server.\n")
             env = {
                 **os.environ,
                 PASSWORD_ENV: server.password,

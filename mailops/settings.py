@@ -15,9 +15,7 @@ DEFAULT_STATE_URL = "sqlite:///.mailops/state.db"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="MAILOPS_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="MAILOPS_", env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     config_dir: Path = Field(Path("config"), description="Directory holding accounts.yaml and defaults.yaml.")
     state_url: str = Field(

@@ -85,7 +85,11 @@ class MailServers:
     cert: Path
 
     def ports(self, imap: str, smtp: str) -> tuple[int, int]:
-        imap_port = {"ssl": self.dovecot.tls_port, "starttls": self.dovecot.plain_port, "none": self.dovecot.plain_port}[imap]
+        imap_port = {
+            "ssl": self.dovecot.tls_port,
+            "starttls": self.dovecot.plain_port,
+            "none": self.dovecot.plain_port,
+        }[imap]
         smtp_port = {"ssl": self.smtp.tls_port, "starttls": self.smtp.starttls_port, "none": self.smtp.plain_port}[smtp]
         return imap_port, smtp_port
 
@@ -175,5 +179,3 @@ def spec_files(tmp_path: Path, accounts_yaml: str, *, policies: str = "", projec
         f"defaults:\n  email: {first}\n  sender_name: Test\nqueues: [support]\n{policies}", encoding="utf-8"
     )
     return config
-
-

@@ -73,9 +73,7 @@ def test_wrong_password_fails_that_account_only(engine_env, mail_servers, new_ac
 def test_server_down_is_a_connect_failure(engine_env, mail_servers, new_account) -> None:
     account = new_account()
     dead_port = free_port()
-    entry = account.yaml(mail_servers).replace(
-        f"port: {mail_servers.dovecot.tls_port}", f"port: {dead_port}"
-    )
+    entry = account.yaml(mail_servers).replace(f"port: {mail_servers.dovecot.tls_port}", f"port: {dead_port}")
     spec_files(engine_env, entry)
     applied = run("apply", "--auto-approve")
     assert applied.exit_code == 1
@@ -93,7 +91,9 @@ def test_tls_against_a_plain_port_is_a_tls_failure(engine_env, mail_servers, new
     assert state.last_error_class == "tls"
 
 
-def test_self_signed_certificate_without_the_ca_is_a_tls_failure(engine_env, mail_servers, new_account, monkeypatch) -> None:
+def test_self_signed_certificate_without_the_ca_is_a_tls_failure(
+    engine_env, mail_servers, new_account, monkeypatch
+) -> None:
     monkeypatch.delenv("MAILOPS_CA_FILE")
     account = new_account()
     spec_files(engine_env, account.yaml(mail_servers))
@@ -276,8 +276,6 @@ def test_oauth_accounts_are_planned_as_needing_consent(engine_env, mail_servers,
     assert "! team@example.org (google)" in planned.stdout
     assert "pending consent: run `mailops connect team@example.org`" in planned.stdout
     assert "1 account(s) need action." in planned.stdout
-
-
 
 
 def test_a_server_that_never_answers_is_a_timeout(engine_env, mail_servers, new_account, monkeypatch) -> None:

@@ -37,7 +37,11 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
         [f"{A}:1:1: expected a mapping with the keys: accounts, projects; got a list"],
     ),
     "list where a mapping belongs (imap)": (
-        {"accounts": accounts("imap: {host: imap.example.com, port: 993, encryption: ssl}", "imap: [imap.example.com, 993]")},
+        {
+            "accounts": accounts(
+                "imap: {host: imap.example.com, port: 993, encryption: ssl}", "imap: [imap.example.com, 993]"
+            )
+        },
         [f"{A}:7:11: accounts[0].imap: expected a mapping, got a list"],
     ),
     "tab indentation": (
@@ -53,7 +57,11 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
         [f"{A}:8:9: did not find expected ',' or '}}' (while parsing a flow mapping)"],
     ),
     "unknown field with a close match": (
-        {"accounts": accounts("    username: a\n", "    username: a\n    archive: {enabled: true, retention_day: 30}\n")},
+        {
+            "accounts": accounts(
+                "    username: a\n", "    username: a\n    archive: {enabled: true, retention_day: 30}\n"
+            )
+        },
         [f"{A}:6:30: accounts[0].archive.retention_day: unknown field; did you mean `retention_days`?"],
     ),
     "unknown field without a close match": (
@@ -108,33 +116,63 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
     ),
     "defaults.email not an account": (
         {"defaults": defaults("email: a@example.com", "email: nobody@example.com")},
-        [f"{D}:2:10: defaults.email: `nobody@example.com` is not a declared account; declare it under `accounts:` first"],
+        [
+            f"{D}:2:10: defaults.email: `nobody@example.com` is not a declared account; declare it under `accounts:` first"
+        ],
     ),
     "project email not an account": (
         {"accounts": accounts("SHOP: {email: a@example.com}", "SHOP: {email: shop@example.com}")},
-        [f"{A}:10:17: projects.SHOP.email: `shop@example.com` is not a declared account; declare it under `accounts:` first"],
+        [
+            f"{A}:10:17: projects.SHOP.email: `shop@example.com` is not a declared account; declare it under `accounts:` first"
+        ],
     ),
     "ticket.default_project dangling": (
-        {"accounts": accounts("    username: a\n", "    username: a\n    ticket: {enabled: true, default_project: AMAZON}\n")},
+        {
+            "accounts": accounts(
+                "    username: a\n", "    username: a\n    ticket: {enabled: true, default_project: AMAZON}\n"
+            )
+        },
         [f"{A}:6:46: accounts[0].ticket.default_project: unknown project `AMAZON`; declare it under `projects:`"],
     ),
     "ticket.default_queue dangling": (
-        {"accounts": accounts("    username: a\n", "    username: a\n    ticket: {enabled: true, default_queue: billing}\n")},
-        [f"{A}:6:44: accounts[0].ticket.default_queue: unknown queue `billing`; declare it under `queues:` in defaults.yaml"],
+        {
+            "accounts": accounts(
+                "    username: a\n", "    username: a\n    ticket: {enabled: true, default_queue: billing}\n"
+            )
+        },
+        [
+            f"{A}:6:44: accounts[0].ticket.default_queue: unknown queue `billing`; declare it under `queues:` in defaults.yaml"
+        ],
     ),
     "visible_to dangling": (
-        {"accounts": accounts("    username: a\n", "    username: a\n    visible_to: [alice, support-team, mallory]\n")},
-        [f"{A}:6:39: accounts[0].visible_to[2]: `mallory` is neither an employee nor a group declared under `employees:`"],
+        {
+            "accounts": accounts(
+                "    username: a\n", "    username: a\n    visible_to: [alice, support-team, mallory]\n"
+            )
+        },
+        [
+            f"{A}:6:39: accounts[0].visible_to[2]: `mallory` is neither an employee nor a group declared under `employees:`"
+        ],
     ),
     "unknown template variable": (
-        {"defaults": defaults("  sender_name: Example\n", '  sender_name: Example\n  signature: "{MITARBEITER}\\n{MITARBEITER_NAME}"\n')},
+        {
+            "defaults": defaults(
+                "  sender_name: Example\n",
+                '  sender_name: Example\n  signature: "{MITARBEITER}\\n{MITARBEITER_NAME}"\n',
+            )
+        },
         [
             f"{D}:4:14: defaults.signature: unknown variable {{MITARBEITER_NAME}}; allowed are {{MITARBEITER}}, "
             "{MITARBEITER_TELEFON}, {MITARBEITER_MOBIL}, {MITARBEITER_EMAIL}, {MITARBEITER_TELEFAX}"
         ],
     ),
     "three CC addresses": (
-        {"defaults": defaults("  sender_name: Example\n", "  sender_name: Example\n  cc: [x@example.com, y@example.com, z@example.com]\n")},
+        {
+            "defaults": defaults(
+                "  sender_name: Example\n",
+                "  sender_name: Example\n  cc: [x@example.com, y@example.com, z@example.com]\n",
+            )
+        },
         [f"{D}:4:7: defaults.cc: at most 2 copy recipients are allowed (Kopie-Empfänger 1 and 2), got 3"],
     ),
     "literal password": (
@@ -150,7 +188,9 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
     ),
     "password file missing": (
         {"accounts": accounts("password: {env: A_PASSWORD}", "password: {file: secrets/a.txt}")},
-        [f"{A}:6:22: accounts[0].password.file: secret file `secrets/a.txt` not found (paths are relative to the config dir)"],
+        [
+            f"{A}:6:22: accounts[0].password.file: secret file `secrets/a.txt` not found (paths are relative to the config dir)"
+        ],
     ),
     "password on an OAuth account": (
         {"accounts": accounts("projects:", SECOND_ACCOUNT + "    password: {env: B_PASSWORD}\nprojects:")},
@@ -164,9 +204,13 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
         [f"{A}:2:5: accounts[0].username: required for manual accounts"],
     ),
     "manual account without servers and no preset": (
-        {"accounts": accounts(
-            "    imap: {host: imap.example.com, port: 993, encryption: ssl}\n"
-            "    smtp: {host: smtp.example.com, port: 587, encryption: starttls}\n", "")},
+        {
+            "accounts": accounts(
+                "    imap: {host: imap.example.com, port: 993, encryption: ssl}\n"
+                "    smtp: {host: smtp.example.com, port: 587, encryption: starttls}\n",
+                "",
+            )
+        },
         [
             f"{A}:2:5: accounts[0].imap: required for manual accounts: no preset is known for `example.com`; "
             "give host, port and encryption",
@@ -175,23 +219,38 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
         ],
     ),
     "server block missing a field": (
-        {"accounts": accounts("imap: {host: imap.example.com, port: 993, encryption: ssl}", "imap: {host: imap.example.com, port: 993}")},
+        {
+            "accounts": accounts(
+                "imap: {host: imap.example.com, port: 993, encryption: ssl}",
+                "imap: {host: imap.example.com, port: 993}",
+            )
+        },
         [f"{A}:7:5: accounts[0].imap.encryption: required field is missing"],
     ),
     "encryption none under require_encryption": (
         {"accounts": accounts("port: 587, encryption: starttls", "port: 25, encryption: none")},
-        [f"{A}:8:58: accounts[0].smtp.encryption: `none` is refused by policies.require_encryption; use ssl or starttls"],
+        [
+            f"{A}:8:58: accounts[0].smtp.encryption: `none` is refused by policies.require_encryption; use ssl or starttls"
+        ],
     ),
     "import_since not a date": (
         {"accounts": accounts("    username: a\n", "    username: a\n    ticket: {import_since: last week}\n")},
         [f"{A}:6:28: accounts[0].ticket.import_since: input should be a valid date or datetime, input is too short"],
     ),
     "negative retention": (
-        {"accounts": accounts("    username: a\n", "    username: a\n    archive: {enabled: true, retention_days: -1}\n")},
+        {
+            "accounts": accounts(
+                "    username: a\n", "    username: a\n    archive: {enabled: true, retention_days: -1}\n"
+            )
+        },
         [f"{A}:6:46: accounts[0].archive.retention_days: input should be greater than or equal to 0"],
     ),
     "auto-reply enabled without text": (
-        {"accounts": accounts("    username: a\n", "    username: a\n    autoreply: {enabled: true, body: '<p>Thanks</p>'}\n")},
+        {
+            "accounts": accounts(
+                "    username: a\n", "    username: a\n    autoreply: {enabled: true, body: '<p>Thanks</p>'}\n"
+            )
+        },
         [f"{A}:6:5: accounts[0].autoreply.subject: required when the auto-reply is enabled"],
     ),
     "delete fraction above 1": (
@@ -203,8 +262,14 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
         [f"{D}:1:1: `defaults:` is required"],
     ),
     "template file missing": (
-        {"defaults": defaults("  sender_name: Example\n", "  sender_name: Example\n  html_template: templates/mail.html\n")},
-        [f"{D}:4:18: defaults.html_template: template file `templates/mail.html` not found (paths are relative to the config dir)"],
+        {
+            "defaults": defaults(
+                "  sender_name: Example\n", "  sender_name: Example\n  html_template: templates/mail.html\n"
+            )
+        },
+        [
+            f"{D}:4:18: defaults.html_template: template file `templates/mail.html` not found (paths are relative to the config dir)"
+        ],
     ),
     "template that is not HTML": (
         {

@@ -55,7 +55,13 @@ def _keys_used(node: object, model: type[BaseModel], used: set[str]) -> None:
             continue
         used.add(f"{model.__name__}.{key}")
         for child_model in _models_in(model.model_fields[key].annotation):
-            items = value if isinstance(value, list) else value.values() if isinstance(value, dict) and not set(value) & set(child_model.model_fields) else [value]
+            items = (
+                value
+                if isinstance(value, list)
+                else value.values()
+                if isinstance(value, dict) and not set(value) & set(child_model.model_fields)
+                else [value]
+            )
             for item in items:
                 _keys_used(item, child_model, used)
 

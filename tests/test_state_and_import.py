@@ -24,7 +24,9 @@ MAILOPS = [sys.executable, "-m", "mailops"]
 def test_state_schema_is_created_by_migrations_and_reopening_keeps_data(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'nested' / 'state.db'}"
     store = StateStore.open(url)
-    store.record_account("A@Example.com", "manual", {"password": {"env": "X", "file": None}}, "connected", verified=True)
+    store.record_account(
+        "A@Example.com", "manual", {"password": {"env": "X", "file": None}}, "connected", verified=True
+    )
     store.close()
     engine = create_engine(url)
     with engine.connect() as connection:
@@ -38,8 +40,13 @@ def test_kill_during_apply_then_apply_again_converges(engine_env, mail_servers, 
     slow = [new_account("slow") for _ in range(3)]  # the test SMTP server takes 1.5 s for their DATA
     spec_files(engine_env, "".join(a.yaml(mail_servers) for a in slow))
     env = {**os.environ, "MAILOPS_CONCURRENCY": "1"}
-    process = subprocess.Popen([*MAILOPS, "apply", "--auto-approve"], env=env, cwd=engine_env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [*MAILOPS, "apply", "--auto-approve"],
+        env=env,
+        cwd=engine_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     store = StateStore.open(f"sqlite:///{engine_env / 'state.db'}")
     deadline = time.monotonic() + 20
     while not store.accounts() and time.monotonic() < deadline:
@@ -51,7 +58,9 @@ def test_kill_during_apply_then_apply_again_converges(engine_env, mail_servers, 
     assert all(a.status == "connected" for a in done)
     assert store.current_lock() is not None  # left behind by the killed apply
 
-    again = subprocess.run([*MAILOPS, "apply", "--auto-approve"], env=env, cwd=engine_env, capture_output=True, text=True)
+    again = subprocess.run(
+        [*MAILOPS, "apply", "--auto-approve"], env=env, cwd=engine_env, capture_output=True, text=True
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"Apply complete: {3 - len(done)} account(s) done." in again.stdout
     final = subprocess.run([*MAILOPS, "plan", "--detailed-exitcode"], cwd=engine_env, capture_output=True, text=True)
@@ -69,10 +78,14 @@ def test_import_round_trip_keeps_comments_and_adds_drift(example_config, tmp_pat
     support = spec.account("support@example.com").model_dump(mode="json")
     support["archive"]["retention_days"] = 90
     store.record_account("support@example.com", "microsoft", support, "connected")
-    drift = spec.account("shop@example.net").model_copy(update={"address": "drift@posteo.de", "imap": None, "smtp": None})
+    drift = spec.account("shop@example.net").model_copy(
+        update={"address": "drift@posteo.de", "imap": None, "smtp": None}
+    )
     drift_settings = drift.model_dump(mode="json")
-    drift_settings.update(imap={"host": "posteo.de", "port": 993, "encryption": "ssl"},
-                          smtp={"host": "posteo.de", "port": 587, "encryption": "starttls"})
+    drift_settings.update(
+        imap={"host": "posteo.de", "port": 993, "encryption": "ssl"},
+        smtp={"host": "posteo.de", "port": 587, "encryption": "starttls"},
+    )
     store.record_account("drift@posteo.de", "manual", drift_settings, "connected")
 
     before = (example_config / "accounts.yaml").read_text()
@@ -100,7 +113,9 @@ def test_import_round_trip_keeps_comments_and_adds_drift(example_config, tmp_pat
 
 def test_demo_runs_end_to_end_on_the_embedded_server(tmp_path) -> None:
     repo_config = Path(__file__).resolve().parent.parent / "config"
-    result = subprocess.run([*MAILOPS, "demo", "-c", str(repo_config)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [*MAILOPS, "demo", "-c", str(repo_config)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Apply complete: 4 account(s) done." in result.stdout
     assert "and arrived in the inbox" in result.stdout

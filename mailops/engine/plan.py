@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from mailops.errors import MailopsError
-from mailops.spec.models import Account, Policies, Spec
 from mailops.spec import LoadedSpec
+from mailops.spec.models import Account, Policies, Spec
 from mailops.state.store import AccountState, StateStore, state_fingerprint
 
 PLAN_FORMAT_VERSION = 1
@@ -51,7 +51,9 @@ def desired_settings(account: Account) -> dict[str, Any]:
 def redact(settings: dict[str, Any] | None) -> dict[str, Any] | None:
     if settings is None:
         return None
-    return {key: (SENSITIVE if key in SENSITIVE_FIELDS and value is not None else value) for key, value in settings.items()}
+    return {
+        key: (SENSITIVE if key in SENSITIVE_FIELDS and value is not None else value) for key, value in settings.items()
+    }
 
 
 def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -95,7 +97,11 @@ class AccountChange:
             "before": redact(self.before),
             "after": redact(self.after),
             "fields": [
-                {"path": f.path, "before": SENSITIVE if f.sensitive else f.before, "after": SENSITIVE if f.sensitive else f.after}
+                {
+                    "path": f.path,
+                    "before": SENSITIVE if f.sensitive else f.before,
+                    "after": SENSITIVE if f.sensitive else f.after,
+                }
                 for f in self.fields
             ],
             "verify": self.verify,
@@ -159,7 +165,9 @@ class Plan:
     def check_matches(self, saved: dict[str, Any]) -> None:
         """Refuse to apply a saved plan when the spec or the live state moved on since it was made."""
         if saved.get("format_version") != PLAN_FORMAT_VERSION:
-            raise StalePlan(f"the saved plan has format {saved.get('format_version')!r}; expected {PLAN_FORMAT_VERSION}")
+            raise StalePlan(
+                f"the saved plan has format {saved.get('format_version')!r}; expected {PLAN_FORMAT_VERSION}"
+            )
         if saved.get("state_fingerprint") != self.state_fingerprint:
             raise StalePlan("the live state changed since the plan was made; run `mailops plan` again")
         if saved.get("spec_fingerprint") != self.spec_fingerprint:
@@ -194,7 +202,9 @@ def make_plan(
     for account in spec.accounts:
         changes.append(_change_for(account, live_by_address.pop(account.address.lower(), None)))
     deletes = [
-        AccountChange(address=state.address, provider=state.provider, action=Action.DELETE, before=state.settings, after=None)
+        AccountChange(
+            address=state.address, provider=state.provider, action=Action.DELETE, before=state.settings, after=None
+        )
         for state in live_by_address.values()
     ]
     changes += _judge_deletes(deletes, len(live), spec.policies, confirmed_deletes, force)
@@ -211,7 +221,10 @@ def _change_for(account: Account, state: AccountState | None) -> AccountChange:
     if state is None:
         if account.is_oauth:
             return AccountChange(
-                **common, action=Action.CREATE, before=None, reason=f"then needs OAuth consent: mailops connect {account.address}"
+                **common,
+                action=Action.CREATE,
+                before=None,
+                reason=f"then needs OAuth consent: mailops connect {account.address}",
             )
         return AccountChange(**common, action=Action.CREATE, before=None, verify=True)
     before_flat, after_flat = _flatten(state.settings), _flatten(after)
@@ -233,7 +246,9 @@ def _change_for(account: Account, state: AccountState | None) -> AccountChange:
             )
         return AccountChange(**common, action=Action.NOOP, before=state.settings)
     if fields:
-        return AccountChange(**common, action=Action.UPDATE, before=state.settings, fields=fields, verify=connection_changed)
+        return AccountChange(
+            **common, action=Action.UPDATE, before=state.settings, fields=fields, verify=connection_changed
+        )
     if state.status != "connected":
         return AccountChange(
             **common,

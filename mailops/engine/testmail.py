@@ -20,7 +20,9 @@ def send_test_mail(
     if account is None:
         raise MailopsError(f"{address} is not an account in {loaded.config_dir}")
     if account.is_oauth:
-        raise MailopsError(f"{address} is a {account.provider} account; connect it first with `mailops connect {address}`")
+        raise MailopsError(
+            f"{address} is a {account.provider} account; connect it first with `mailops connect {address}`"
+        )
     recipient = to or recipient_of_test_mail(account, loaded.spec.policies.test_mail.to)
     try:
         credential = password_credential(account, loaded.config_dir)

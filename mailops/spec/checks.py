@@ -75,8 +75,7 @@ def _fill_account(index: int, account: Account, report: Report) -> Account:
                 report.problem(
                     ACCOUNTS_FILE,
                     path + (name,),
-                    f"required for manual accounts: no preset is known for `{domain}`; "
-                    "give host, port and encryption",
+                    f"required for manual accounts: no preset is known for `{domain}`; give host, port and encryption",
                 )
     elif "display_name" in updates:
         report.note(ACCOUNTS_FILE, path, "filled display_name from the address's local part")
@@ -156,7 +155,9 @@ def _check_html_template(parts: SpecParts, config_dir: Path, report: Report) -> 
     try:
         text = (config_dir / relative).read_text(encoding="utf-8")
     except FileNotFoundError:
-        report.problem(DEFAULTS_FILE, path, f"template file `{relative}` not found (paths are relative to the config dir)")
+        report.problem(
+            DEFAULTS_FILE, path, f"template file `{relative}` not found (paths are relative to the config dir)"
+        )
         return
     except (OSError, UnicodeDecodeError) as exc:
         report.problem(DEFAULTS_FILE, path, f"cannot read template `{relative}`: {exc}")

@@ -12,9 +12,7 @@ from html.parser import HTMLParser
 from mailops.spec.models import CONTENT_PLACEHOLDER
 
 # Elements without content, and elements whose end tag HTML lets the writer omit.
-_VOID = frozenset(
-    "area base br col embed hr img input link meta param source track wbr".split()
-)
+_VOID = frozenset("area base br col embed hr img input link meta param source track wbr".split())
 _OPTIONAL_END = frozenset(
     "html head body p li dt dd tr td th thead tbody tfoot option optgroup colgroup caption rt rp".split()
 )

@@ -136,9 +136,7 @@ def _validate_document(name: str, document: YamlDocument, parts: SpecParts, repo
         _validate_section(name, section, data[section], info.annotation, parts, report)
 
 
-def _validate_section(
-    file: str, section: str, raw: Any, annotation: Any, parts: SpecParts, report: Report
-) -> None:
+def _validate_section(file: str, section: str, raw: Any, annotation: Any, parts: SpecParts, report: Report) -> None:
     _collect_declared_names(section, raw, parts)
     if section == "accounts" and isinstance(raw, list):
         for index, item in enumerate(raw):
@@ -203,7 +201,12 @@ def _adapter(annotation: Any) -> TypeAdapter[Any]:
     return _ADAPTERS[key]
 
 
-_EXPECTED_SHAPE = {"model_type": "a mapping", "model_attributes_type": "a mapping", "dict_type": "a mapping", "list_type": "a list"}
+_EXPECTED_SHAPE = {
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "dict_type": "a mapping",
+    "list_type": "a list",
+}
 
 
 def _message(error: Any) -> str:

@@ -61,7 +61,9 @@ class SecretRef(SpecModel):
     """Where a secret comes from. The spec never holds the secret itself."""
 
     env: NonEmptyStr | None = Field(None, description="Name of the environment variable holding the secret.")
-    file: NonEmptyStr | None = Field(None, description="Path of a file holding the secret (relative to the config dir).")
+    file: NonEmptyStr | None = Field(
+        None, description="Path of a file holding the secret (relative to the config dir)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -69,8 +71,7 @@ class SecretRef(SpecModel):
         if isinstance(value, (str, int, float)):
             raise PydanticCustomError(
                 "literal_secret",
-                "a literal password is not allowed in the spec; reference it as "
-                "{env: VARIABLE} or {file: PATH}",
+                "a literal password is not allowed in the spec; reference it as {env: VARIABLE} or {file: PATH}",
             )
         return value
 
@@ -93,7 +94,7 @@ class ServerSettings(SpecModel):
 
 
 class TicketSettings(SpecModel):
-    """"Für Ticket-Modul aktivieren" and its options."""
+    """ "Für Ticket-Modul aktivieren" and its options."""
 
     enabled: bool = False
     default_project: NonEmptyStr | None = None
@@ -104,14 +105,14 @@ class TicketSettings(SpecModel):
 
 
 class ArchiveSettings(SpecModel):
-    """"Webmail": keep this account's mail in the e-mail archive."""
+    """ "Webmail": keep this account's mail in the e-mail archive."""
 
     enabled: bool = False
     retention_days: Annotated[int, Field(ge=0, description="Days to keep archived mail; 0 keeps it forever.")] = 0
 
 
 class AutoreplySettings(SpecModel):
-    """"Automatische Antwort" on new inbound mail."""
+    """ "Automatische Antwort" on new inbound mail."""
 
     enabled: bool = False
     once_per_day_per_sender: bool = True
@@ -150,7 +151,7 @@ class ProjectLink(SpecModel):
 
 
 class SendingDefaults(SpecModel):
-    """"Standard Einstellung E-Mail (bei Versand von E-Mails)"."""
+    """ "Standard Einstellung E-Mail (bei Versand von E-Mails)"."""
 
     email: EmailAddress
     sender_name: NonEmptyStr

@@ -48,8 +48,7 @@ REMEDIES: dict[FailureClass, str] = {
         "this provider and that the login may send as it."
     ),
     FailureClass.RECIPIENT_REFUSED: (
-        "The recipient's address is unknown or refused. Check its spelling; rarely a provider "
-        "limit is the cause."
+        "The recipient's address is unknown or refused. Check its spelling; rarely a provider limit is the cause."
     ),
     FailureClass.DATA_REFUSED: (
         "The server refused the message itself (content, size or sending limits). Check the "
@@ -170,7 +169,9 @@ def _classify_smtp(exc: BaseException, protocol: str) -> TransportError | None:
             FailureClass.RECIPIENT_REFUSED, text, protocol=protocol, smtp_code=first.code if first else None
         )
     if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
-        return TransportError(FailureClass.RECIPIENT_REFUSED, f"{exc.recipient}: {message}", protocol=protocol, smtp_code=code)
+        return TransportError(
+            FailureClass.RECIPIENT_REFUSED, f"{exc.recipient}: {message}", protocol=protocol, smtp_code=code
+        )
     if isinstance(exc, aiosmtplib.SMTPDataError):
         return TransportError(FailureClass.DATA_REFUSED, message, protocol=protocol, smtp_code=code)
     if isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected):
@@ -179,7 +180,11 @@ def _classify_smtp(exc: BaseException, protocol: str) -> TransportError | None:
             classified = _classify_os(inner, protocol)
             if classified.failure_class is not FailureClass.PROTOCOL:
                 return classified
-        return TransportError(FailureClass.CONNECT if isinstance(exc, aiosmtplib.SMTPConnectError) else FailureClass.PROTOCOL, message, protocol=protocol)
+        return TransportError(
+            FailureClass.CONNECT if isinstance(exc, aiosmtplib.SMTPConnectError) else FailureClass.PROTOCOL,
+            message,
+            protocol=protocol,
+        )
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         return TransportError(FailureClass.PROTOCOL, message, protocol=protocol, smtp_code=code)
     return TransportError(FailureClass.PROTOCOL, message, protocol=protocol)

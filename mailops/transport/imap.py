@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from imapclient import IMAPClient
 from imapclient.imapclient import SocketTimeout
@@ -18,7 +19,7 @@ from mailops.transport.failures import TransportError, classify
 
 @contextmanager
 def imap_session(
-    endpoint: Endpoint, credential: Credential, timeouts: Timeouts, ca_file=None
+    endpoint: Endpoint, credential: Credential, timeouts: Timeouts, ca_file: Path | None = None
 ) -> Iterator[IMAPClient]:
     """A logged-in IMAP connection; every failure comes out as a classified TransportError."""
     context = client_tls_context(ca_file)
@@ -62,7 +63,9 @@ def _close(client: IMAPClient | None, *, logout: bool = False) -> None:
         pass
 
 
-def verify_imap_login(endpoint: Endpoint, credential: Credential, timeouts: Timeouts, ca_file=None) -> None:
+def verify_imap_login(
+    endpoint: Endpoint, credential: Credential, timeouts: Timeouts, ca_file: Path | None = None
+) -> None:
     """Connect, log in and select the inbox (a login alone does not prove the mailbox exists)."""
     with imap_session(endpoint, credential, timeouts, ca_file) as client:
         client.select_folder("INBOX", readonly=True)
@@ -73,7 +76,7 @@ def wait_for_message(
     credential: Credential,
     message_id: str,
     timeouts: Timeouts,
-    ca_file=None,
+    ca_file: Path | None = None,
     *,
     wait: float = 20.0,
 ) -> bool:

@@ -50,7 +50,7 @@ async def smtp_session(
 
 
 async def send_message(
-    endpoint: Endpoint, credential: Credential, message: EmailMessage, timeouts: Timeouts, ca_file=None
+    endpoint: Endpoint, credential: Credential, message: EmailMessage, timeouts: Timeouts, ca_file: Path | None = None
 ) -> None:
     """Log in and send ``message``."""
     async with smtp_session(endpoint, credential, timeouts, ca_file) as client:
