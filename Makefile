@@ -10,6 +10,8 @@ demo: $(STAMP)
 	$(BIN)/mailops demo
 
 test: $(STAMP) system-deps
+	$(BIN)/ruff check mailops tests benchmarks
+	$(BIN)/ruff format --check mailops tests benchmarks
 	$(BIN)/python -m pytest
 
 # The virtualenv is rebuilt only when the dependencies change.

@@ -293,3 +293,28 @@ def test_a_server_that_never_answers_is_a_timeout(engine_env, mail_servers, new_
         assert run("apply", "--auto-approve").exit_code == 1
     state = StateStore.open(f"sqlite:///{engine_env / 'state.db'}").account(account.address)
     assert state.last_error_class == "timeout"
+
+
+def test_switching_a_manual_account_to_oauth_needs_consent(engine_env, mail_servers, new_account) -> None:
+    account = new_account()
+    spec_files(engine_env, account.yaml(mail_servers))
+    assert run("apply", "--auto-approve").exit_code == 0
+    oauth = f"  - address: {account.address}\n    provider: microsoft\n"
+    spec_files(engine_env, oauth)
+    assert run("apply", "--auto-approve").exit_code == 0
+    state = StateStore.open(f"sqlite:///{engine_env / 'state.db'}").account(account.address)
+    assert (state.provider, state.status) == ("microsoft", "pending_consent")
+    assert f"! {account.address} (microsoft)" in run("plan").stdout
+
+
+def test_a_failed_account_is_verified_again_with_any_change(engine_env, mail_servers, new_account, monkeypatch) -> None:
+    account = new_account()
+    monkeypatch.setenv(account.env_name, "wrong")
+    spec_files(engine_env, account.yaml(mail_servers))
+    assert run("apply", "--auto-approve").exit_code == 1
+    monkeypatch.setenv(account.env_name, account.password)
+    spec_files(engine_env, account.yaml(mail_servers, signature='"Regards"'))
+    change = json.loads(run("plan", "--json").stdout)["changes"][0]
+    assert change["verify"] is True and [f["path"] for f in change["fields"]] == ["signature"]
+    assert run("apply", "--auto-approve").exit_code == 0
+    assert StateStore.open(f"sqlite:///{engine_env / 'state.db'}").account(account.address).status == "connected"
