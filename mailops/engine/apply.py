@@ -111,7 +111,10 @@ async def _execute_change(
     if account.is_oauth or not change.verify:
         # Nothing to log in to (yet): store the settings, keep the status it has.
         current = store.account(change.address)
-        status = current.status if current is not None else ("pending_consent" if account.is_oauth else "error")
+        if account.is_oauth and (current is None or current.provider != account.provider):
+            status = "pending_consent"  # new to this provider: no token yet
+        else:
+            status = current.status if current is not None else "error"
         store.record_account(
             change.address,
             account.provider,

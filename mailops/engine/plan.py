@@ -246,9 +246,9 @@ def _change_for(account: Account, state: AccountState | None) -> AccountChange:
             )
         return AccountChange(**common, action=Action.NOOP, before=state.settings)
     if fields:
-        return AccountChange(
-            **common, action=Action.UPDATE, before=state.settings, fields=fields, verify=connection_changed
-        )
+        # A failed account is verified again with any change, not only a connection change.
+        verify = connection_changed or state.status != "connected"
+        return AccountChange(**common, action=Action.UPDATE, before=state.settings, fields=fields, verify=verify)
     if state.status != "connected":
         return AccountChange(
             **common,
