@@ -21,18 +21,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Debian packages the integration tests start as real servers (Dovecot for IMAP).
-DEBIAN_PACKAGES := dovecot-imapd
+# Debian packages the integration tests start as real servers: Dovecot (IMAP) and
+# PostgreSQL (the state store on a team database). Installed only when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
-	@if command -v dovecot >/dev/null 2>&1; then :; \
-	elif command -v apt-get >/dev/null 2>&1; then \
-		echo "installing $(DEBIAN_PACKAGES) (apt)"; \
-		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES) >/dev/null; \
-	else \
-		echo "dovecot is missing and apt-get is not available: install Dovecot (IMAP) yourself" >&2; exit 1; \
-	fi
+	@missing=""; \
+	command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || missing="$$missing dovecot-imapd"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "missing:$$missing; apt-get is not available, install them yourself" >&2; exit 1; \
+	fi; \
+	echo "installing$$missing (apt)"; \
+	$(SUDO) apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null
 
 bench: $(STAMP) system-deps
 	$(BIN)/python benchmarks/cli_startup.py

@@ -74,7 +74,7 @@ import secrets  # noqa: E402
 import tempfile  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
-from tests.servers import HOST, Dovecot, MailUsers, Smtp, write_certificate  # noqa: E402
+from tests.servers import HOST, Dovecot, MailUsers, Postgres, Smtp, write_certificate  # noqa: E402
 
 
 @dataclass
@@ -179,3 +179,14 @@ def spec_files(tmp_path: Path, accounts_yaml: str, *, policies: str = "", projec
         f"defaults:\n  email: {first}\n  sender_name: Test\nqueues: [support]\n{policies}", encoding="utf-8"
     )
     return config
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL server for the state store, started once per session."""
+    root = Path(tempfile.mkdtemp(prefix="mailops-postgres-"))
+    root.chmod(0o755)
+    server = Postgres(root)
+    yield server.start()
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)

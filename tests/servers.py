@@ -234,3 +234,42 @@ class Smtp:
     def stop(self) -> None:
         for controller in self.controllers:
             controller.stop()
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (Debian's server binaries), trust auth."""
+
+    def __init__(self, root: Path):
+        self.root, self.port = root, free_port()
+        self.data, self.sockets = root / "data", root / "sockets"
+        self.user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.getuid()).pw_name
+
+    def _run(self, *command: str) -> None:
+        prefix = ["runuser", "-u", self.user, "--"] if os.geteuid() == 0 else []
+        subprocess.run(prefix + list(command), check=True, capture_output=True, cwd=self.root)
+
+    @staticmethod
+    def binaries() -> Path | None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        return found[-1].parent if found else None
+
+    def start(self) -> str:
+        bin_dir = self.binaries()
+        if bin_dir is None:
+            raise RuntimeError("PostgreSQL server binaries are missing; `make test` installs Debian's postgresql")
+        self.sockets.mkdir(parents=True)
+        if os.geteuid() == 0:
+            user = pwd.getpwnam(self.user)
+            for path in (self.root, self.sockets):
+                os.chown(path, user.pw_uid, user.pw_gid)
+        self._run(str(bin_dir / "initdb"), "-D", str(self.data), "--auth=trust", "-U", "mailops", "--no-sync")
+        options = f"-p {self.port} -k {self.sockets} -c listen_addresses={HOST} -c fsync=off"
+        self._run(
+            str(bin_dir / "pg_ctl"), "-D", str(self.data), "-o", options, "-w", "-l", str(self.root / "pg.log"), "start"
+        )
+        return f"postgresql+psycopg://mailops@{HOST}:{self.port}/postgres"
+
+    def stop(self) -> None:
+        bin_dir = self.binaries()
+        if bin_dir is not None and self.data.exists():
+            self._run(str(bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")

@@ -132,3 +132,19 @@ def test_schema_revision_constant_is_the_newest_migration() -> None:
     config = Config()
     config.set_main_option("script_location", "mailops.state:migrations")
     assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_REVISION
+
+
+def test_postgresql_state_store_works_like_sqlite(postgres_url, engine_env, mail_servers, new_account, monkeypatch):
+    monkeypatch.setenv("MAILOPS_STATE_URL", postgres_url)
+    first, second = new_account(), new_account()
+    spec_files(engine_env, first.yaml(mail_servers) + second.yaml(mail_servers))
+    applied = runner.invoke(app, ["apply", "--auto-approve"])
+    assert applied.exit_code == 0, applied.output
+    assert runner.invoke(app, ["plan", "--detailed-exitcode"]).exit_code == 0
+    store = StateStore.open(postgres_url)
+    states = {s.address: s for s in store.accounts()}
+    assert {states[a.address].status for a in (first, second)} == {"connected"}
+    assert states[first.address].last_test_mail_at.tzinfo is not None
+    lock = store.acquire_lock(wait=0)
+    assert store.current_lock().lock_id == lock.lock_id
+    assert store.release_lock(lock.lock_id)
