@@ -61,9 +61,17 @@ def main(
 
 
 def _settings(ctx: typer.Context, config_dir: Path | None = None) -> Settings:
+    from pydantic import ValidationError
+
     from mailops.settings import load_settings
 
-    return load_settings(config_dir=config_dir, **(ctx.obj or {}))
+    try:
+        return load_settings(config_dir=config_dir, **(ctx.obj or {}))
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False, include_input=False):
+            name = "MAILOPS_" + "_".join(str(part) for part in error["loc"]).upper()
+            typer.echo(f"Error: setting {name}: {error['msg']}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _load_or_exit(settings: Settings, *, as_json: bool) -> LoadedSpec:
@@ -99,7 +107,7 @@ def validate(
 
     console = Console(highlight=False)
     for note in loaded.notes:
-        console.print(f"[dim]{note}[/dim]", soft_wrap=True)
+        console.print(str(note), style="dim", soft_wrap=True, markup=False)
     console.print(_accounts_table(loaded))
     spec = loaded.spec
     console.print(
@@ -145,7 +153,11 @@ def plan(
         store = _open_store(settings)
         the_plan = plan_for(loaded, store)
     if out is not None:
-        the_plan.save(out)
+        try:
+            the_plan.save(out)
+        except OSError as exc:
+            typer.echo(f"Error: cannot write the plan to {out}: {exc.strerror}", err=True)
+            raise typer.Exit(1) from None
     typer.echo(json.dumps(the_plan.as_json(), indent=2, sort_keys=True) if as_json else format_plan(the_plan))
     if detailed_exitcode and the_plan.has_changes:
         raise typer.Exit(2)

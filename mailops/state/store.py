@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, select, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailops.errors import MailopsError
@@ -99,6 +99,10 @@ class LockInfo:
         )
 
 
+class StateError(MailopsError):
+    """The state store cannot be opened or used."""
+
+
 class LockHeld(MailopsError):
     def __init__(self, holder: LockInfo):
         self.holder = holder
@@ -125,14 +129,18 @@ class StateStore:
     @classmethod
     def open(cls, url: str) -> StateStore:
         """Open (and create or upgrade) the state store at ``url``."""
-        parsed = make_url(url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url)
-        if parsed.get_backend_name() == "sqlite":
-            event.listen(engine, "connect", _sqlite_pragmas)
-        store = cls(engine)
-        store._migrate()
+        try:
+            parsed = make_url(url)
+            if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(url)
+            if parsed.get_backend_name() == "sqlite":
+                event.listen(engine, "connect", _sqlite_pragmas)
+            store = cls(engine)
+            store._migrate()
+        except (SQLAlchemyError, OSError, ImportError) as exc:
+            shown = make_url(url).render_as_string(hide_password=True) if "://" in url else repr(url)
+            raise StateError(f"cannot open the state store {shown}: {exc}") from None
         return store
 
     def _migrate(self) -> None:
