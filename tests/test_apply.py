@@ -318,3 +318,12 @@ def test_a_failed_account_is_verified_again_with_any_change(engine_env, mail_ser
     assert change["verify"] is True and [f["path"] for f in change["fields"]] == ["signature"]
     assert run("apply", "--auto-approve").exit_code == 0
     assert StateStore.open(f"sqlite:///{engine_env / 'state.db'}").account(account.address).status == "connected"
+
+
+def test_no_test_mail_when_the_policy_turns_it_off(engine_env, mail_servers, new_account) -> None:
+    account = new_account()
+    spec_files(engine_env, account.yaml(mail_servers), policies="policies: {test_mail: {on_apply: false}}\n")
+    assert run("apply", "--auto-approve").exit_code == 0
+    assert mail_servers.users.messages(account.address) == []
+    state = StateStore.open(f"sqlite:///{engine_env / 'state.db'}").account(account.address)
+    assert (state.status, state.last_verified_at is not None, state.last_test_mail_at) == ("connected", True, None)
