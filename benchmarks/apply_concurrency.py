@@ -19,15 +19,14 @@ import os
 import resource
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._measure import run_mailops  # noqa: E402
 from tests.servers import HOST, Dovecot, MailUsers, Smtp, free_port, write_certificate  # noqa: E402
 
 TARGET_SPEEDUP = 20
@@ -119,19 +118,10 @@ def timed_apply(config: Path, state: Path, ca: Path, concurrency: int) -> tuple[
         "MAILOPS_CA_FILE": str(ca),
         "MAILOPS_CONCURRENCY": str(concurrency),
     }
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mailops", "apply", "--auto-approve"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    output = process.stdout.read()
-    _pid, status, usage = os.wait4(process.pid, 0)
-    elapsed = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"apply failed:\n{output.decode(errors='replace')[-3000:]}")
-    return elapsed, usage.ru_maxrss / 1024
+    run = run_mailops("apply", "--auto-approve", env=env)
+    if run.exit_code != 0:
+        sys.exit(f"apply failed:\n{run.output[-3000:]}")
+    return run.seconds, run.peak_mb
 
 
 def main() -> int:

@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._measure import run_mailops  # noqa: E402
 
 TARGET_SECONDS = 1.0
 TARGET_MB = 200
@@ -70,19 +73,12 @@ def main() -> int:
             in_process.append(_plan_in_process(config, url))
         timings, peaks = [], []
         for _ in range(args.runs):
-            started = time.perf_counter()
-            process = subprocess.Popen(
-                [sys.executable, "-m", "mailops", "plan", "--detailed-exitcode"],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-            _pid, status, usage = os.wait4(process.pid, 0)
-            timings.append(time.perf_counter() - started)
-            peaks.append(usage.ru_maxrss / 1024)  # KiB -> MiB on Linux
-            if os.waitstatus_to_exitcode(status) != 2:
-                print(process.stderr.read().decode(), file=sys.stderr)
+            run = run_mailops("plan", "--detailed-exitcode", env=env)
+            if run.exit_code != 2:
+                print(run.output, file=sys.stderr)
                 return 1
+            timings.append(run.seconds)
+            peaks.append(run.peak_mb)
     plan_median, median, peak = statistics.median(in_process), statistics.median(timings), max(peaks)
     ok = plan_median < TARGET_SECONDS and peak < TARGET_MB
     print(

@@ -6,7 +6,6 @@ a :class:`FailureClass`. The remedies are written for the person who has to fix 
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import re
 import socket
@@ -126,8 +125,8 @@ def _classify_os(exc: BaseException, protocol: str) -> TransportError:
             return TransportError(FailureClass.TLS, _text(seen), protocol=protocol)
         if isinstance(seen, socket.gaierror):
             return TransportError(FailureClass.CONNECT, f"host not found ({_text(seen)})", protocol=protocol)
-        if isinstance(seen, TimeoutError | socket.timeout | asyncio.TimeoutError):
-            return TransportError(FailureClass.TIMEOUT, _text(seen) or "timed out", protocol=protocol)
+        if isinstance(seen, TimeoutError):  # socket.timeout and asyncio.TimeoutError are aliases of it
+            return TransportError(FailureClass.TIMEOUT, _text(seen), protocol=protocol)
         if isinstance(seen, ConnectionRefusedError) or getattr(seen, "errno", None) in (
             errno.ECONNREFUSED,
             errno.EHOSTUNREACH,
@@ -135,10 +134,7 @@ def _classify_os(exc: BaseException, protocol: str) -> TransportError:
         ):
             return TransportError(FailureClass.CONNECT, f"connection refused ({_text(seen)})", protocol=protocol)
         seen = seen.__cause__ or seen.__context__
-    if isinstance(exc, ConnectionError | EOFError):
-        # A server that closes the connection right after the handshake often expects TLS.
-        return TransportError(FailureClass.PROTOCOL, _text(exc) or "connection closed by the server", protocol=protocol)
-    return TransportError(FailureClass.PROTOCOL, _text(exc) or type(exc).__name__, protocol=protocol)
+    return TransportError(FailureClass.PROTOCOL, _text(exc), protocol=protocol)
 
 
 def _classify_imap(exc: BaseException, protocol: str) -> TransportError | None:
