@@ -9,6 +9,7 @@ say "No changes.". Nothing outside 127.0.0.1 is contacted.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import ipaddress
 import os
 import secrets
@@ -22,6 +23,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from mailops.fileio import atomic_write
 
 HOST = "127.0.0.1"
 PASSWORD_ENV = "MAILOPS_DEMO_PASSWORD"
@@ -59,11 +63,11 @@ def write_self_signed_certificate(directory: Path) -> tuple[Path, Path]:
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    key_path.chmod(0o600)
+    atomic_write(key_path, private, mode=0o600)
     return cert_path, key_path
 
 
@@ -156,14 +160,18 @@ def point_config_at(source: Path, target: Path, server: EmbeddedMailServer) -> l
         account["password"] = {"env": PASSWORD_ENV}
         account["imap"] = {"host": HOST, "port": server.imap_port, "encryption": "none"}
         account["smtp"] = {"host": HOST, "port": server.smtp_port, "encryption": "starttls"}
-    with accounts_path.open("w", encoding="utf-8") as out:
-        yaml.dump(accounts, out)
+    _dump(yaml, accounts, accounts_path)
     defaults = yaml.load(defaults_path.read_text(encoding="utf-8"))
     # The embedded server offers no IMAP TLS; SMTP still runs with STARTTLS.
     defaults["policies"]["require_encryption"] = False
-    with defaults_path.open("w", encoding="utf-8") as out:
-        yaml.dump(defaults, out)
+    _dump(yaml, defaults, defaults_path)
     return [str(account["address"]) for account in accounts["accounts"]]
+
+
+def _dump(yaml: Any, document: Any, path: Path) -> None:
+    buffer = io.StringIO()
+    yaml.dump(document, buffer)
+    atomic_write(path, buffer.getvalue())
 
 
 Echo = Callable[[str], None]

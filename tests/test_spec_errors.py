@@ -85,7 +85,7 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
     ),
     "port abc": (
         {"accounts": accounts("port: 993", "port: abc")},
-        [f"{A}:7:42: accounts[0].imap.port: input should be a valid integer, unable to parse string as an integer"],
+        [f"{A}:7:42: accounts[0].imap.port: expected a whole number, got a string"],
     ),
     "unknown encryption": (
         {"accounts": accounts("encryption: ssl}", "encryption: tls}")},
@@ -235,7 +235,9 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
     ),
     "import_since not a date": (
         {"accounts": accounts("    username: a\n", "    username: a\n    ticket: {import_since: last week}\n")},
-        [f"{A}:6:28: accounts[0].ticket.import_since: input should be a valid date or datetime, input is too short"],
+        [
+            f"{A}:6:28: accounts[0].ticket.import_since: not a valid date `last week`; write it as YYYY-MM-DD, e.g. 2026-01-31"
+        ],
     ),
     "negative retention": (
         {

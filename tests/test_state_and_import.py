@@ -123,15 +123,18 @@ def test_demo_runs_end_to_end_on_the_embedded_server(tmp_path) -> None:
     assert "No changes. The live state matches the spec." in result.stdout
 
 
-def test_schema_revision_constant_is_the_newest_migration() -> None:
+def test_known_revisions_are_the_migrations_in_order() -> None:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from mailops.state.store import SCHEMA_REVISION
+    from mailops.state.schema import KNOWN_REVISIONS, SCHEMA_REVISION
 
     config = Config()
     config.set_main_option("script_location", "mailops.state:migrations")
-    assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_REVISION
+    scripts = ScriptDirectory.from_config(config)
+    assert scripts.get_current_head() == SCHEMA_REVISION
+    oldest_first = [script.revision for script in reversed(list(scripts.walk_revisions()))]
+    assert tuple(oldest_first) == KNOWN_REVISIONS
 
 
 def test_postgresql_state_store_works_like_sqlite(postgres_url, engine_env, mail_servers, new_account, monkeypatch):

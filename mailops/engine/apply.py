@@ -8,9 +8,11 @@ One account's failure never stops the others.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from mailops.engine.plan import AccountChange, Action, Plan, plan_for
@@ -38,21 +40,47 @@ class AccountOutcome:
         return self.error is None
 
 
+class ApplyResult(StrEnum):
+    NO_CHANGES = "no_changes"
+    CANCELLED = "cancelled"  # not approved
+    DONE = "done"
+    INTERRUPTED = "interrupted"  # Ctrl-C: running accounts finished, the rest not started
+
+
 @dataclass(frozen=True)
 class ApplyReport:
     plan: Plan
-    outcomes: tuple[AccountOutcome, ...]
+    result: ApplyResult
+    outcomes: tuple[AccountOutcome, ...] = ()
+    not_started: tuple[AccountChange, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return all(outcome.ok for outcome in self.outcomes)
+        return self.result is not ApplyResult.INTERRUPTED and all(outcome.ok for outcome in self.outcomes)
 
     @property
     def failed(self) -> list[AccountOutcome]:
         return [outcome for outcome in self.outcomes if not outcome.ok]
 
 
-Progress = Callable[[AccountOutcome], None]
+class ApplyHooks:
+    """What a front end (the CLI, a notebook widget) learns and decides during an apply.
+
+    Every method has a do-nothing default; override what the front end shows.
+    """
+
+    def approve(self, plan: Plan) -> bool:
+        """Called with the plan under the lock; False cancels without changing anything."""
+        return True
+
+    def started(self, plan: Plan) -> None:
+        """Execution begins."""
+
+    def account_done(self, outcome: AccountOutcome) -> None:
+        """One account is done and its result stored."""
+
+    def interrupted(self) -> None:
+        """Ctrl-C: no further account starts; those running finish."""
 
 
 def apply(
@@ -63,41 +91,67 @@ def apply(
     saved_plan: dict[str, Any] | None = None,
     confirmed_deletes: frozenset[str] = frozenset(),
     force: bool = False,
-    approve: Callable[[Plan], bool] = lambda plan: True,
-    on_start: Callable[[Plan], None] = lambda plan: None,
-    on_done: Progress = lambda outcome: None,
-    lock_wait: float = 5.0,
+    hooks: ApplyHooks | None = None,
 ) -> ApplyReport:
     """Plan under the lock, check it against ``saved_plan`` and the policies, then execute it."""
-    with store.locked(wait=lock_wait):
+    hooks = hooks or ApplyHooks()
+    with store.locked(wait=settings.lock_wait):
         plan = plan_for(loaded, store, confirmed_deletes=confirmed_deletes, force=force)
         if saved_plan is not None:
             plan.check_matches(saved_plan)
         if plan.blocked:
             reasons = "\n".join(f"  - {change.address}: {change.blocked}" for change in plan.blocked)
             raise ApplyRefused(f"refusing to apply; nothing was changed:\n{reasons}")
-        if not plan.has_changes or not approve(plan):
-            return ApplyReport(plan, ())
-        on_start(plan)
-        outcomes = asyncio.run(_execute(plan, loaded, store, settings, on_done))
-    return ApplyReport(plan, tuple(sorted(outcomes, key=lambda o: o.change.address)))
+        if not plan.has_changes:
+            return ApplyReport(plan, ApplyResult.NO_CHANGES)
+        if not hooks.approve(plan):
+            return ApplyReport(plan, ApplyResult.CANCELLED)
+        hooks.started(plan)
+        outcomes, not_started = asyncio.run(_execute(plan, loaded, store, settings, hooks))
+    return ApplyReport(
+        plan,
+        ApplyResult.INTERRUPTED if not_started else ApplyResult.DONE,
+        tuple(sorted(outcomes, key=lambda o: o.change.address)),
+        tuple(not_started),
+    )
 
 
 async def _execute(
-    plan: Plan, loaded: LoadedSpec, store: StateStore, settings: Settings, on_done: Progress
-) -> list[AccountOutcome]:
+    plan: Plan, loaded: LoadedSpec, store: StateStore, settings: Settings, hooks: ApplyHooks
+) -> tuple[list[AccountOutcome], list[AccountChange]]:
     semaphore = asyncio.Semaphore(settings.concurrency)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Ctrl-C stops new accounts from starting; a second one interrupts at once.
+    catch_interrupt = threading.current_thread() is threading.main_thread()
+
+    def on_interrupt() -> None:
+        stop.set()
+        loop.remove_signal_handler(signal.SIGINT)
+        hooks.interrupted()
+
+    if catch_interrupt:
+        loop.add_signal_handler(signal.SIGINT, on_interrupt)
+    not_started: list[AccountChange] = []
     # imapclient blocks: give it as many threads as accounts may run at once.
     with ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="mailops-imap") as executor:
 
-        async def run(change: AccountChange) -> AccountOutcome:
+        async def run(change: AccountChange) -> AccountOutcome | None:
             async with semaphore:
+                if stop.is_set():
+                    not_started.append(change)
+                    return None
                 outcome = await _execute_change(change, loaded, store, settings, executor)
-            on_done(outcome)
+            hooks.account_done(outcome)
             return outcome
 
         actionable = [c for c in plan.changes if c.action in (Action.CREATE, Action.UPDATE, Action.DELETE)]
-        return list(await asyncio.gather(*(run(change) for change in actionable)))
+        try:
+            results = await asyncio.gather(*(run(change) for change in actionable))
+        finally:
+            if catch_interrupt and not stop.is_set():
+                loop.remove_signal_handler(signal.SIGINT)
+    return [outcome for outcome in results if outcome is not None], sorted(not_started, key=lambda c: c.address)
 
 
 async def _execute_change(

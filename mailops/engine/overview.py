@@ -7,10 +7,10 @@ from typing import Any
 
 from mailops.errors import SpecError
 from mailops.spec import load_spec
-from mailops.state.store import StateStore
+from mailops.state.accounts import LiveAccounts
 
 
-def account_overview(store: StateStore, config_dir: Path) -> list[dict[str, Any]]:
+def account_overview(store: LiveAccounts, config_dir: Path) -> list[dict[str, Any]]:
     """One row per live (not deleted) account. Project links come from the spec when it is valid."""
     try:
         spec = load_spec(config_dir).spec

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from mailops.errors import MailopsError
+from mailops.fileio import atomic_write
 from mailops.spec import LoadedSpec
 from mailops.spec.models import Account, Policies, Spec
-from mailops.state.store import AccountState, StateStore, state_fingerprint
+from mailops.state.accounts import AccountState, LiveAccounts, state_fingerprint
 
-PLAN_FORMAT_VERSION = 1
+# 2: the body carries its own digest, and apply compares the changes, not only the inputs.
+PLAN_FORMAT_VERSION = 2
 SENSITIVE = "(sensitive)"
 SENSITIVE_FIELDS = frozenset({"password"})
 # A change to any of these means the account must be verified (and test-mailed) again.
@@ -150,41 +152,70 @@ class Plan:
         return line
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        body = {
             "format_version": PLAN_FORMAT_VERSION,
             "created_at": self.created_at.isoformat(),
             "spec_fingerprint": self.spec_fingerprint,
             "state_fingerprint": self.state_fingerprint,
             "summary": self.counts,
-            "changes": [change.as_json() for change in self.changes if change.action is not Action.NOOP],
+            "changes": self._changes_json(),
         }
+        return {**body, BODY_DIGEST: body_digest(body)}
+
+    def _changes_json(self) -> list[dict[str, Any]]:
+        return [change.as_json() for change in self.changes if change.action is not Action.NOOP]
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.as_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        atomic_write(path, json.dumps(self.as_json(), indent=2, sort_keys=True) + "\n")
 
     def check_matches(self, saved: dict[str, Any]) -> None:
-        """Refuse to apply a saved plan when the spec or the live state moved on since it was made."""
+        """Refuse a saved plan unless applying it means executing exactly this plan.
+
+        The saved file must be intact (its body digest), made from the same spec and live
+        state (the fingerprints), and list the same changes: an edited plan is refused, not
+        silently replaced by what the spec says now.
+        """
         if saved.get("format_version") != PLAN_FORMAT_VERSION:
             raise StalePlan(
-                f"the saved plan has format {saved.get('format_version')!r}; expected {PLAN_FORMAT_VERSION}"
+                f"the saved plan has format {saved.get('format_version')!r}; expected {PLAN_FORMAT_VERSION}. "
+                "Run `mailops plan --out FILE` again"
             )
+        body = {key: value for key, value in saved.items() if key != BODY_DIGEST}
+        if saved.get(BODY_DIGEST) != body_digest(body):
+            raise StalePlan("the plan file was changed after `mailops plan` wrote it; make a new plan")
         if saved.get("state_fingerprint") != self.state_fingerprint:
             raise StalePlan("the live state changed since the plan was made; run `mailops plan` again")
         if saved.get("spec_fingerprint") != self.spec_fingerprint:
             raise StalePlan("the spec changed since the plan was made; run `mailops plan` again")
+        if _comparable(saved.get("changes")) != _comparable(self._changes_json()):
+            raise StalePlan(
+                "the plan file's changes differ from the plan for this spec and live state; make a new plan"
+            )
 
 
-def spec_fingerprint(spec: Spec) -> str:
-    payload = {
-        "accounts": [desired_settings(account) for account in spec.accounts],
-        "policies": spec.policies.model_dump(mode="json"),
-    }
+BODY_DIGEST = "body_sha256"
+
+
+def body_digest(body: dict[str, Any]) -> str:
+    """SHA-256 of the plan's body in canonical JSON: detects any edit of a saved plan."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _comparable(changes: Any) -> Any:
+    # Whether a delete is blocked depends on apply's own flags (--confirm-delete, --force).
+    if not isinstance(changes, list):
+        return changes
+    return [{k: v for k, v in c.items() if k != "blocked"} if isinstance(c, dict) else c for c in changes]
+
+
+def spec_fingerprint(desired: list[dict[str, Any]], policies: Policies) -> str:
+    payload = {"accounts": desired, "policies": policies.model_dump(mode="json")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def plan_for(loaded: LoadedSpec, store: StateStore, **judging: Any) -> Plan:
+def plan_for(loaded: LoadedSpec, live_state: LiveAccounts, **judging: Any) -> Plan:
     """The plan for the current spec and live state (``judging``: confirmed_deletes, force)."""
-    live = store.accounts()
+    live = live_state.accounts()
     return make_plan(loaded.spec, live, state_fingerprint(live), **judging)
 
 
@@ -198,9 +229,10 @@ def make_plan(
 ) -> Plan:
     """Compare the spec with the live accounts and judge the deletes against the policies."""
     live_by_address = {state.address: state for state in live}
+    desired = [desired_settings(account) for account in spec.accounts]
     changes: list[AccountChange] = []
-    for account in spec.accounts:
-        changes.append(_change_for(account, live_by_address.pop(account.address.lower(), None)))
+    for account, after in zip(spec.accounts, desired, strict=True):
+        changes.append(_change_for(account, after, live_by_address.pop(account.address.lower(), None)))
     deletes = [
         AccountChange(
             address=state.address, provider=state.provider, action=Action.DELETE, before=state.settings, after=None
@@ -210,13 +242,12 @@ def make_plan(
     changes += _judge_deletes(deletes, len(live), spec.policies, confirmed_deletes, force)
     return Plan(
         changes=tuple(sorted(changes, key=lambda c: c.address)),
-        spec_fingerprint=spec_fingerprint(spec),
+        spec_fingerprint=spec_fingerprint(desired, spec.policies),
         state_fingerprint=state_fingerprint,
     )
 
 
-def _change_for(account: Account, state: AccountState | None) -> AccountChange:
-    after = desired_settings(account)
+def _change_for(account: Account, after: dict[str, Any], state: AccountState | None) -> AccountChange:
     common = {"address": account.address.lower(), "provider": account.provider, "after": after}
     if state is None:
         if account.is_oauth:

@@ -9,6 +9,7 @@ from mailops.errors import MailopsError
 from mailops.providers.manual import password_credential
 from mailops.settings import Settings
 from mailops.spec import LoadedSpec
+from mailops.spec.models import address_key, canonical_address
 from mailops.state.store import StateStore
 from mailops.transport.failures import TransportError
 
@@ -16,19 +17,27 @@ from mailops.transport.failures import TransportError
 def send_test_mail(
     loaded: LoadedSpec, store: StateStore, settings: Settings, address: str, *, to: str | None, wait: bool
 ) -> TestMailResult:
+    """Send a test mail from ``address``; bad input is refused before anything is sent."""
     account = loaded.spec.account(address)
     if account is None:
-        raise MailopsError(f"{address} is not an account in {loaded.config_dir}")
+        raise MailopsError(f"{address!r} is not an account in {loaded.config_dir}")
     if account.is_oauth:
         raise MailopsError(
             f"{address} is a {account.provider} account; connect it first with `mailops connect {address}`"
         )
-    recipient = to or recipient_of_test_mail(account, loaded.spec.policies.test_mail.to)
+    if to is not None and address_key(to) is None:
+        raise MailopsError(f"--to {to!r} is not a valid e-mail address")
+    recipient = canonical_address(to) if to else recipient_of_test_mail(account, loaded.spec.policies.test_mail.to)
+    if wait and address_key(recipient) != account.address.lower():
+        raise MailopsError(
+            f"--wait looks for the test mail in {account.address}'s own inbox; it cannot check another "
+            f"mailbox ({recipient}). Send without --wait, or to {account.address} itself."
+        )
     try:
         credential = password_credential(account, loaded.config_dir)
     except TransportError as error:
         result = TestMailResult(recipient, "", error=error)
     else:
         result = asyncio.run(send_test_mail_now(account, credential, recipient, settings, None, wait))
-    store.record_test_mail(address, recipient, result.error.summary() if result.error else None)
+    store.record_test_mail(account.address, recipient, result.error.summary() if result.error else None)
     return result

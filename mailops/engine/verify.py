@@ -8,13 +8,14 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, make_msgid
+from functools import partial
 from pathlib import Path
 
 from mailops.providers.manual import password_credential
 from mailops.settings import Settings
 from mailops.spec.models import Account
 from mailops.transport.connection import Credential, Endpoint, Timeouts
-from mailops.transport.failures import TransportError
+from mailops.transport.failures import FailureClass, TransportError
 from mailops.transport.imap import verify_imap_login, wait_for_message
 from mailops.transport.smtp import send_in_session, send_message, smtp_session
 
@@ -131,20 +132,40 @@ async def send_test_mail_now(
     executor: Executor | None,
     wait_for_arrival: bool,
 ) -> TestMailResult:
+    """Send the test mail; with ``wait_for_arrival``, it counts as sent only once it is in the inbox.
+
+    Waiting is possible only when the account sends to itself: mailops can look into no
+    other mailbox.
+    """
     imap, smtp = endpoints(account)
     timeouts = timeouts_of(settings)
     message = build_test_mail(account, recipient)
+    message_id = message["Message-ID"]
     try:
         await send_message(smtp, credential, message, timeouts, settings.ca_file)
     except TransportError as error:
-        return TestMailResult(recipient, message["Message-ID"], error=error)
-    arrived = None
-    if wait_for_arrival and recipient.lower() == account.address.lower():
-        loop = asyncio.get_running_loop()
-        try:
-            arrived = await loop.run_in_executor(
-                executor, wait_for_message, imap, credential, message["Message-ID"], timeouts, settings.ca_file
-            )
-        except TransportError as error:
-            return TestMailResult(recipient, message["Message-ID"], error=error, arrived=False)
-    return TestMailResult(recipient, message["Message-ID"], arrived=arrived)
+        return TestMailResult(recipient, message_id, error=error)
+    if not wait_for_arrival:
+        return TestMailResult(recipient, message_id)
+    loop = asyncio.get_running_loop()
+    try:
+        arrived = await loop.run_in_executor(
+            executor,
+            partial(wait_for_message, wait=settings.delivery_wait),
+            imap,
+            credential,
+            message_id,
+            timeouts,
+            settings.ca_file,
+        )
+    except TransportError as error:
+        return TestMailResult(recipient, message_id, error=error, arrived=False)
+    if not arrived:
+        error = TransportError(
+            FailureClass.NOT_DELIVERED,
+            f"the server accepted the test mail, but it was not in the inbox of {recipient} "
+            f"after {settings.delivery_wait:g} s",
+            protocol="imap",
+        )
+        return TestMailResult(recipient, message_id, error=error, arrived=False)
+    return TestMailResult(recipient, message_id, arrived=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from mailops.fileio import FileReadError, MiB, NotUtf8Error, decode_utf8, read_bytes
 from mailops.providers.presets import preset_for
 from mailops.spec.htmltemplate import check_html_template
 from mailops.spec.loader import ACCOUNTS_FILE, DEFAULTS_FILE, Report, SpecParts
@@ -147,20 +148,26 @@ def _check_template_variables(accounts: list[tuple[int, Account]], parts: SpecPa
                 report.problem(file, path, f"unknown variable {{{name}}}; allowed are {_ALLOWED_VARIABLES}")
 
 
+MAX_TEMPLATE_BYTES = 1 * MiB
+
+
 def _check_html_template(parts: SpecParts, config_dir: Path, report: Report) -> None:
     if parts.defaults is None or parts.defaults.html_template is None:
         return
     relative = parts.defaults.html_template
     path = ("defaults", "html_template")
     try:
-        text = (config_dir / relative).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        report.problem(
-            DEFAULTS_FILE, path, f"template file `{relative}` not found (paths are relative to the config dir)"
-        )
+        text = decode_utf8(read_bytes(config_dir / relative, limit=MAX_TEMPLATE_BYTES, what="template"))
+    except FileReadError as exc:
+        if not (config_dir / relative).exists():
+            report.problem(
+                DEFAULTS_FILE, path, f"template file `{relative}` not found (paths are relative to the config dir)"
+            )
+        else:
+            report.problem(DEFAULTS_FILE, path, str(exc).replace(str(config_dir / relative), f"`{relative}`"))
         return
-    except (OSError, UnicodeDecodeError) as exc:
-        report.problem(DEFAULTS_FILE, path, f"cannot read template `{relative}`: {exc}")
+    except NotUtf8Error as exc:
+        report.problem(DEFAULTS_FILE, path, f"{relative}:{exc.line}:{exc.column}: {exc}")
         return
     for problem in check_html_template(text):
         where = f"{relative}:{problem}" if problem[:1].isdigit() else f"{relative} {problem}"

@@ -8,18 +8,19 @@ Only a spec without a single problem comes out as a :class:`Spec`.
 
 from __future__ import annotations
 
+import copy
 import difflib
-import os
 import types
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from mailops.errors import Diagnostic, SpecError
+from mailops.errors import Diagnostic, MailopsError, SpecError
 from mailops.spec.models import (
     Account,
     AccountsFile,
@@ -29,6 +30,7 @@ from mailops.spec.models import (
     ProjectLink,
     SendingDefaults,
     Spec,
+    address_key,
 )
 from mailops.spec.yamldoc import FieldPath, YamlDocument, load_document
 
@@ -69,28 +71,35 @@ class SpecParts:
     unreadable_files: set[str] = field(default_factory=set)
 
 
+class ConfigDirError(MailopsError):
+    """The config directory itself is missing or not a directory."""
+
+
 class Report:
-    """Collects located problems and notes for both documents."""
+    """Collects located problems and notes for both documents.
+
+    A field that failed validation is reported once: later checks that stumble over the
+    same field (or a part of it) stay quiet, so one mistake gives one message.
+    """
 
     def __init__(self, documents: dict[str, YamlDocument]):
         self.documents = documents
         self.problems: list[Diagnostic] = [p for d in documents.values() for p in d.problems]
-        # Located only when shown: locating needs the slow round-trip parse.
+        # Located only when shown: locating needs a second, located parse.
         self.notes: list[tuple[str, FieldPath, str]] = []
+        self._broken: set[tuple[str, FieldPath]] = set()
 
     def problem(self, file: str, path: FieldPath, message: str, *, at_key: bool = False) -> None:
+        if any((file, path[:end]) in self._broken for end in range(len(path) + 1)):
+            return
         self.problems.append(self.documents[file].diagnostic(path, message, at_key=at_key))
+
+    def broken(self, file: str, path: FieldPath) -> None:
+        """Mark ``path`` as already reported: no further problem is reported at or below it."""
+        self._broken.add((file, path))
 
     def note(self, file: str, path: FieldPath, message: str) -> None:
         self.notes.append((file, path, message))
-
-
-def _display_name(config_dir: Path, name: str) -> str:
-    path = config_dir / name
-    try:
-        return os.path.relpath(path)
-    except ValueError:  # another drive on Windows
-        return str(path)
 
 
 def load_spec(config_dir: Path | str) -> LoadedSpec:
@@ -98,7 +107,11 @@ def load_spec(config_dir: Path | str) -> LoadedSpec:
     from mailops.spec.checks import check_spec  # the checks import presets, which import the models
 
     config_dir = Path(config_dir)
-    documents = {name: load_document(config_dir / name, _display_name(config_dir, name)) for name in FILE_MODELS}
+    if not config_dir.is_dir():
+        reason = "is not a directory" if config_dir.exists() else "not found"
+        raise ConfigDirError(f"config directory {config_dir} {reason}")
+    # Files are named as the user named the directory, so messages point where they looked.
+    documents = {name: load_document(config_dir / name, str(config_dir / name)) for name in FILE_MODELS}
     report = Report(documents)
     parts = SpecParts()
     for name, document in documents.items():
@@ -157,38 +170,112 @@ def _validate_section(file: str, section: str, raw: Any, annotation: Any, parts:
 
 
 def _collect_declared_names(section: str, raw: Any, parts: SpecParts) -> None:
-    """Names that references may point to, taken from the raw YAML so broken entries still count."""
+    """Names that references may point to, taken from the raw YAML so broken entries still count.
+
+    Only text counts as a name; raw values are never turned into strings (an alias
+    bomb's expansion would be built right here).
+    """
     if section == "accounts" and isinstance(raw, list):
-        parts.declared_addresses |= {
-            item["address"].lower() for item in raw if isinstance(item, dict) and isinstance(item.get("address"), str)
-        }
+        for item in raw:
+            address = item.get("address") if isinstance(item, dict) else None
+            if isinstance(address, str):
+                parts.declared_addresses.add(_declared_address(address))
     elif section == "projects" and isinstance(raw, dict):
-        parts.declared_projects |= {str(key) for key in raw}
+        parts.declared_projects |= {key for key in raw if isinstance(key, str)}
     elif section == "queues" and isinstance(raw, list):
-        parts.declared_queues |= {str(item) for item in raw}
+        parts.declared_queues |= {item for item in raw if isinstance(item, str)}
     elif section == "employees" and isinstance(raw, dict):
-        parts.declared_principals |= {str(key) for key in raw}
+        parts.declared_principals |= {key for key in raw if isinstance(key, str)}
         for person in raw.values():
             if isinstance(person, dict) and isinstance(person.get("groups"), list):
-                parts.declared_principals |= {str(group) for group in person["groups"]}
+                parts.declared_principals |= {group for group in person["groups"] if isinstance(group, str)}
+
+
+def _declared_address(raw: str) -> str:
+    """The key an account's address is known by, even when the address itself is malformed.
+
+    ``"A <a@example.com>"`` is refused where it is written, but it plainly declares
+    ``a@example.com``: references to that address are not reported a second time.
+    """
+    key = address_key(raw)
+    if key is not None:
+        return key
+    _name, inner = parseaddr(raw)
+    return (address_key(inner) if "@" in inner else None) or raw.lower()
 
 
 def _validate(annotation: Any, raw: Any, file: str, prefix: FieldPath, report: Report) -> Any:
+    """The validated value; on errors, report them all and return what can be salvaged (or None)."""
     adapter = _adapter(annotation)
     try:
         return adapter.validate_python(raw)
     except ValidationError as exc:
-        for error in exc.errors(include_url=False):
-            loc: FieldPath = prefix + tuple(error["loc"])
-            if error["type"] == "extra_forbidden":
-                owner = _model_at(annotation, tuple(error["loc"])[:-1])
-                fields = owner.model_fields if owner else {}
-                report.problem(file, loc, f"unknown field; {_unknown_key_hint(loc[-1], fields)}", at_key=True)
-            elif error["type"] == "missing":
-                report.problem(file, loc, "required field is missing")
-            else:
-                report.problem(file, loc, _message(error))
-        return None
+        errors = exc.errors(include_url=False)
+    for error in errors:
+        loc: FieldPath = prefix + tuple(error["loc"])
+        if error["type"] == "extra_forbidden":
+            owner = _model_at(annotation, tuple(error["loc"])[:-1])
+            fields = owner.model_fields if owner else {}
+            report.problem(file, loc, f"unknown field; {_unknown_key_hint(loc[-1], fields)}", at_key=True)
+        elif error["type"] == "missing":
+            report.problem(file, loc, "required field is missing")
+        else:
+            report.problem(file, loc, _message(error))
+    return _salvage(adapter, raw, errors, file, prefix, report)
+
+
+_SALVAGE_ROUNDS = 4
+
+
+def _salvage(
+    adapter: TypeAdapter[Any], raw: Any, errors: list[Any], file: str, prefix: FieldPath, report: Report
+) -> Any:
+    """The value without its broken fields, so the checks of the other fields still run.
+
+    A broken field is dropped (its default applies); a field that then goes missing
+    takes its parent with it. The dropped paths are marked as reported, so a salvaged
+    value never produces a second message about what is already wrong. It is used for
+    cross-checks only: a spec with problems never comes out of the loader.
+    """
+    data = copy.deepcopy(raw)
+    for _ in range(_SALVAGE_ROUNDS):
+        for loc in sorted({tuple(error["loc"]) for error in errors}, key=_loc_order, reverse=True):
+            missing = any(tuple(e["loc"]) == loc and e["type"] == "missing" for e in errors)
+            target = loc[:-1] if missing else loc
+            if not target:
+                return None  # the value as a whole is broken
+            removed = _remove(data, target)
+            if removed:
+                report.broken(file, prefix + removed)
+        try:
+            return adapter.validate_python(data)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+    return None
+
+
+def _loc_order(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    # Deepest and highest list index first, so removing one item does not shift the next one's index.
+    return (len(loc), tuple((1, step) if isinstance(step, int) else (0, str(step)) for step in loc))
+
+
+def _remove(data: Any, loc: tuple[Any, ...]) -> FieldPath:
+    """Remove the node at ``loc``, or the deepest node that exists on the way; return its path.
+
+    An empty path means nothing was left to remove (an earlier removal took it).
+    """
+    parent: Any = None
+    node, path = data, ()
+    for step in loc:
+        if isinstance(node, dict) and step in node:
+            parent, node, path = node, node[step], path + (step,)
+        elif isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node):
+            parent, node, path = node, node[step], path + (step,)
+        else:
+            break
+    if path:
+        del parent[path[-1]]
+    return path
 
 
 _ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
@@ -206,12 +293,16 @@ _EXPECTED_SHAPE = {
     "model_attributes_type": "a mapping",
     "dict_type": "a mapping",
     "list_type": "a list",
+    "int_type": "a whole number",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "text",
 }
 
 
 def _message(error: Any) -> str:
     """Pydantic's message, phrased for a YAML author. Never quotes the input (it may be a secret)."""
-    if error["type"] in _EXPECTED_SHAPE:
+    if _EXPECTED_SHAPE.get(error["type"]):
         return f"expected {_EXPECTED_SHAPE[error['type']]}, got {_kind(error.get('input'))}"
     message = str(error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):

@@ -1,17 +1,20 @@
 """The desired state: what `config/accounts.yaml` and `config/defaults.yaml` may say.
 
-Every field maps to a setting of the ERP's e-mail account screen (see DESIGN.md §3).
-The models check shapes and single values; checks that need the whole spec
-(references, duplicates, policies) live in :mod:`mailops.spec.checks`.
+Every field maps to a setting of the ERP's e-mail account screen (README: "What mailops
+is"). The models check shapes and single values, strictly: a port is an integer, not
+`true`, and no text that reaches a server command or a mail header may hold a control
+character. Checks that need the whole spec (references, duplicates, policies) live in
+:mod:`mailops.spec.checks`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Literal
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 Provider = Literal["microsoft", "google", "manual"]
@@ -30,16 +33,100 @@ TEMPLATE_VARIABLES: tuple[str, ...] = (
 CONTENT_PLACEHOLDER = "{CONTENT}"
 MAX_CC = 2
 
+# Control characters (C0, DEL, C1) and the Unicode line and paragraph separators: any of
+# them in a header or an IMAP/SMTP command ends the line early, and what follows becomes
+# a header or a command of its own.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Multi-line texts (signature, greeting, bodies) may hold line feeds and tabs, nothing else.
+_CONTROL_IN_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _refuse(character: str, hint: str) -> PydanticCustomError:
+    from mailops.spec.yamldoc import describe_character
+
+    return PydanticCustomError(
+        "control_character",
+        "control character {char} is not allowed{hint}",
+        {"char": describe_character(character), "hint": hint},
+    )
+
+
+def single_line(value: str) -> str:
+    """Text for one line of a header or a server command: no control characters at all."""
+    bad = _CONTROL.search(value)
+    if bad is not None:
+        raise _refuse(bad.group(), "; this value must be a single line")
+    return value
+
+
+def multi_line(value: str) -> str:
+    """Text that may span lines (``\\n``) and hold tabs, but no other control character."""
+    bad = _CONTROL_IN_TEXT.search(value)
+    if bad is not None:
+        hint = "; write a line break as \\n" if bad.group() == "\r" else ""
+        raise _refuse(bad.group(), hint)
+    return value
+
+
+def canonical_address(value: str) -> str:
+    """An address in the form every protocol accepts: ASCII, the domain in IDNA (punycode) form.
+
+    ``info@bücher.example`` and ``info@xn--bcher-kva.example`` are the same mailbox and
+    come out the same. A non-ASCII local part (``jörg@``) needs SMTPUTF8 end to end,
+    which not every server offers: it is refused with a message that says so.
+    """
+    try:
+        return validate_email(value, check_deliverability=False, allow_smtputf8=False).ascii_email or value
+    except EmailNotValidError as exc:
+        reason = str(exc)
+        if reason.startswith("Internationalized characters before the @-sign"):
+            reason = (
+                "non-ASCII characters before the @ need SMTPUTF8, which mailops does not use; "
+                "use the mailbox's ASCII address or alias"
+            )
+        raise PydanticCustomError("email", "not a valid e-mail address: {reason}", {"reason": reason}) from None
+
+
+def address_key(value: str) -> str | None:
+    """How accounts are told apart: the canonical address, lower-cased; None when ``value`` is no address."""
+    try:
+        return canonical_address(single_line(value)).lower()
+    except PydanticCustomError:
+        return None
+
 
 def _check_address(value: str) -> str:
-    try:
-        return validate_email(value, check_deliverability=False).normalized
-    except EmailNotValidError as exc:
-        raise PydanticCustomError("email", "not a valid e-mail address: {reason}", {"reason": str(exc)}) from None
+    return canonical_address(single_line(value))
+
+
+def _host_name(value: str) -> str:
+    single_line(value)
+    if any(character.isspace() for character in value):
+        raise PydanticCustomError("host", "a host name has no spaces")
+    return value
+
+
+def _iso_date(value: object) -> object:
+    """Dates are written as YYYY-MM-DD; the YAML loader leaves them as text for this to judge."""
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            raise PydanticCustomError(
+                "date", "not a valid date `{value}`; write it as YYYY-MM-DD, e.g. 2026-01-31", {"value": value[:40]}
+            ) from None
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    raise PydanticCustomError("date", "expected a date written as YYYY-MM-DD")
 
 
 EmailAddress = Annotated[str, AfterValidator(_check_address)]
-NonEmptyStr = Annotated[str, Field(min_length=1)]
+Line = Annotated[str, AfterValidator(single_line)]
+NonEmptyStr = Annotated[str, Field(min_length=1), AfterValidator(single_line)]
+Text = Annotated[str, AfterValidator(multi_line)]
+HostName = Annotated[str, Field(min_length=1), AfterValidator(_host_name)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+IsoDate = Annotated[dt.date, BeforeValidator(_iso_date)]
 
 
 def _check_cc(value: list[str]) -> list[str]:
@@ -54,7 +141,9 @@ def _check_cc(value: list[str]) -> list[str]:
 
 class SpecModel(BaseModel):
     # Unknown keys are typos (`retention_day`): refuse them instead of ignoring them.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict: YAML already gives numbers and booleans their types, so `port: true` or
+    # `enabled: "yes"` is a mistake to report, not a value to convert.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class SecretRef(SpecModel):
@@ -88,8 +177,8 @@ class SecretRef(SpecModel):
 class ServerSettings(SpecModel):
     """One connection endpoint (IMAP-Server/-Port/-Verschlüsselung, or the SMTP ones)."""
 
-    host: NonEmptyStr
-    port: Annotated[int, Field(ge=1, le=65535)]
+    host: HostName
+    port: Port
     encryption: Encryption
 
 
@@ -99,7 +188,7 @@ class TicketSettings(SpecModel):
     enabled: bool = False
     default_project: NonEmptyStr | None = None
     default_queue: NonEmptyStr | None = None
-    import_since: dt.date | None = Field(None, description="Only mail received on or after this date is imported.")
+    import_since: IsoDate | None = Field(None, description="Only mail received on or after this date is imported.")
     delete_after_import: bool = Field(False, description="Delete on the server once the ticket is stored.")
     auto_close: bool = Field(False, description="Imported tickets are closed right away.")
 
@@ -116,8 +205,8 @@ class AutoreplySettings(SpecModel):
 
     enabled: bool = False
     once_per_day_per_sender: bool = True
-    subject: str = ""
-    body: str = Field("", description="HTML body of the reply.")
+    subject: Line = ""
+    body: Text = Field("", description="HTML body of the reply.")
 
 
 class Account(SpecModel):
@@ -136,7 +225,7 @@ class Account(SpecModel):
     ticket: TicketSettings = TicketSettings()
     archive: ArchiveSettings = ArchiveSettings()
     autoreply: AutoreplySettings = AutoreplySettings()
-    signature: str = ""
+    signature: Text = ""
 
     @property
     def is_oauth(self) -> bool:
@@ -155,8 +244,8 @@ class SendingDefaults(SpecModel):
 
     email: EmailAddress
     sender_name: NonEmptyStr
-    signature: str = ""
-    greeting: str = ""
+    signature: Text = ""
+    greeting: Text = ""
     cc: Annotated[list[EmailAddress], AfterValidator(_check_cc)] = Field(default_factory=list)
     bcc: EmailAddress | None = None
     html_template: NonEmptyStr | None = Field(
@@ -167,9 +256,9 @@ class SendingDefaults(SpecModel):
 class Employee(SpecModel):
     name: NonEmptyStr
     email: EmailAddress | None = None
-    phone: str = ""
-    mobile: str = ""
-    fax: str = ""
+    phone: Line = ""
+    mobile: Line = ""
+    fax: Line = ""
     groups: list[NonEmptyStr] = Field(default_factory=list)
 
 
@@ -220,10 +309,10 @@ class Spec(SpecModel):
     policies: Policies
 
     def account(self, address: str) -> Account | None:
-        wanted = address.lower()
+        wanted = address_key(address) or address.lower()
         return next((a for a in self.accounts if a.address.lower() == wanted), None)
 
     def projects_of(self, address: str) -> list[str]:
         """The projects/sales channels that send from ``address`` (shown under it in the overview)."""
-        wanted = address.lower()
+        wanted = address_key(address) or address.lower()
         return [code for code, link in self.projects.items() if link.email.lower() == wanted]

@@ -1,8 +1,21 @@
-"""Round-trip YAML documents that remember where every node came from.
+"""Loading the spec's YAML safely and fast, with every value traceable to ``FILE:LINE:COL``.
 
-ruamel.yaml's round-trip loader keeps line/column of each key, value and list item
-(0-based); this module turns a field path such as ``("accounts", 1, "imap", "port")``
-back into a 1-based position so that every message can say ``FILE:LINE:COL``.
+The data is built straight from libyaml's parse events (ruamel.yaml.clib), as plain
+dicts, lists and scalars of the YAML 1.2 core schema. Building it here, rather than
+with ruamel's constructor, is what bounds hostile input and keeps a large spec fast:
+
+- nesting deeper than :data:`MAX_DEPTH` stops the parse at the first level too deep
+  (libyaml slows down quadratically, and recursive consumers crash, on deep nesting);
+- aliases share the anchored value instead of copying it, and the document may not
+  grow through aliases beyond a budget, so an "alias bomb" of a few hundred bytes is
+  refused at the alias that explodes, and a recursive alias is refused outright;
+- only the core schema's tags resolve (null, bool, int, float, str; no timestamps or
+  Python objects), so a value like ``2026-13-45`` stays text for the field to judge;
+- the file is read only if it is a regular, not oversized file, and must be UTF-8
+  without control characters; every refusal names its line and column.
+
+Positions are needed only for messages, so they are collected by a second, located
+parse that runs only when a message is about to be shown.
 """
 
 from __future__ import annotations
@@ -10,16 +23,24 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
-from ruamel.yaml.resolver import VersionedResolver
+from typing import TYPE_CHECKING, Any
 
 from mailops.errors import Diagnostic
+from mailops.fileio import FileReadError, MiB, NotUtf8Error, decode_utf8, read_bytes
+
+if TYPE_CHECKING:
+    from ruamel.yaml import YAML
 
 FieldPath = tuple[str | int, ...]
+
+MAX_FILE_BYTES = 32 * MiB
+MAX_DEPTH = 32
+# Aliases may add this many values, plus one per character of the file, beyond what is written.
+ALIAS_ALLOWANCE = 100_000
+# Python refuses to convert longer digit strings to int (and it would be slow).
+MAX_DIGITS = 4300
+
+_CORE = "tag:yaml.org,2002:"
 
 
 def format_path(path: FieldPath) -> str:
@@ -30,6 +51,9 @@ def format_path(path: FieldPath) -> str:
 
 
 def round_trip_yaml() -> YAML:
+    """ruamel's round-trip mode, for rewriting a file with its comments (``mailops import``)."""
+    from ruamel.yaml import YAML
+
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
     yaml.preserve_quotes = True
@@ -38,43 +62,348 @@ def round_trip_yaml() -> YAML:
     return yaml
 
 
-class _Yaml12Resolver(VersionedResolver):
-    # The stock resolver looks up the document's YAML version for every scalar, through an
-    # exception when libyaml parses; the spec is YAML 1.2, so answer that directly.
-    @property
-    def processing_version(self) -> tuple[int, int]:
-        return (1, 2)
+class YamlProblem(Exception):
+    """The text is not acceptable YAML for the spec; ``line`` and ``column`` are 1-based."""
+
+    def __init__(self, line: int, column: int, message: str):
+        super().__init__(message)
+        self.line, self.column, self.message = line, column, message
 
 
-def fast_yaml() -> YAML:
-    """Plain data, parsed by libyaml (ruamel.yaml.clib) where available: several times faster."""
-    yaml = YAML(typ="safe", pure=False)
-    yaml.Resolver = _Yaml12Resolver
-    yaml.allow_duplicate_keys = False
-    return yaml
+# -- reading -------------------------------------------------------------------------
+
+# What YAML 1.2 allows in a stream (its c-printable set): tab, line breaks, and printable
+# characters. Everything else, NUL and ESC among them, is refused with its position.
+_NOT_PRINTABLE = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _line_and_column(text: str, index: int) -> tuple[int, int]:
+    line_start = text.rfind("\n", 0, index) + 1
+    return text.count("\n", 0, index) + 1, index - line_start + 1
+
+
+def decode_yaml_bytes(data: bytes) -> str:
+    """UTF-8 text without control characters, or :class:`YamlProblem` at the offending character."""
+    try:
+        text = decode_utf8(data)
+    except NotUtf8Error as exc:
+        raise YamlProblem(exc.line, exc.column, str(exc)) from None
+    bad = _NOT_PRINTABLE.search(text)
+    if bad is not None:
+        line, column = _line_and_column(text, bad.start())
+        raise YamlProblem(line, column, f"control character {describe_character(bad.group())} is not allowed")
+    return text
+
+
+_CHARACTER_NAMES = {
+    "\x00": "NUL",
+    "\t": "tab",
+    "\n": "line feed",
+    "\r": "carriage return",
+    "\x1b": "ESC",
+    "\x7f": "DEL",
+    "\x85": "next line",
+    "\u2028": "line separator",
+    "\u2029": "paragraph separator",
+}
+
+
+def describe_character(character: str) -> str:
+    name = _CHARACTER_NAMES.get(character)
+    code = f"U+{ord(character):04X}"
+    return f"{code} ({name})" if name else code
+
+
+# -- building data from parse events -------------------------------------------------
+
+_NULLS = frozenset({"", "~", "null", "Null", "NULL"})
+_BOOLS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+_INT = re.compile(r"[-+]?[0-9]+\Z")
+_OCT = re.compile(r"0o[0-7]+\Z")
+_HEX = re.compile(r"0x[0-9a-fA-F]+\Z")
+_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?\Z")
+_INF = re.compile(r"[-+]?\.(?:inf|Inf|INF)\Z")
+_NAN = re.compile(r"\.(?:nan|NaN|NAN)\Z")
+_NUMBER_START = frozenset("0123456789+-.")
+
+
+def _plain(value: str, mark: Any) -> Any:
+    """Resolve a plain (unquoted) scalar by the YAML 1.2 core schema."""
+    if value in _NULLS:
+        return None
+    if value in _BOOLS:
+        return _BOOLS[value]
+    if value[0] not in _NUMBER_START:
+        return value
+    if _INT.match(value):
+        return _int(value, 10, mark)
+    if _OCT.match(value):
+        return _int(value[2:], 8, mark)
+    if _HEX.match(value):
+        return _int(value[2:], 16, mark)
+    if _FLOAT.match(value):
+        return float(value)
+    if _INF.match(value):
+        return float("-inf") if value[0] == "-" else float("inf")
+    if _NAN.match(value):
+        return float("nan")
+    return value
+
+
+def _int(digits: str, base: int, mark: Any) -> int:
+    if len(digits) > MAX_DIGITS:
+        raise YamlProblem(mark.line + 1, mark.column + 1, f"number with more than {MAX_DIGITS} digits")
+    return int(digits, base)
+
+
+def _tagged(tag: str, value: str, mark: Any) -> Any:
+    """A scalar with an explicit tag: the core schema's, or a plain string for ``!``."""
+    if tag in ("!", _CORE + "str"):
+        return value
+    if tag == _CORE + "null":
+        return None
+    resolved = _plain(value, mark) if value else None
+    expected = {_CORE + "bool": bool, _CORE + "int": int, _CORE + "float": float}.get(tag)
+    if expected is None:
+        raise YamlProblem(mark.line + 1, mark.column + 1, f"tag `{tag}` is not supported; remove it")
+    if expected is float and type(resolved) is int:
+        return float(resolved)
+    if type(resolved) is not expected:
+        raise YamlProblem(mark.line + 1, mark.column + 1, f"`{value}` is not a valid {tag.removeprefix(_CORE)}")
+    return resolved
+
+
+_MERGE = "<<"
+_NO_KEY = object()
+
+
+class _Frame:
+    """A mapping or sequence under construction."""
+
+    __slots__ = ("value", "is_map", "key", "key_mark", "anchor", "size", "height", "merges", "mark", "path")
+
+    def __init__(self, value: Any, is_map: bool, anchor: str | None, mark: Any, path: FieldPath | None):
+        self.value = value
+        self.is_map = is_map
+        self.key: Any = _NO_KEY
+        self.key_mark: Any = None
+        self.anchor = anchor
+        self.size = 1
+        self.height = 1
+        self.merges: list[tuple[Any, Any]] | None = None
+        self.mark = mark
+        self.path = path
+
+
+Marks = dict[FieldPath, tuple[int, int, int, int]]  # path -> 0-based key line/column, value line/column
+
+
+def parse_yaml(text: str, *, marks: Marks | None = None) -> Any:
+    """Build plain data from ``text``; when ``marks`` is given, fill it with every node's position.
+
+    Raises :class:`YamlProblem` for syntax errors and for everything the module
+    docstring lists as refused.
+    """
+    from _ruamel_yaml import CParser
+    from ruamel.yaml import events
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    scalar, alias = events.ScalarEvent, events.AliasEvent
+    starts = {events.MappingStartEvent: True, events.SequenceStartEvent: False}
+    ends = (events.MappingEndEvent, events.SequenceEndEvent)
+    document_start, stream_end = events.DocumentStartEvent, events.StreamEndEvent
+
+    parser = CParser(text)
+    next_event = parser.get_event
+    stack: list[_Frame] = []
+    anchors: dict[str, tuple[Any, int, int]] = {}  # name -> (value, size, height)
+    open_anchors: set[str] = set()
+    budget = ALIAS_ALLOWANCE + len(text)
+    expanded = 0
+    documents = 0
+    result: Any = None
+    located = marks is not None
+
+    def attach(value: Any, size: int, height: int, mark: Any) -> None:
+        nonlocal result
+        if not stack:
+            result = value
+            return
+        frame = stack[-1]
+        frame.size += size
+        if height + 1 > frame.height:
+            frame.height = height + 1
+        if not frame.is_map:
+            if located:
+                assert frame.path is not None and marks is not None
+                index = len(frame.value)
+                marks[frame.path + (index,)] = (mark.line, mark.column, mark.line, mark.column)
+            frame.value.append(value)
+            return
+        if frame.key is _NO_KEY:
+            if isinstance(value, (dict, list)):
+                raise YamlProblem(mark.line + 1, mark.column + 1, "a key must be a plain value, not a mapping or list")
+            if value in frame.value or (value == _MERGE and frame.merges is not None):
+                raise YamlProblem(
+                    mark.line + 1, mark.column + 1, f"duplicate key `{value}` (each key may appear once per mapping)"
+                )
+            frame.key, frame.key_mark = value, mark
+            return
+        key, key_mark = frame.key, frame.key_mark
+        frame.key = _NO_KEY
+        if key == _MERGE and isinstance(key, str):
+            frame.merges = frame.merges or []
+            frame.merges.append((value, mark))
+            return
+        if located:
+            assert frame.path is not None and marks is not None
+            marks[frame.path + (key,)] = (key_mark.line, key_mark.column, mark.line, mark.column)
+        frame.value[key] = value
+
+    def child_path() -> FieldPath | None:
+        if not located:
+            return None
+        frame = stack[-1] if stack else None
+        if frame is None:
+            return ()
+        assert frame.path is not None
+        if frame.is_map:
+            return frame.path + ((frame.key,) if frame.key is not _NO_KEY else ("<key>",))
+        return frame.path + (len(frame.value),)
+
+    try:
+        while True:
+            event = next_event()
+            kind = type(event)
+            if kind is scalar:
+                mark = event.start_mark
+                tag = event.tag
+                if tag is None:  # quoted and block scalars are text; plain ones resolve
+                    value = event.value if event.style else _plain(event.value, mark)
+                else:
+                    value = _tagged(tag, event.value, mark)
+                if event.anchor is not None:
+                    anchors[event.anchor] = (value, 1, 0)
+                attach(value, 1, 0, mark)
+            elif kind in starts:
+                mark = event.start_mark
+                if len(stack) >= MAX_DEPTH:
+                    raise YamlProblem(
+                        mark.line + 1, mark.column + 1, f"nested more than {MAX_DEPTH} levels deep; the spec needs few"
+                    )
+                tag = event.tag
+                is_map = starts[kind]
+                if tag not in (None, "!", _CORE + ("map" if is_map else "seq")):
+                    raise YamlProblem(mark.line + 1, mark.column + 1, f"tag `{tag}` is not supported; remove it")
+                frame = _Frame({} if is_map else [], is_map, event.anchor, mark, child_path())
+                if event.anchor is not None:
+                    open_anchors.add(event.anchor)
+                stack.append(frame)
+            elif kind in ends:
+                frame = stack.pop()
+                if frame.merges:
+                    _merge(frame, marks)
+                if frame.anchor is not None:
+                    open_anchors.discard(frame.anchor)
+                    anchors[frame.anchor] = (frame.value, frame.size, frame.height)
+                attach(frame.value, frame.size, frame.height, frame.mark)
+            elif kind is alias:
+                mark = event.start_mark
+                name = event.anchor
+                if name in open_anchors:
+                    raise YamlProblem(mark.line + 1, mark.column + 1, f"alias `*{name}` refers to itself (recursive)")
+                if name not in anchors:
+                    raise YamlProblem(
+                        mark.line + 1, mark.column + 1, f"alias `*{name}` has no anchor `&{name}` before it"
+                    )
+                value, size, height = anchors[name]
+                expanded += size
+                if expanded > budget:
+                    raise YamlProblem(
+                        mark.line + 1,
+                        mark.column + 1,
+                        f"aliases expand the document to more than {budget} values; "
+                        "an alias may repeat a value, not multiply the document",
+                    )
+                if len(stack) + height > MAX_DEPTH:
+                    raise YamlProblem(
+                        mark.line + 1,
+                        mark.column + 1,
+                        f"alias `*{name}` nests the document more than {MAX_DEPTH} levels deep",
+                    )
+                attach(value, size, height, mark)
+            elif kind is document_start:
+                documents += 1
+                if documents > 1:
+                    mark = event.start_mark
+                    raise YamlProblem(
+                        mark.line + 1, mark.column + 1, "a second YAML document; the file must hold exactly one"
+                    )
+            elif kind is stream_end:
+                return result
+    except MarkedYAMLError as exc:
+        raise YamlProblem(*_located_yaml_error(exc)) from None
+    except YAMLError as exc:  # the reader's errors carry an offset, not a mark
+        raise YamlProblem(1, 1, str(exc).splitlines()[0]) from None
+    finally:
+        parser.dispose()
+
+
+def _merge(frame: _Frame, marks: Marks | None) -> None:
+    """Apply ``<<: *anchor`` merge keys: keys written in the mapping win over merged ones."""
+    assert frame.merges is not None
+    for value, mark in frame.merges:
+        sources = value if isinstance(value, list) else [value]
+        for source in sources:
+            if not isinstance(source, dict):
+                raise YamlProblem(mark.line + 1, mark.column + 1, "`<<` merges only mappings")
+            for key, item in source.items():
+                if key not in frame.value:
+                    frame.value[key] = item
+                    if marks is not None and frame.path is not None:
+                        marks[frame.path + (key,)] = (mark.line, mark.column, mark.line, mark.column)
+
+
+_DUPLICATE_KEY = re.compile(r'found duplicate key "(?P<key>.*?)"')
+
+
+def _located_yaml_error(exc: Any) -> tuple[int, int, str]:
+    mark = exc.problem_mark or exc.context_mark
+    line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    problem = exc.problem or str(exc)
+    duplicate = _DUPLICATE_KEY.search(problem)
+    if duplicate:
+        # ruamel's text also quotes both values; a value may be sensitive, so leave them out.
+        return line, column, f"duplicate key `{duplicate['key']}` (each key may appear once per mapping)"
+    if "'\\t'" in problem or "tab character" in problem:
+        return line, column, "tab character; YAML indentation must use spaces"
+    if exc.context and exc.context not in problem:
+        return line, column, f"{problem} ({exc.context})"
+    return line, column, problem
+
+
+# -- documents -----------------------------------------------------------------------
 
 
 @dataclass
 class YamlDocument:
-    """A loaded YAML file; ``data`` is None when it could not be parsed or is empty.
-
-    ``data`` comes from the fast loader. Positions need the round-trip loader, which is
-    slow on large files, so that second parse happens only when a position is asked for.
-    """
+    """A loaded spec file; ``data`` is None when it could not be read or parsed, or is empty."""
 
     path: Path
     display_name: str
     text: str = ""
     data: Any = None
     problems: list[Diagnostic] = field(default_factory=list)
-    _located: Any = None
+    _marks: Marks | None = None
 
     @property
-    def located(self) -> Any:
-        """The same document as round-trip nodes that carry their line and column."""
-        if self._located is None and self.data is not None:
-            self._located = round_trip_yaml().load(self.text)
-        return self._located
+    def marks(self) -> Marks:
+        """Every node's position, from a second, located parse (done once, when first needed)."""
+        if self._marks is None:
+            self._marks = {}
+            if self.data is not None:
+                parse_yaml(self.text, marks=self._marks)
+        return self._marks
 
     def position(self, path: FieldPath, *, at_key: bool = False) -> tuple[int, int]:
         """1-based (line, column) of the node at ``path``, or of its nearest existing parent.
@@ -82,20 +411,14 @@ class YamlDocument:
         A complete path points at the value, or at its key when ``at_key`` is set (e.g. for
         an unknown key); a path that leaves the document points at the last node it reached.
         """
-        node = self.located
+        marks = self.marks
         line, column = 0, 0
-        for index, step in enumerate(path):
-            last = index == len(path) - 1
-            if isinstance(node, CommentedMap) and step in node:
-                # Inside the path, point at the key; at its end, at the value (or the key if asked).
-                use_key = at_key if last else True
-                line, column = node.lc.key(step) if use_key else node.lc.value(step)
-                node = node[step]
-            elif isinstance(node, CommentedSeq) and isinstance(step, int) and 0 <= step < len(node):
-                line, column = node.lc.item(step)
-                node = node[step]
-            else:
+        for index in range(len(path)):
+            found = marks.get(path[: index + 1])
+            if found is None:
                 break
+            use_key = at_key if index == len(path) - 1 else True
+            line, column = (found[0], found[1]) if use_key else (found[2], found[3])
         return line + 1, column + 1
 
     def diagnostic(self, path: FieldPath, message: str, *, at_key: bool = False) -> Diagnostic:
@@ -103,39 +426,24 @@ class YamlDocument:
         return Diagnostic(self.display_name, line, column, format_path(path), message)
 
 
-_DUPLICATE_KEY = re.compile(r'found duplicate key "(?P<key>.*?)"')
-
-
-def _describe_yaml_error(exc: MarkedYAMLError) -> str:
-    problem = exc.problem or str(exc)
-    duplicate = _DUPLICATE_KEY.search(problem)
-    if duplicate:
-        # ruamel's text also quotes both values; a value may be sensitive, so leave them out.
-        return f"duplicate key `{duplicate['key']}` (each key may appear once per mapping)"
-    if "'\\t'" in problem or "tab character" in problem:
-        return "tab character; YAML indentation must use spaces"
-    if exc.context and exc.context not in problem:
-        return f"{problem} ({exc.context})"
-    return problem
-
-
 def load_document(path: Path, display_name: str) -> YamlDocument:
-    """Parse ``path``; syntax errors, duplicate keys and a missing or empty file become problems."""
+    """Read and parse ``path``; every reason it cannot be used becomes a located problem."""
     document = YamlDocument(path=path, display_name=display_name)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        document.problems.append(Diagnostic(display_name, 1, 1, "", "file not found"))
+        raw = read_bytes(path, limit=MAX_FILE_BYTES, what="file")
+    except FileReadError as exc:
+        message = "file not found" if not path.exists() and not path.is_symlink() else _without_path(str(exc), path)
+        document.problems.append(Diagnostic(display_name, 1, 1, "", message))
         return document
-    except (OSError, UnicodeDecodeError) as exc:
-        document.problems.append(Diagnostic(display_name, 1, 1, "", f"cannot read file: {exc}"))
-        return document
-    document.text = text
     try:
-        document.data = fast_yaml().load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        document.problems.append(Diagnostic(display_name, line, column, "", _describe_yaml_error(exc)))
+        document.text = decode_yaml_bytes(raw)
+        document.data = parse_yaml(document.text)
+    except YamlProblem as problem:
+        document.problems.append(Diagnostic(display_name, problem.line, problem.column, "", problem.message))
         document.data = None
     return document
+
+
+def _without_path(message: str, path: Path) -> str:
+    # The diagnostic already names the file at its start.
+    return message.replace(f"file {path} ", "file ").replace(f" {path}:", ":")

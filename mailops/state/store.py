@@ -1,16 +1,14 @@
 """The state store: applied accounts, their health, and the apply lock.
 
 A SQLite file by default; any SQLAlchemy URL (e.g. PostgreSQL) works the same way.
-The schema is created and upgraded by Alembic migrations on open, so a newer release
-upgrades an existing state file in place.
+The schema is created and upgraded by Alembic migrations when a command that writes
+opens it, so a newer release upgrades an existing state file in place.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import getpass
-import hashlib
-import json
 import os
 import socket
 import time
@@ -18,69 +16,40 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, select, text
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
+from sqlalchemy import create_engine, event, inspect, select, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailops.errors import MailopsError
+from mailops.state.accounts import STATUSES, AccountState, aware, state_fingerprint, utcnow
+from mailops.state.location import password_of, redact, sqlite_file
+from mailops.state.schema import SchemaStatus, StateError, judge_schema
 from mailops.state.tables import AccountRow, ApplyLockRow
 
-STATUSES = ("connected", "error", "needs_reconnect", "pending_consent")
-# The newest migration in migrations/versions; a test keeps the two in step.
-SCHEMA_REVISION = "0001"
 LOCK_NAME = "apply"
 
 
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite drops the time zone; everything stored is UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
-
-
-@dataclass(frozen=True)
-class AccountState:
-    """A read-only view of one account's row."""
-
-    address: str
-    provider: str
-    settings: dict[str, Any]
-    status: str
-    created_at: dt.datetime
-    updated_at: dt.datetime
-    deleted_at: dt.datetime | None
-    last_verified_at: dt.datetime | None
-    last_error_class: str | None
-    last_error: str | None
-    last_test_mail_at: dt.datetime | None
-    last_test_mail_to: str | None
-    last_test_mail_error: str | None
-
-    @classmethod
-    def of(cls, row: AccountRow) -> AccountState:
-        return cls(
-            address=row.address,
-            provider=row.provider,
-            settings=row.settings,
-            status=row.status,
-            created_at=_aware(row.created_at),
-            updated_at=_aware(row.updated_at),
-            deleted_at=_aware(row.deleted_at),
-            last_verified_at=_aware(row.last_verified_at),
-            last_error_class=row.last_error_class,
-            last_error=row.last_error,
-            last_test_mail_at=_aware(row.last_test_mail_at),
-            last_test_mail_to=row.last_test_mail_to,
-            last_test_mail_error=row.last_test_mail_error,
-        )
+def _view(row: AccountRow) -> AccountState:
+    created_at, updated_at = aware(row.created_at), aware(row.updated_at)
+    assert created_at is not None and updated_at is not None
+    return AccountState(
+        address=row.address,
+        provider=row.provider,
+        settings=row.settings,
+        status=row.status,
+        created_at=created_at,
+        updated_at=updated_at,
+        deleted_at=aware(row.deleted_at),
+        last_verified_at=aware(row.last_verified_at),
+        last_error_class=row.last_error_class,
+        last_error=row.last_error,
+        last_test_mail_at=aware(row.last_test_mail_at),
+        last_test_mail_to=row.last_test_mail_to,
+        last_test_mail_error=row.last_test_mail_error,
+    )
 
 
 @dataclass(frozen=True)
@@ -97,10 +66,6 @@ class LockInfo:
             f"lock {self.lock_id} held by {self.owner} on {self.host} (pid {self.pid}) "
             f"since {self.acquired_at:%Y-%m-%d %H:%M:%S} UTC, expires {self.expires_at:%H:%M:%S} UTC"
         )
-
-
-class StateError(MailopsError):
-    """The state store cannot be opened or used."""
 
 
 class LockHeld(MailopsError):
@@ -122,30 +87,54 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 class StateStore:
-    def __init__(self, engine: Engine):
+    """The live state in a SQL database, read and written through SQLAlchemy."""
+
+    def __init__(self, engine: Engine, *, empty: bool = False):
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._empty = empty  # opened without creating: the store does not exist yet
 
     @classmethod
-    def open(cls, url: str) -> StateStore:
-        """Open (and create or upgrade) the state store at ``url``."""
+    def open(cls, url: str, *, create: bool = True) -> StateStore:
+        """Open the state store at ``url``.
+
+        With ``create`` (commands that write), a missing store is created and an older
+        schema upgraded. Without it, nothing is created or changed: a store that does not
+        exist yet reads as empty. Either way a store of another application, or of a newer
+        mailops, is refused before anything is touched.
+        """
+        shown = redact(url)
+        hide = password_of(url) or ""
         try:
-            parsed = make_url(url)
-            if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            sqlite = sqlite_file(url)
+            if sqlite is not None and not sqlite.exists() and not create:
+                return cls(create_engine("sqlite://"), empty=True)
+            if sqlite is not None and create:
+                sqlite.parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(url)
-            if parsed.get_backend_name() == "sqlite":
+            if engine.dialect.name == "sqlite":
                 event.listen(engine, "connect", _sqlite_pragmas)
             store = cls(engine)
-            store._migrate()
-        except (SQLAlchemyError, OSError, ImportError) as exc:
-            shown = make_url(url).render_as_string(hide_password=True) if "://" in url else repr(url)
-            raise StateError(f"cannot open the state store {shown}: {exc}") from None
+            status = store._schema_status(shown, will_migrate=create)
+            if status is SchemaStatus.EMPTY and not create:
+                return cls(engine, empty=True)
+            if status is not SchemaStatus.CURRENT:
+                store._migrate()
+        except StateError:
+            raise
+        except (SQLAlchemyError, OSError, ImportError, ValueError) as exc:
+            raise StateError(f"cannot open the state store {shown}: {redact(_first_line(exc), hide)}") from None
         return store
 
+    def _schema_status(self, shown: str, *, will_migrate: bool) -> SchemaStatus:
+        tables = set(inspect(self.engine).get_table_names())
+        revision = None
+        if "alembic_version" in tables:
+            with self.engine.connect() as connection:
+                revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        return judge_schema(tables, revision, shown, will_migrate=will_migrate)
+
     def _migrate(self) -> None:
-        if self._schema_revision() == SCHEMA_REVISION:
-            return  # up to date: skip loading Alembic, which costs more than the check
         from alembic import command
         from alembic.config import Config
 
@@ -154,15 +143,6 @@ class StateStore:
         with self.engine.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
-
-    def _schema_revision(self) -> str | None:
-        try:
-            with self.engine.connect() as connection:
-                return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        except OperationalError:
-            return None  # a new, empty store
-        except ProgrammingError:
-            return None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -175,16 +155,20 @@ class StateStore:
     # -- accounts -------------------------------------------------------------
 
     def accounts(self, *, include_deleted: bool = False) -> list[AccountState]:
+        if self._empty:
+            return []
         with self.session() as session:
             query = select(AccountRow).order_by(AccountRow.address)
             if not include_deleted:
                 query = query.where(AccountRow.deleted_at.is_(None))
-            return [AccountState.of(row) for row in session.scalars(query)]
+            return [_view(row) for row in session.scalars(query)]
 
     def account(self, address: str) -> AccountState | None:
+        if self._empty:
+            return None
         with self.session() as session:
             row = session.get(AccountRow, address.lower())
-            return AccountState.of(row) if row is not None and row.deleted_at is None else None
+            return _view(row) if row is not None and row.deleted_at is None else None
 
     def record_account(
         self,
@@ -223,6 +207,9 @@ class StateStore:
                 row.last_test_mail_to, row.last_test_mail_error = test_mail
 
     def record_test_mail(self, address: str, recipient: str, error: str | None) -> None:
+        """Record a test mail's result on an applied account; an account not applied yet has no row to record on."""
+        if self._empty:
+            return
         with self.session() as session:
             row = session.get(AccountRow, address.lower())
             if row is None:
@@ -253,6 +240,8 @@ class StateStore:
     # -- apply lock -----------------------------------------------------------
 
     def current_lock(self) -> LockInfo | None:
+        if self._empty:
+            return None
         with self.session() as session:
             row = session.get(ApplyLockRow, LOCK_NAME)
             return _lock_info(row) if row is not None else None
@@ -291,6 +280,8 @@ class StateStore:
 
     def release_lock(self, lock_id: str) -> bool:
         """Release the lock if ``lock_id`` holds it; True when something was released."""
+        if self._empty:
+            return False
         with self.session() as session:
             row = session.get(ApplyLockRow, LOCK_NAME)
             if row is not None and row.lock_id == lock_id:
@@ -307,26 +298,20 @@ class StateStore:
             self.release_lock(info.lock_id)
 
 
-def state_fingerprint(accounts: list[AccountState]) -> str:
-    """A digest of everything a plan is based on: which accounts exist, as what, in which status."""
-    payload = [[a.address, a.provider, a.settings, a.status] for a in sorted(accounts, key=lambda a: a.address)]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
 def _lock_info(row: ApplyLockRow) -> LockInfo:
     return LockInfo(
         lock_id=row.lock_id,
         owner=row.owner,
         host=row.host,
         pid=row.pid,
-        acquired_at=_aware(row.acquired_at),
-        expires_at=_aware(row.expires_at),
+        acquired_at=aware(row.acquired_at),
+        expires_at=aware(row.expires_at),
     )
 
 
 def _is_abandoned(row: ApplyLockRow, now: dt.datetime) -> bool:
     """Expired, or held by a process on this host that no longer exists (e.g. after kill -9)."""
-    if _aware(row.expires_at) < now:
+    if aware(row.expires_at) < now:
         return True
     if row.host != socket.gethostname():
         return False
@@ -337,6 +322,11 @@ def _is_abandoned(row: ApplyLockRow, now: dt.datetime) -> bool:
     except PermissionError:  # alive, owned by someone else
         return False
     return False
+
+
+def _first_line(exc: BaseException) -> str:
+    # Driver messages run on with background links and SQL; the first line says what went wrong.
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _current_user() -> str:

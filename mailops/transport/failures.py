@@ -25,6 +25,8 @@ class FailureClass(StrEnum):
     TIMEOUT = "timeout"
     SECRET = "secret"
     PROTOCOL = "protocol"
+    NOT_DELIVERED = "not_delivered"
+    LOCAL = "local"
 
 
 REMEDIES: dict[FailureClass, str] = {
@@ -65,7 +67,23 @@ REMEDIES: dict[FailureClass, str] = {
         "The server answered in an unexpected way. Check that host and port belong to the right "
         "protocol (IMAP or SMTP) and see the server's text below."
     ),
+    FailureClass.NOT_DELIVERED: (
+        "The server accepted the mail, but it did not arrive in the mailbox in time. Look for it in "
+        "the spam folder and in the server's log; a server that discards mail, or a slow delivery queue, "
+        "looks like this. Raise MAILOPS_DELIVERY_WAIT for slow servers."
+    ),
+    FailureClass.LOCAL: (
+        "mailops could not build or send the request on this side; no server refused anything. "
+        "Check the value the text below names (an address, a name or a login with characters a mail "
+        "protocol cannot carry)."
+    ),
 }
+
+NO_STARTTLS_REMEDY = (
+    "The server does not offer STARTTLS on this port, so the login would go unencrypted; mailops "
+    "refuses that. Use `encryption: ssl` with the provider's implicit-TLS port (IMAP 993, SMTP 465), "
+    "or check that host and port are the provider's submission service."
+)
 
 _ENHANCED_CODE = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 
@@ -81,8 +99,10 @@ class TransportError(MailopsError):
         protocol: str = "",
         smtp_code: int | None = None,
         enhanced_code: str | None = None,
+        remedy: str | None = None,
     ):
         self.failure_class = failure_class
+        self._remedy = remedy
         self.detail = detail.strip()
         self.protocol = protocol
         self.smtp_code = smtp_code
@@ -91,7 +111,7 @@ class TransportError(MailopsError):
 
     @property
     def remedy(self) -> str:
-        return REMEDIES[self.failure_class]
+        return self._remedy or REMEDIES[self.failure_class]
 
     def summary(self) -> str:
         where = f"{self.protocol.upper()} " if self.protocol else ""
@@ -104,10 +124,18 @@ def _enhanced_code(text: str) -> str | None:
     return match.group(1) if match else None
 
 
+_NO_STARTTLS = re.compile(r"starttls.*not supported|not support.*starttls|no starttls", re.IGNORECASE)
+
+
 def classify(exc: BaseException, protocol: str) -> TransportError:
     """Map any exception raised while talking to a server to a classified error."""
     if isinstance(exc, TransportError):
         return exc
+    if _NO_STARTTLS.search(_text(exc)):
+        return TransportError(FailureClass.TLS, _text(exc), protocol=protocol, remedy=NO_STARTTLS_REMEDY)
+    if isinstance(exc, ValueError | TypeError) and not isinstance(exc, OSError):  # ssl errors are ValueErrors too
+        # Raised on this side while building a command or a message, before any server saw it.
+        return TransportError(FailureClass.LOCAL, f"{type(exc).__name__}: {_text(exc)}", protocol=protocol)
     smtp = _classify_smtp(exc, protocol)
     if smtp is not None:
         return smtp

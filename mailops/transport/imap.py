@@ -14,7 +14,7 @@ from imapclient import IMAPClient
 from imapclient.imapclient import SocketTimeout
 
 from mailops.transport.connection import Credential, Endpoint, Timeouts, client_tls_context
-from mailops.transport.failures import TransportError, classify
+from mailops.transport.failures import FailureClass, TransportError, classify
 
 
 @contextmanager
@@ -37,7 +37,7 @@ def imap_session(
         if credential.oauth_token is not None:
             client.oauth2_login(credential.username, credential.oauth_token)
         else:
-            client.login(credential.username, credential.password or "")
+            _password_login(client, credential.username, credential.password or "")
     except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes raw
         _close(client)
         raise classify(exc, "imap") from None
@@ -49,6 +49,25 @@ def imap_session(
         raise classify(exc, "imap") from None
     finally:
         _close(client, logout=True)
+
+
+def _password_login(client: IMAPClient, username: str, password: str) -> None:
+    """LOGIN, or AUTHENTICATE PLAIN when the login is not ASCII.
+
+    IMAP's LOGIN command carries ASCII only (imaplib refuses anything else); the PLAIN
+    mechanism carries UTF-8, so a password like ``Grüße`` still logs in where the server
+    offers it.
+    """
+    if username.isascii() and password.isascii():
+        client.login(username, password)
+    elif client.has_capability("AUTH=PLAIN"):
+        client.plain_login(username, password)
+    else:
+        raise TransportError(
+            FailureClass.LOCAL,
+            "the login holds non-ASCII characters, and this server offers only IMAP LOGIN, which cannot carry them",
+            protocol="imap",
+        )
 
 
 def _close(client: IMAPClient | None, *, logout: bool = False) -> None:

@@ -7,6 +7,7 @@ exists only in the live state (drift) is appended with the fields that are not d
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,12 @@ from typing import Any
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from mailops.errors import MailopsError, SpecError
+from mailops.fileio import atomic_write
 from mailops.providers.presets import preset_for
-from mailops.spec.loader import ACCOUNTS_FILE, load_spec
-from mailops.spec.models import Account
+from mailops.spec.loader import ACCOUNTS_FILE, ConfigDirError, load_spec
+from mailops.spec.models import Account, address_key
 from mailops.spec.yamldoc import round_trip_yaml
-from mailops.state.store import AccountState
+from mailops.state.accounts import AccountState
 
 
 @dataclass
@@ -36,19 +38,21 @@ def import_live_state(config_dir: Path, live: list[AccountState]) -> ImportRepor
     """Merge ``live`` into ``config_dir/accounts.yaml``; the file is rewritten only when something differs."""
     path = config_dir / ACCOUNTS_FILE
     yaml = round_trip_yaml()
+    if not config_dir.is_dir():
+        raise ConfigDirError(f"config directory {config_dir} not found")
     if path.exists():
         try:
-            spec = load_spec(config_dir).spec
+            loaded = load_spec(config_dir)
         except SpecError as exc:
             raise MailopsError(
                 "the spec must be valid before the live state is imported into it:\n"
                 + "\n".join(str(problem) for problem in exc.problems)
             ) from None
-        document = yaml.load(path.read_text(encoding="utf-8"))
+        spec, document = loaded.spec, yaml.load(loaded.documents[ACCOUNTS_FILE].text)
     else:
         spec, document = None, CommentedMap()
     entries = document.setdefault("accounts", CommentedSeq())
-    by_address = {str(entry["address"]).lower(): entry for entry in entries}
+    by_address = {address_key(str(entry["address"])) or str(entry["address"]).lower(): entry for entry in entries}
     report = ImportReport()
     live_addresses = set()
     for state in live:
@@ -64,9 +68,10 @@ def import_live_state(config_dir: Path, live: list[AccountState]) -> ImportRepor
             report.updated[state.address] = written
     report.only_in_spec = [address for address in by_address if address not in live_addresses]
     if report.changed:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as out:
-            yaml.dump(document, out)
+        # Written whole and renamed into place: a full disk or a kill never leaves half a file.
+        buffer = io.StringIO()
+        yaml.dump(document, buffer)
+        atomic_write(path, buffer.getvalue())
     return report
 
 

@@ -1,0 +1,133 @@
+"""Reading and writing files safely: bounded reads of regular files only, atomic writes.
+
+A path in the spec or on the command line may name anything: a FIFO that never
+ends, ``/dev/zero``, a directory, a file of several gigabytes. :func:`read_bytes`
+refuses all of these before reading. :func:`atomic_write` replaces a file so that a
+reader (or a crash, or a full disk) sees either the old or the new content, never
+a truncated mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from mailops.errors import MailopsError
+
+MiB = 1024 * 1024
+
+
+class FileReadError(MailopsError):
+    """A file could not be read; the message names the file and says why."""
+
+
+def read_bytes(path: Path | str, *, limit: int, what: str = "file") -> bytes:
+    """The content of the regular file ``path``, at most ``limit`` bytes, else :class:`FileReadError`.
+
+    The file is opened without blocking (a FIFO would otherwise wait for a writer
+    forever) and checked to be a regular file before a byte is read.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise FileReadError(f"{what} {path} not found") from None
+    except OSError as exc:
+        raise FileReadError(f"cannot read {what} {path}: {exc.strerror}") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        try:
+            mode = os.fstat(descriptor).st_mode
+            if not stat.S_ISREG(mode):
+                raise FileReadError(f"{what} {path} is {_kind_of(mode)}, not a regular file")
+            data = handle.read(limit + 1)
+        except OSError as exc:
+            raise FileReadError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise FileReadError(f"{what} {path} is larger than {_size(limit)}; refusing to read it")
+    return data
+
+
+class NotUtf8Error(ValueError):
+    """Bytes that are not UTF-8; ``line`` and ``column`` (1-based) locate the first bad byte."""
+
+    def __init__(self, line: int, column: int, byte: int):
+        super().__init__(f"not valid UTF-8 (byte 0x{byte:02x}); save the file as UTF-8")
+        self.line, self.column = line, column
+
+
+def decode_utf8(data: bytes) -> str:
+    """``data`` as text (a leading byte order mark dropped), or :class:`NotUtf8Error` located by line and column."""
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        # Count characters, not bytes, before the bad byte: that is the column an editor shows.
+        before = data[: exc.start].decode("utf-8", errors="replace")
+        line_start = before.rfind("\n") + 1
+        raise NotUtf8Error(before.count("\n") + 1, len(before) - line_start + 1, data[exc.start]) from None
+
+
+def _kind_of(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _size(limit: int) -> str:
+    return f"{limit // MiB} MiB" if limit >= MiB else f"{limit // 1024} KiB"
+
+
+def atomic_write(path: Path | str, data: str | bytes, *, mode: int | None = None) -> None:
+    """Replace ``path`` with ``data``: temp file in the same directory, fsync, rename, fsync the directory.
+
+    The new file keeps the mode of the file it replaces; a new file gets ``mode``, or
+    the usual 0666 minus the umask.
+    """
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    directory = path.parent
+    try:
+        existing_mode: int | None = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        existing_mode = None
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, existing_mode if existing_mode is not None else (mode or _default_mode()))
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    _fsync_directory(directory)
+
+
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass  # some file systems cannot fsync a directory; the rename itself already happened
+    finally:
+        os.close(descriptor)

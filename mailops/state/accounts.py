@@ -1,0 +1,66 @@
+"""The account records of the live state, as read-only views (no database code here).
+
+Both ways of reading the state produce these: the SQLAlchemy store and the fast
+read-only SQLite snapshot that `mailops plan` uses.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class AccountStatus(StrEnum):
+    CONNECTED = "connected"
+    ERROR = "error"
+    NEEDS_RECONNECT = "needs_reconnect"
+    PENDING_CONSENT = "pending_consent"
+
+
+STATUSES = tuple(status.value for status in AccountStatus)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def aware(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite drops the time zone; everything stored is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value
+
+
+@dataclass(frozen=True)
+class AccountState:
+    """A read-only view of one applied account."""
+
+    address: str
+    provider: str
+    settings: dict[str, Any]
+    status: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    deleted_at: dt.datetime | None
+    last_verified_at: dt.datetime | None
+    last_error_class: str | None
+    last_error: str | None
+    last_test_mail_at: dt.datetime | None
+    last_test_mail_to: str | None
+    last_test_mail_error: str | None
+
+
+class LiveAccounts(Protocol):
+    """What reading the live state offers: the applied accounts."""
+
+    def accounts(self, *, include_deleted: bool = False) -> list[AccountState]: ...
+
+
+def state_fingerprint(accounts: list[AccountState]) -> str:
+    """A digest of everything a plan is based on: which accounts exist, as what, in which status."""
+    payload = [[a.address, a.provider, a.settings, a.status] for a in sorted(accounts, key=lambda a: a.address)]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
