@@ -24,6 +24,10 @@ class FileReadError(MailopsError):
     """A file could not be read; the message names the file and says why."""
 
 
+class FileWriteError(MailopsError):
+    """A file could not be written; the file as it was before is unchanged."""
+
+
 def read_bytes(path: Path | str, *, limit: int, what: str = "file") -> bytes:
     """The content of the regular file ``path``, at most ``limit`` bytes, else :class:`FileReadError`.
 
@@ -89,7 +93,8 @@ def atomic_write(path: Path | str, data: str | bytes, *, mode: int | None = None
     """Replace ``path`` with ``data``: temp file in the same directory, fsync, rename, fsync the directory.
 
     The new file keeps the mode of the file it replaces; a new file gets ``mode``, or
-    the usual 0666 minus the umask.
+    the usual 0666 minus the umask. On any failure (a full disk, a missing directory)
+    the old file is untouched, no temp file is left, and :class:`FileWriteError` says why.
     """
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
@@ -98,7 +103,12 @@ def atomic_write(path: Path | str, data: str | bytes, *, mode: int | None = None
         existing_mode: int | None = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
         existing_mode = None
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise FileWriteError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise FileWriteError(f"cannot write {path}: {exc.strerror}") from None
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(payload)
@@ -106,9 +116,11 @@ def atomic_write(path: Path | str, data: str | bytes, *, mode: int | None = None
             os.fsync(handle.fileno())
         os.chmod(temporary, existing_mode if existing_mode is not None else (mode or _default_mode()))
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
+        if isinstance(exc, OSError):
+            raise FileWriteError(f"cannot write {path}: {exc.strerror or exc}; the file is unchanged") from None
         raise
     _fsync_directory(directory)
 

@@ -55,9 +55,10 @@ class Settings(BaseSettings):
             ssl.create_default_context().load_verify_locations(cafile=str(value))
         except FileNotFoundError:
             raise ValueError(f"{value} not found") from None
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "it holds no PEM certificate"
-            raise ValueError(f"cannot use {value} as CA bundle: {reason}") from None
+        except ssl.SSLError:
+            raise ValueError(f"cannot use {value} as CA bundle: it holds no PEM certificate") from None
+        except OSError as exc:
+            raise ValueError(f"cannot use {value} as CA bundle: {exc.strerror or exc}") from None
         return value
 
 

@@ -174,7 +174,8 @@ class RejectingHandler:
     """Delivers into Dovecot's maildirs, and refuses on purpose by the address's local part.
 
     ``refused-sender*`` as sender gets 553 5.1.8, ``unknown*`` as recipient gets 550 5.1.1,
-    and mail from ``reject-data*`` gets 554 5.6.0 after DATA.
+    and mail from ``reject-data*`` gets 554 5.6.0 after DATA. Mail from ``discard*`` is
+    accepted and then dropped, as a server with a silent filter does.
     """
 
     def __init__(self, users: MailUsers):
@@ -198,6 +199,8 @@ class RejectingHandler:
             return "554 5.6.0 Message content rejected"
         if envelope.mail_from.startswith("slow"):
             await asyncio.sleep(1.5)
+        if envelope.mail_from.startswith("discard"):
+            return "250 Message accepted for delivery"
         for recipient in envelope.rcpt_tos:
             self.users.deliver(recipient, envelope.original_content or envelope.content)
         return "250 Message accepted for delivery"

@@ -30,4 +30,4 @@ def test_an_unwritable_plan_file_is_reported(write_config, tmp_path) -> None:
     state = f"sqlite:///{tmp_path / 'state.db'}"
     result = runner.invoke(app, ["--state", state, "plan", "-c", str(write_config()), "--out", "missing/dir/plan.json"])
     assert result.exit_code == 1
-    assert "Error: cannot write the plan to missing/dir/plan.json: No such file or directory" in result.stderr
+    assert "Error: cannot write missing/dir/plan.json: No such file or directory" in result.stderr

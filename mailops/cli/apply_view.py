@@ -19,6 +19,7 @@ class TerminalHooks(ApplyHooks):
 
     def __init__(self, console: Console, *, ask: bool):
         self.console, self.ask = console, ask
+        self.showing = False
         self.progress = Progress(
             TextColumn("[bold]apply"),
             BarColumn(),
@@ -42,6 +43,11 @@ class TerminalHooks(ApplyHooks):
         counts = the_plan.counts
         self.progress.update(self.task, total=counts["add"] + counts["change"] + counts["delete"])
         self.progress.start()
+        self.showing = True
+
+    def stop(self) -> None:
+        if self.showing:
+            self.progress.stop()
 
     def account_done(self, outcome: AccountOutcome) -> None:
         self.progress.update(self.task, advance=1, description=outcome.change.address)

@@ -42,10 +42,8 @@ def plan(
     with reported_errors(as_json=as_json):
         the_plan = plan_for(loaded, read_state(settings))
     if out is not None:
-        try:
+        with reported_errors(as_json=as_json):
             the_plan.save(out)
-        except OSError as exc:
-            fail(f"cannot write the plan to {out}: {exc.strerror or exc}")
     typer.echo(json.dumps(the_plan.as_json(), indent=2, sort_keys=True) if as_json else format_plan(the_plan))
     if detailed_exitcode and the_plan.has_changes:
         raise typer.Exit(2)
@@ -105,7 +103,7 @@ def apply_command(
                 hooks=hooks,
             )
         finally:
-            hooks.progress.stop()
+            hooks.stop()
     if report.result is ApplyResult.NO_CHANGES:
         typer.echo(report.plan.summary_line())
         return

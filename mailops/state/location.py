@@ -44,14 +44,21 @@ def _redact_userinfo(text: str) -> str:
     return "".join(out)
 
 
-def password_of(url: str) -> str | None:
-    """The password in ``url``'s user info, to hide it wherever an error text repeats it."""
+def passwords_of(url: str) -> list[str]:
+    """The password in ``url``'s user info, and its parts between ``@`` signs, to hide wherever an error repeats them.
+
+    ``user:pa@ss@host`` is parsed differently by different drivers (one takes ``pa`` as the
+    password and ``ss@host`` as the host), so each part is a secret of its own.
+    """
     scheme_end = url.find("://")
     at = url.rfind("@")
     if scheme_end < 0 or at <= scheme_end:
-        return None
+        return []
     colon = url.find(":", scheme_end + 3, at)
-    return url[colon + 1 : at] if colon >= 0 else None
+    if colon < 0:
+        return []
+    password = url[colon + 1 : at]
+    return sorted({password, *password.split("@")} - {""}, key=len, reverse=True)
 
 
 _SQLITE = re.compile(r"sqlite(?:\+pysqlite)?://(?P<rest>.*)\Z", re.DOTALL)

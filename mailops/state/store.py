@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailops.errors import MailopsError
 from mailops.state.accounts import STATUSES, AccountState, aware, state_fingerprint, utcnow
-from mailops.state.location import password_of, redact, sqlite_file
+from mailops.state.location import passwords_of, redact, sqlite_file
 from mailops.state.schema import SchemaStatus, StateError, judge_schema
 from mailops.state.tables import AccountRow, ApplyLockRow
 
@@ -104,7 +104,7 @@ class StateStore:
         mailops, is refused before anything is touched.
         """
         shown = redact(url)
-        hide = password_of(url) or ""
+        hide = passwords_of(url)
         try:
             sqlite = sqlite_file(url)
             if sqlite is not None and not sqlite.exists() and not create:
@@ -112,10 +112,13 @@ class StateStore:
             if sqlite is not None and create:
                 sqlite.parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(url)
+            # Judge the schema before anything else touches the database (the SQLite
+            # pragmas below already rewrite a file's header).
+            status = _schema_status(engine, shown, will_migrate=create)
+            engine.dispose()
             if engine.dialect.name == "sqlite":
                 event.listen(engine, "connect", _sqlite_pragmas)
             store = cls(engine)
-            status = store._schema_status(shown, will_migrate=create)
             if status is SchemaStatus.EMPTY and not create:
                 return cls(engine, empty=True)
             if status is not SchemaStatus.CURRENT:
@@ -123,16 +126,8 @@ class StateStore:
         except StateError:
             raise
         except (SQLAlchemyError, OSError, ImportError, ValueError) as exc:
-            raise StateError(f"cannot open the state store {shown}: {redact(_first_line(exc), hide)}") from None
+            raise StateError(f"cannot open the state store {shown}: {redact(_first_line(exc), *hide)}") from None
         return store
-
-    def _schema_status(self, shown: str, *, will_migrate: bool) -> SchemaStatus:
-        tables = set(inspect(self.engine).get_table_names())
-        revision = None
-        if "alembic_version" in tables:
-            with self.engine.connect() as connection:
-                revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        return judge_schema(tables, revision, shown, will_migrate=will_migrate)
 
     def _migrate(self) -> None:
         from alembic import command
@@ -322,6 +317,15 @@ def _is_abandoned(row: ApplyLockRow, now: dt.datetime) -> bool:
     except PermissionError:  # alive, owned by someone else
         return False
     return False
+
+
+def _schema_status(engine: Engine, shown: str, *, will_migrate: bool) -> SchemaStatus:
+    tables = set(inspect(engine).get_table_names())
+    revision = None
+    if "alembic_version" in tables:
+        with engine.connect() as connection:
+            revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    return judge_schema(tables, revision, shown, will_migrate=will_migrate)
 
 
 def _first_line(exc: BaseException) -> str:

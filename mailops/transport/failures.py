@@ -214,8 +214,12 @@ def _classify_smtp(exc: BaseException, protocol: str) -> TransportError | None:
     return TransportError(FailureClass.PROTOCOL, message, protocol=protocol)
 
 
+_BYTES_REPR = re.compile(r"""\bb(['"])(.*?)\1""")
+
+
 def _text(exc: BaseException) -> str:
-    # imaplib puts the server's raw bytes into the exception; show them as text.
+    # imaplib puts the server's raw bytes into the exception, and imapclient their repr
+    # (b'[AUTHENTICATIONFAILED] ...'); show them as the server's text.
     parts = [arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg) for arg in exc.args]
     text = " ".join(parts) if parts else str(exc)
-    return text.strip() or type(exc).__name__
+    return _BYTES_REPR.sub(lambda match: match.group(2), text).strip() or type(exc).__name__

@@ -1,0 +1,371 @@
+"""Hostile and careless input to the commands: one clear line, exit 1, and nothing changed or lost."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pty
+import resource
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mailops.cli import app
+from mailops.state import StateStore
+from tests.conftest import spec_files
+
+runner = CliRunner()
+MAILOPS = [sys.executable, "-m", "mailops"]
+
+
+def run(*args: str, env: dict[str, str] | None = None):
+    return runner.invoke(app, list(args), env=env)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- 4. one clear line instead of a traceback -------------------------------------------
+
+
+def test_a_state_store_from_a_newer_mailops_is_refused_unchanged(write_config, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    StateStore.open(url).close()
+    with sqlite3.connect(tmp_path / "state.db") as connection:
+        connection.execute("UPDATE alembic_version SET version_num = '0042'")
+    before = digest(tmp_path / "state.db")
+    config = str(write_config())
+    for command in (["plan", "-c", config], ["apply", "-c", config, "--auto-approve"], ["accounts", "-c", config]):
+        result = run("--state", url, *command)
+        assert result.exit_code == 1, command
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "has schema revision '0042', which this mailops does not know" in result.stderr
+        assert "written by a newer mailops" in result.stderr
+    assert digest(tmp_path / "state.db") == before
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://ops:hunter2-pw@db.example:notaport/mailops",
+        "host=db.example password=hunter2-pw dbname=mailops",
+        "postgresql+psycopg://ops@127.0.0.1:1/mailops?password=hunter2-pw",
+        "postgresql://ops:hunter2@pw@127.0.0.1:1/x",
+    ],
+)
+def test_a_broken_state_url_is_one_line_without_its_password(write_config, url: str) -> None:
+    result = run("--state", url, "apply", "-c", str(write_config()), "--auto-approve")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: cannot open the state store ")
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "hunter2" not in result.output and "pw@" not in result.output
+
+
+@pytest.mark.parametrize(
+    "content, got", [("[]", "a list"), ('"x"', "a string"), ("42", "a number"), ("null", "null"), ("[" * 100_000, None)]
+)
+def test_a_plan_file_that_is_not_a_plan_is_refused(write_config, tmp_path: Path, content: str, got) -> None:
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(content, encoding="utf-8")
+    state = tmp_path / "state.db"
+    result = run("--state", f"sqlite:///{state}", "apply", "-c", str(write_config()), str(plan_file))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: plan file {plan_file} is not a saved plan: ")
+    if got:
+        assert result.stderr == f"Error: plan file {plan_file} is not a saved plan: expected a JSON object, got {got}\n"
+    assert not state.exists()
+
+
+def test_a_plan_file_that_is_a_device_is_refused(write_config, tmp_path: Path) -> None:
+    result = run("--state", f"sqlite:///{tmp_path / 's.db'}", "apply", "-c", str(write_config()), "/dev/zero")
+    assert result.exit_code == 1
+    assert result.stderr == "Error: plan file /dev/zero is a character device, not a regular file\n"
+
+
+def test_a_ca_file_that_is_missing_or_not_a_certificate_is_named(write_config, tmp_path: Path) -> None:
+    config = str(write_config())
+    missing = run("validate", "-c", config, env={"MAILOPS_CA_FILE": str(tmp_path / "nope.pem")})
+    assert missing.exit_code == 1
+    assert missing.stderr == f"Error: setting MAILOPS_CA_FILE: {tmp_path / 'nope.pem'} not found\n"
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    result = run("validate", "-c", config, env={"MAILOPS_CA_FILE": str(junk)})
+    assert result.exit_code == 1
+    assert (
+        result.stderr
+        == f"Error: setting MAILOPS_CA_FILE: cannot use {junk} as CA bundle: it holds no PEM certificate\n"
+    )
+
+
+def test_a_dotenv_that_is_not_utf8_is_one_line(write_config, tmp_path: Path) -> None:
+    config = str(write_config())
+    (tmp_path / ".env").write_bytes(b"MAILOPS_USER=J\xf6rg\n")
+    result = run("validate", "-c", config)
+    assert result.exit_code == 1
+    assert result.stderr == "Error: .env is not UTF-8 text (byte 14); save it as UTF-8\n"
+
+
+# -- 10, 11. another application's database; read-only commands create nothing ----------
+
+
+def test_another_applications_sqlite_file_is_refused_and_left_alone(write_config, tmp_path: Path) -> None:
+    other = tmp_path / "crm.sqlite"
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        connection.execute("INSERT INTO customers (name) VALUES ('ACME')")
+    before = digest(other)
+    result = run("--state", f"sqlite:///{other}", "apply", "-c", str(write_config()), "--auto-approve")
+    assert result.exit_code == 1
+    assert "is not a mailops state store: it holds other tables (customers)" in result.stderr
+    assert digest(other) == before
+    with sqlite3.connect(other) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"customers"}
+
+
+def test_read_only_commands_create_no_state(write_config, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("MAILOPS_STATE_URL", raising=False)
+    config = str(write_config())
+    missing = run("accounts", "-c", "/nonexistent/dir")
+    assert missing.exit_code == 1
+    assert missing.stderr == "Error: config directory /nonexistent/dir not found\n"
+    for command in (["plan", "-c", config], ["accounts", "-c", config], ["validate", "-c", config]):
+        assert run(*command).exit_code == 0, command
+    assert run("force-unlock", "some-id").exit_code == 1
+    assert not (tmp_path / ".mailops").exists()
+
+
+# -- 8. import is atomic ----------------------------------------------------------------
+
+
+def test_import_that_cannot_finish_writing_leaves_the_file_as_it_was(
+    engine_env, mail_servers, new_account, monkeypatch
+) -> None:
+    account = new_account()
+    config = spec_files(engine_env, account.yaml(mail_servers))
+    assert run("apply", "--auto-approve").exit_code == 0
+    accounts_yaml = config / "accounts.yaml"
+    accounts_yaml.write_text(accounts_yaml.read_text().replace("    display_name: ", "    display_name: X"))
+    accounts_yaml.chmod(0o640)
+    before = accounts_yaml.read_bytes()
+
+    def small_disk() -> None:  # a file may not grow past 100 bytes: the write fails midway
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+
+    result = subprocess.run([*MAILOPS, "import"], cwd=engine_env, capture_output=True, text=True, preexec_fn=small_disk)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"Error: cannot write {Path('config') / 'accounts.yaml'}: File too large")
+    assert accounts_yaml.read_bytes() == before
+    assert sorted(p.name for p in config.iterdir()) == ["accounts.yaml", "defaults.yaml"]  # no temp file left
+
+    assert run("import").exit_code == 0
+    assert accounts_yaml.read_bytes() != before
+    assert oct(accounts_yaml.stat().st_mode & 0o777) == "0o640"
+
+
+# -- 9. secrets in state URLs are never shown -------------------------------------------
+
+
+def test_the_password_in_a_key_value_dsn_is_never_echoed(write_config) -> None:
+    result = run("--state", "host=127.0.0.1 port=1 password='S3cr3t pw' dbname=x", "plan", "-c", str(write_config()))
+    assert result.exit_code == 1
+    assert "S3cr3t" not in result.output
+    assert "password=***" in result.stderr
+
+
+# -- 12, 13. test mails that never arrive; local errors are not the server's -------------
+
+
+def test_a_test_mail_that_never_arrives_is_not_delivered(engine_env, mail_servers, new_account, monkeypatch) -> None:
+    account = new_account("discard")  # the test SMTP server accepts this sender's mail and drops it
+    spec_files(engine_env, account.yaml(mail_servers))
+    assert run("apply", "--auto-approve", "--config-dir", "config").exit_code == 0
+    monkeypatch.setenv("MAILOPS_DELIVERY_WAIT", "1")
+    result = run("test-mail", account.address, "--wait")
+    assert result.exit_code == 1
+    assert "IMAP not_delivered: the server accepted the test mail, but it was not in the inbox" in result.stderr
+    assert "Remedy: The server accepted the mail, but it did not arrive" in result.stderr
+    state = StateStore.open(f"sqlite:///{engine_env / 'state.db'}").account(account.address)
+    assert state.last_test_mail_error.startswith("IMAP not_delivered:")
+
+
+def test_wait_cannot_check_another_mailbox(engine_env, mail_servers, new_account) -> None:
+    account, other = new_account(), new_account()
+    spec_files(engine_env, account.yaml(mail_servers))
+    result = run("test-mail", account.address, "--to", other.address, "--wait")
+    assert result.exit_code == 1
+    assert "it cannot check another mailbox" in result.stderr
+    assert mail_servers.users.messages(other.address) == []  # nothing was sent
+
+
+@pytest.mark.parametrize("to", ["victim@example.com\r\nBcc: x@example.org", "not-an-address", "jörg@example.com"])
+def test_an_invalid_recipient_is_refused_before_sending(engine_env, mail_servers, new_account, to: str) -> None:
+    account = new_account()
+    spec_files(engine_env, account.yaml(mail_servers))
+    result = run("test-mail", account.address, "--to", to)
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: --to {to!r} is not a valid e-mail address\n"
+    assert mail_servers.users.messages(account.address) == []
+
+
+def test_a_server_without_starttls_is_a_tls_failure_with_its_own_remedy(engine_env, mail_servers, new_account) -> None:
+    account = new_account()
+    entry = account.yaml(mail_servers).replace(
+        f"port: {mail_servers.smtp.starttls_port}", f"port: {mail_servers.smtp.plain_port}"
+    )
+    spec_files(engine_env, entry)
+    result = run("apply", "--auto-approve")
+    assert result.exit_code == 1
+    assert "SMTP tls: SMTP STARTTLS extension not supported by server." in result.stdout
+    assert "Remedy: The server does not offer STARTTLS on this port" in result.stdout
+
+
+def test_a_non_ascii_password_logs_in(engine_env, mail_servers, new_account, monkeypatch) -> None:
+    account = new_account(register=False)
+    password = "Grüße-" + account.password
+    mail_servers.users.add(account.address, password)
+    monkeypatch.setenv(account.env_name, password)
+    spec_files(engine_env, account.yaml(mail_servers))
+    result = run("apply", "--auto-approve")
+    assert result.exit_code == 0, result.output
+
+
+def test_a_two_line_secret_file_is_a_secret_error_and_one_trailing_newline_is_fine(
+    engine_env, mail_servers, new_account
+) -> None:
+    account = new_account()
+    config = spec_files(engine_env, account.yaml(mail_servers, password="{file: pw.txt}"))
+    (config / "pw.txt").write_text(f"{account.password}\nX1 CREATE pwned\n")
+    assert run("apply", "--auto-approve").exit_code == 1
+    state = StateStore.open(f"sqlite:///{engine_env / 'state.db'}").account(account.address)
+    assert state.last_error_class == "secret"
+    assert "a secret must be one line" in state.last_error
+    assert account.password not in state.last_error
+    assert not (Path(mail_servers.users.root) / "mail" / account.address / "pwned").exists()
+    (config / "pw.txt").write_text(f"{account.password}\n")
+    assert run("apply", "--auto-approve").exit_code == 0
+
+
+# -- 15. a saved plan is executed exactly, or refused -----------------------------------
+
+
+def test_an_edited_saved_plan_is_refused(engine_env, mail_servers, new_account) -> None:
+    first, second = new_account(), new_account()
+    spec_files(engine_env, first.yaml(mail_servers) + second.yaml(mail_servers))
+    assert run("plan", "--out", "plan.json").exit_code == 0
+    saved = json.loads((engine_env / "plan.json").read_text())
+    saved["changes"] = saved["changes"][:1]
+    (engine_env / "plan.json").write_text(json.dumps(saved))
+    edited = run("apply", "plan.json")
+    assert edited.exit_code == 1
+    assert "the plan file was changed after `mailops plan` wrote it" in edited.stderr
+
+    from mailops.engine.plan import BODY_DIGEST, body_digest
+
+    saved[BODY_DIGEST] = body_digest({k: v for k, v in saved.items() if k != BODY_DIGEST})
+    (engine_env / "plan.json").write_text(json.dumps(saved))
+    forged = run("apply", "plan.json")
+    assert forged.exit_code == 1
+    assert "the plan file's changes differ from the plan for this spec and live state" in forged.stderr
+    assert StateStore.open(f"sqlite:///{engine_env / 'state.db'}").accounts() == []
+
+    assert run("plan", "--out", "plan.json").exit_code == 0
+    assert run("apply", "plan.json").exit_code == 0
+
+
+# -- 16. what apply says when there is nothing to do, on "n", and on Ctrl-C ----------------
+
+
+def test_apply_without_changes_says_so(engine_env, mail_servers, new_account) -> None:
+    spec_files(engine_env, new_account().yaml(mail_servers))
+    assert run("apply", "--auto-approve").exit_code == 0
+    again = run("apply", "--auto-approve")
+    assert again.exit_code == 0
+    assert again.stdout == "No changes. The live state matches the spec.\n"
+
+
+def test_answering_no_cancels(engine_env, mail_servers, new_account) -> None:
+    spec_files(engine_env, new_account().yaml(mail_servers))
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: mailops apply on a terminal
+        os.execvpe(MAILOPS[0], [*MAILOPS, "apply"], dict(os.environ, COLUMNS="100"))
+    output = b""
+    while b"Apply these changes?" not in output:
+        output += os.read(terminal, 4096)
+    os.write(terminal, b"n\n")
+    while True:
+        try:
+            chunk = os.read(terminal, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert "Apply cancelled. Nothing was changed." in output.decode()
+    assert StateStore.open(f"sqlite:///{engine_env / 'state.db'}").accounts() == []
+
+
+def test_ctrl_c_stops_starting_accounts_and_reports_what_was_done(engine_env, mail_servers, new_account) -> None:
+    slow = [new_account("slow") for _ in range(4)]  # the test SMTP server takes 1.5 s for their DATA
+    spec_files(engine_env, "".join(a.yaml(mail_servers) for a in slow))
+    process = subprocess.Popen(
+        [*MAILOPS, "apply", "--auto-approve"],
+        cwd=engine_env,
+        env={**os.environ, "MAILOPS_CONCURRENCY": "1", "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    store = StateStore.open(f"sqlite:///{engine_env / 'state.db'}")
+    while not store.accounts():  # the first account is done
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Apply interrupted:" in stdout
+    done = {state.address for state in store.accounts()}
+    assert 1 <= len(done) <= 2  # the running one finished; none started after Ctrl-C
+    assert f"{4 - len(done)} not started" in stdout
+    assert run("apply", "--auto-approve").exit_code == 0
+    assert len(store.accounts()) == 4
+
+
+# -- 17, 18. the overview says why, and never cuts an address ---------------------------
+
+
+def test_the_overview_shows_why_an_account_is_in_error_and_never_cuts_addresses(
+    engine_env, mail_servers, new_account, monkeypatch
+) -> None:
+    account = new_account("a-rather-long-mailbox-name-for-the-support-team")
+    monkeypatch.setenv(account.env_name, "wrong")
+    spec_files(engine_env, account.yaml(mail_servers))
+    run("apply", "--auto-approve")
+    monkeypatch.setenv("COLUMNS", "80")
+    shown = run("accounts").stdout
+    assert account.address in shown
+    assert "IMAP auth: [AUTHENTICATIONFAILED]" in shown or "SMTP auth:" in shown
+    assert all(len(line) <= 80 for line in shown.splitlines())
+
+
+# -- 19. documents the code refers to exist ---------------------------------------------
+
+
+def test_every_document_the_code_names_exists() -> None:
+    repo = Path(__file__).resolve().parent.parent
+    import re
+
+    for source in (repo / "mailops").rglob("*.py"):
+        for name in re.findall(r"\b([\w/-]+\.md)\b", source.read_text(encoding="utf-8")):
+            assert (repo / name).exists() or list(repo.rglob(Path(name).name)), f"{source} names {name}"
