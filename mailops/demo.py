@@ -34,7 +34,7 @@ PASSWORD_ENV = "MAILOPS_DEMO_PASSWORD"
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 def write_self_signed_certificate(directory: Path) -> tuple[Path, Path]:
@@ -124,7 +124,7 @@ def embedded_mail_server(directory: Path) -> Iterator[EmbeddedMailServer]:
         log.close()
 
 
-def _wait_until_ready(server: EmbeddedMailServer, process: subprocess.Popen, log: Path) -> None:
+def _wait_until_ready(server: EmbeddedMailServer, process: subprocess.Popen[bytes], log: Path) -> None:
     from imapclient import IMAPClient
 
     deadline = time.monotonic() + 30

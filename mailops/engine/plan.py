@@ -13,6 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -248,47 +249,46 @@ def make_plan(
 
 
 def _change_for(account: Account, after: dict[str, Any], state: AccountState | None) -> AccountChange:
-    common = {"address": account.address.lower(), "provider": account.provider, "after": after}
+    change = partial(AccountChange, account.address.lower(), account.provider, after=after)
     if state is None:
         if account.is_oauth:
-            return AccountChange(
-                **common,
+            return change(
                 action=Action.CREATE,
                 before=None,
                 reason=f"then needs OAuth consent: mailops connect {account.address}",
             )
-        return AccountChange(**common, action=Action.CREATE, before=None, verify=True)
-    before_flat, after_flat = _flatten(state.settings), _flatten(after)
-    fields = tuple(
-        FieldChange(path, before_flat.get(path), after_flat.get(path))
-        for path in sorted(set(before_flat) | set(after_flat))
-        if before_flat.get(path) != after_flat.get(path)
-    )
+        return change(action=Action.CREATE, before=None, verify=True)
+    fields: tuple[FieldChange, ...] = ()
+    if state.settings != after:  # most accounts are unchanged: compare field by field only when not
+        before_flat, after_flat = _flatten(state.settings), _flatten(after)
+        fields = tuple(
+            FieldChange(path, before_flat.get(path), after_flat.get(path))
+            for path in sorted(set(before_flat) | set(after_flat))
+            if before_flat.get(path) != after_flat.get(path)
+        )
     connection_changed = any(f.path.split(".")[0] in CONNECTION_FIELDS for f in fields)
     if account.is_oauth:
         if fields:
-            return AccountChange(**common, action=Action.UPDATE, before=state.settings, fields=fields)
+            return change(action=Action.UPDATE, before=state.settings, fields=fields)
         if state.status != "connected":
-            return AccountChange(
-                **common,
+            return change(
                 action=Action.NEEDS_ACTION,
                 before=state.settings,
                 reason=f"{state.status.replace('_', ' ')}: run `mailops connect {account.address}`",
             )
-        return AccountChange(**common, action=Action.NOOP, before=state.settings)
+        return change(action=Action.NOOP, before=state.settings)
     if fields:
         # A failed account is verified again with any change, not only a connection change.
         verify = connection_changed or state.status != "connected"
-        return AccountChange(**common, action=Action.UPDATE, before=state.settings, fields=fields, verify=verify)
+        return change(action=Action.UPDATE, before=state.settings, fields=fields, verify=verify)
     if state.status != "connected":
-        return AccountChange(
-            **common,
+        return change(
             action=Action.UPDATE,
             before=state.settings,
             verify=True,
             reason=f"retry: last verification failed ({state.last_error_class or state.status})",
         )
-    return AccountChange(**common, action=Action.NOOP, before=state.settings)
+    return change(action=Action.NOOP, before=state.settings)
 
 
 def _judge_deletes(

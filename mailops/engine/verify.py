@@ -117,11 +117,11 @@ async def verify_account(
     for outcome in (imap_outcome, smtp_outcome):
         if isinstance(outcome, BaseException) and not isinstance(outcome, TransportError):
             raise outcome
-    error = next((o for o in (imap_outcome, smtp_outcome) if isinstance(o, TransportError)), None)
+    first_failure = next((o for o in (imap_outcome, smtp_outcome) if isinstance(o, TransportError)), None)
     test_mail = smtp_outcome if isinstance(smtp_outcome, TestMailResult) else None
-    if error is None and test_mail is not None:
-        error = test_mail.error
-    return VerifyResult(account.address, error=error, test_mail=test_mail)
+    if first_failure is None and test_mail is not None:
+        first_failure = test_mail.error
+    return VerifyResult(account.address, error=first_failure, test_mail=test_mail)
 
 
 async def send_test_mail_now(
@@ -161,11 +161,11 @@ async def send_test_mail_now(
     except TransportError as error:
         return TestMailResult(recipient, message_id, error=error, arrived=False)
     if not arrived:
-        error = TransportError(
+        missing = TransportError(
             FailureClass.NOT_DELIVERED,
             f"the server accepted the test mail, but it was not in the inbox of {recipient} "
             f"after {settings.delivery_wait:g} s",
             protocol="imap",
         )
-        return TestMailResult(recipient, message_id, error=error, arrived=False)
+        return TestMailResult(recipient, message_id, error=missing, arrived=False)
     return TestMailResult(recipient, message_id, arrived=True)

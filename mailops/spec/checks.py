@@ -14,6 +14,7 @@ from mailops.providers.presets import preset_for
 from mailops.spec.htmltemplate import check_html_template
 from mailops.spec.loader import ACCOUNTS_FILE, DEFAULTS_FILE, Report, SpecParts
 from mailops.spec.models import TEMPLATE_VARIABLES, Account, Spec
+from mailops.spec.yamldoc import FieldPath
 
 _PLACEHOLDER = re.compile(r"\{([^{}\s]*)\}")
 _ALLOWED_VARIABLES = ", ".join("{" + name + "}" for name in TEMPLATE_VARIABLES)
@@ -101,7 +102,7 @@ def _check_duplicate_addresses(accounts: list[tuple[int, Account]], report: Repo
 
 
 def _check_references(accounts: list[tuple[int, Account]], parts: SpecParts, report: Report) -> None:
-    def missing_account(file: str, path: tuple, address: str) -> None:
+    def missing_account(file: str, path: FieldPath, address: str) -> None:
         if ACCOUNTS_FILE not in parts.unreadable_files and address.lower() not in parts.declared_addresses:
             report.problem(file, path, f"`{address}` is not a declared account; declare it under `accounts:` first")
 
@@ -134,7 +135,7 @@ def _check_references(accounts: list[tuple[int, Account]], parts: SpecParts, rep
 
 
 def _check_template_variables(accounts: list[tuple[int, Account]], parts: SpecParts, report: Report) -> None:
-    texts: list[tuple[str, tuple, str]] = [
+    texts: list[tuple[str, FieldPath, str]] = [
         (ACCOUNTS_FILE, ("accounts", index, "signature"), account.signature) for index, account in accounts
     ]
     if parts.defaults is not None:

@@ -11,9 +11,16 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from functools import lru_cache
 from typing import Annotated, Literal
 
 from email_validator import EmailNotValidError, validate_email
+from email_validator.rfc_constants import (
+    CASE_INSENSITIVE_MAILBOX_NAMES,
+    DOT_ATOM_TEXT,
+    EMAIL_MAX_LENGTH,
+    LOCAL_PART_MAX_LENGTH,
+)
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -68,6 +75,7 @@ def multi_line(value: str) -> str:
     return value
 
 
+@lru_cache(maxsize=65536)  # a spec names each address several times (accounts, links, defaults)
 def canonical_address(value: str) -> str:
     """An address in the form every protocol accepts: ASCII, the domain in IDNA (punycode) form.
 
@@ -75,6 +83,9 @@ def canonical_address(value: str) -> str:
     come out the same. A non-ASCII local part (``jörg@``) needs SMTPUTF8 end to end,
     which not every server offers: it is refused with a message that says so.
     """
+    fast = _canonical_dot_atom(value)
+    if fast is not None:
+        return fast
     try:
         return validate_email(value, check_deliverability=False, allow_smtputf8=False).ascii_email or value
     except EmailNotValidError as exc:
@@ -85,6 +96,33 @@ def canonical_address(value: str) -> str:
                 "use the mailbox's ASCII address or alias"
             )
         raise PydanticCustomError("email", "not a valid e-mail address: {reason}", {"reason": reason}) from None
+
+
+def _canonical_dot_atom(value: str) -> str | None:
+    """The canonical form of the usual address (an ASCII dot-atom before the @), else None.
+
+    email-validator checks the domain of every address character by character (IDNA),
+    about 0.1 ms each: too slow for ten thousand accounts. The domain is therefore
+    validated by it once per domain, and the local part against its own constants; a
+    property test holds this equal to validating the whole address.
+    """
+    local, at, domain = value.rpartition("@")
+    if not at or len(local) > LOCAL_PART_MAX_LENGTH or not DOT_ATOM_TEXT.match(local):
+        return None
+    try:
+        ascii_domain = _canonical_domain(domain)
+    except EmailNotValidError:
+        return None  # the full validation gives the message
+    if local.lower() in CASE_INSENSITIVE_MAILBOX_NAMES:
+        local = local.lower()
+    address = f"{local}@{ascii_domain}"
+    return address if len(address) <= EMAIL_MAX_LENGTH else None
+
+
+@lru_cache(maxsize=4096)
+def _canonical_domain(domain: str) -> str:
+    validated = validate_email("postmaster@" + domain, check_deliverability=False, allow_smtputf8=False)
+    return validated.ascii_domain
 
 
 def address_key(value: str) -> str | None:

@@ -72,9 +72,10 @@ class YamlProblem(Exception):
 
 # -- reading -------------------------------------------------------------------------
 
-# What YAML 1.2 allows in a stream (its c-printable set): tab, line breaks, and printable
-# characters. Everything else, NUL and ESC among them, is refused with its position.
-_NOT_PRINTABLE = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# What YAML 1.2 does not allow in a stream (outside its c-printable set): the C0 and C1
+# controls other than tab, line breaks and NEL, DEL, and U+FFFE/U+FFFF. (Surrogates cannot
+# come out of a strict UTF-8 decode.) Each is refused with its position.
+_NOT_PRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ufffe\uffff]")
 
 
 def _line_and_column(text: str, index: int) -> tuple[int, int]:
@@ -116,8 +117,13 @@ def describe_character(character: str) -> str:
 
 # -- building data from parse events -------------------------------------------------
 
-_NULLS = frozenset({"", "~", "null", "Null", "NULL"})
-_BOOLS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+# Plain scalars that are not text (YAML 1.2 core schema); anything else that starts
+# like a number goes through _number.
+_WORDS: dict[str, Any] = {
+    **dict.fromkeys(("", "~", "null", "Null", "NULL")),
+    **dict.fromkeys(("true", "True", "TRUE"), True),
+    **dict.fromkeys(("false", "False", "FALSE"), False),
+}
 _INT = re.compile(r"[-+]?[0-9]+\Z")
 _OCT = re.compile(r"0o[0-7]+\Z")
 _HEX = re.compile(r"0x[0-9a-fA-F]+\Z")
@@ -129,12 +135,12 @@ _NUMBER_START = frozenset("0123456789+-.")
 
 def _plain(value: str, mark: Any) -> Any:
     """Resolve a plain (unquoted) scalar by the YAML 1.2 core schema."""
-    if value in _NULLS:
-        return None
-    if value in _BOOLS:
-        return _BOOLS[value]
-    if value[0] not in _NUMBER_START:
-        return value
+    if value in _WORDS:
+        return _WORDS[value]
+    return _number(value, mark) if value[0] in _NUMBER_START else value
+
+
+def _number(value: str, mark: Any) -> Any:
     if _INT.match(value):
         return _int(value, 10, mark)
     if _OCT.match(value):
@@ -162,10 +168,10 @@ def _tagged(tag: str, value: str, mark: Any) -> Any:
         return value
     if tag == _CORE + "null":
         return None
-    resolved = _plain(value, mark) if value else None
     expected = {_CORE + "bool": bool, _CORE + "int": int, _CORE + "float": float}.get(tag)
     if expected is None:
         raise YamlProblem(mark.line + 1, mark.column + 1, f"tag `{tag}` is not supported; remove it")
+    resolved = _plain(value, mark) if value else None
     if expected is float and type(resolved) is int:
         return float(resolved)
     if type(resolved) is not expected:
@@ -174,22 +180,19 @@ def _tagged(tag: str, value: str, mark: Any) -> Any:
 
 
 _MERGE = "<<"
-_NO_KEY = object()
+_NO_KEY: Any = object()
 
 
-class _Frame:
-    """A mapping or sequence under construction."""
+class _Open:
+    """Bookkeeping of a mapping or sequence under construction (its data lives in locals)."""
 
-    __slots__ = ("value", "is_map", "key", "key_mark", "anchor", "size", "height", "merges", "mark", "path")
+    __slots__ = ("anchor", "start", "depth", "deepest", "merges", "mark", "path")
 
-    def __init__(self, value: Any, is_map: bool, anchor: str | None, mark: Any, path: FieldPath | None):
-        self.value = value
-        self.is_map = is_map
-        self.key: Any = _NO_KEY
-        self.key_mark: Any = None
+    def __init__(self, anchor: str | None, start: int, depth: int, mark: Any, path: FieldPath):
         self.anchor = anchor
-        self.size = 1
-        self.height = 1
+        self.start = start  # the node count when it opened: its size is the count at its end minus this
+        self.depth = depth
+        self.deepest = depth  # the deepest level reached inside it, aliases included
         self.merges: list[tuple[Any, Any]] | None = None
         self.mark = mark
         self.path = path
@@ -202,136 +205,124 @@ def parse_yaml(text: str, *, marks: Marks | None = None) -> Any:
     """Build plain data from ``text``; when ``marks`` is given, fill it with every node's position.
 
     Raises :class:`YamlProblem` for syntax errors and for everything the module
-    docstring lists as refused.
+    docstring lists as refused. The loop is flat and keeps the open container in
+    locals: it runs once per parse event, tens of thousands of times for a large spec.
     """
     from _ruamel_yaml import CParser
     from ruamel.yaml import events
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-    scalar, alias = events.ScalarEvent, events.AliasEvent
-    starts = {events.MappingStartEvent: True, events.SequenceStartEvent: False}
-    ends = (events.MappingEndEvent, events.SequenceEndEvent)
+    scalar_event, alias_event = events.ScalarEvent, events.AliasEvent
+    mapping_start, sequence_start = events.MappingStartEvent, events.SequenceStartEvent
+    mapping_end, sequence_end = events.MappingEndEvent, events.SequenceEndEvent
     document_start, stream_end = events.DocumentStartEvent, events.StreamEndEvent
+    words, number_start, no_key, merge = _WORDS, _NUMBER_START, _NO_KEY, _MERGE
+    located = marks is not None
 
     parser = CParser(text)
     next_event = parser.get_event
-    stack: list[_Frame] = []
-    anchors: dict[str, tuple[Any, int, int]] = {}  # name -> (value, size, height)
-    open_anchors: set[str] = set()
+    saved: list[tuple[Any, bool, Any, Any, _Open | None]] = []  # the parents of the open container
+    container: Any = None  # the open dict or list; None at the top
+    is_map = False
+    key: Any = no_key
+    key_mark: Any = None
+    current: _Open | None = None
+    depth = 0
+    count = 0  # values built so far, an alias counting as the size of what it repeats
     budget = ALIAS_ALLOWANCE + len(text)
-    expanded = 0
+    anchors: dict[str, tuple[Any, int, int]] = {}  # name -> (value, size, height)
+    open_anchored: list[_Open] = []
     documents = 0
-    result: Any = None
-    located = marks is not None
-
-    def attach(value: Any, size: int, height: int, mark: Any) -> None:
-        nonlocal result
-        if not stack:
-            result = value
-            return
-        frame = stack[-1]
-        frame.size += size
-        if height + 1 > frame.height:
-            frame.height = height + 1
-        if not frame.is_map:
-            if located:
-                assert frame.path is not None and marks is not None
-                index = len(frame.value)
-                marks[frame.path + (index,)] = (mark.line, mark.column, mark.line, mark.column)
-            frame.value.append(value)
-            return
-        if frame.key is _NO_KEY:
-            if isinstance(value, (dict, list)):
-                raise YamlProblem(mark.line + 1, mark.column + 1, "a key must be a plain value, not a mapping or list")
-            if value in frame.value or (value == _MERGE and frame.merges is not None):
-                raise YamlProblem(
-                    mark.line + 1, mark.column + 1, f"duplicate key `{value}` (each key may appear once per mapping)"
-                )
-            frame.key, frame.key_mark = value, mark
-            return
-        key, key_mark = frame.key, frame.key_mark
-        frame.key = _NO_KEY
-        if key == _MERGE and isinstance(key, str):
-            frame.merges = frame.merges or []
-            frame.merges.append((value, mark))
-            return
-        if located:
-            assert frame.path is not None and marks is not None
-            marks[frame.path + (key,)] = (key_mark.line, key_mark.column, mark.line, mark.column)
-        frame.value[key] = value
-
-    def child_path() -> FieldPath | None:
-        if not located:
-            return None
-        frame = stack[-1] if stack else None
-        if frame is None:
-            return ()
-        assert frame.path is not None
-        if frame.is_map:
-            return frame.path + ((frame.key,) if frame.key is not _NO_KEY else ("<key>",))
-        return frame.path + (len(frame.value),)
-
+    root: Any = None
+    mark: Any = None
     try:
         while True:
             event = next_event()
             kind = type(event)
-            if kind is scalar:
-                mark = event.start_mark
-                tag = event.tag
-                if tag is None:  # quoted and block scalars are text; plain ones resolve
-                    value = event.value if event.style else _plain(event.value, mark)
+            if kind is scalar_event:
+                count += 1
+                value = event.value
+                tag = event.ctag
+                if tag is None:
+                    if not event.style:  # plain: resolve; quoted and block scalars are text
+                        if value in words:
+                            value = words[value]
+                        elif value[0] in number_start:
+                            value = _number(value, event.start_mark)
                 else:
-                    value = _tagged(tag, event.value, mark)
+                    value = _tagged(str(tag), value, event.start_mark)
                 if event.anchor is not None:
                     anchors[event.anchor] = (value, 1, 0)
-                attach(value, 1, 0, mark)
-            elif kind in starts:
+                if located:
+                    mark = event.start_mark
+            elif kind is mapping_start or kind is sequence_start:
                 mark = event.start_mark
-                if len(stack) >= MAX_DEPTH:
+                depth += 1
+                if depth > MAX_DEPTH:
                     raise YamlProblem(
                         mark.line + 1, mark.column + 1, f"nested more than {MAX_DEPTH} levels deep; the spec needs few"
                     )
-                tag = event.tag
-                is_map = starts[kind]
-                if tag not in (None, "!", _CORE + ("map" if is_map else "seq")):
+                opens_map = kind is mapping_start
+                tag = event.ctag
+                if tag is not None and str(tag) not in ("!", _CORE + ("map" if opens_map else "seq")):
                     raise YamlProblem(mark.line + 1, mark.column + 1, f"tag `{tag}` is not supported; remove it")
-                frame = _Frame({} if is_map else [], is_map, event.anchor, mark, child_path())
-                if event.anchor is not None:
-                    open_anchors.add(event.anchor)
-                stack.append(frame)
-            elif kind in ends:
-                frame = stack.pop()
-                if frame.merges:
-                    _merge(frame, marks)
-                if frame.anchor is not None:
-                    open_anchors.discard(frame.anchor)
-                    anchors[frame.anchor] = (frame.value, frame.size, frame.height)
-                attach(frame.value, frame.size, frame.height, frame.mark)
-            elif kind is alias:
+                count += 1
+                path: FieldPath = ()
+                if located:
+                    parent_path = current.path if current is not None else ()
+                    if container is None:
+                        path = ()
+                    elif is_map:
+                        path = parent_path + ((key,) if key is not no_key else ("<key>",))
+                    else:
+                        path = parent_path + (len(container),)
+                opened = _Open(event.anchor, count, depth, mark, path)
+                for anchored in open_anchored:
+                    if depth > anchored.deepest:
+                        anchored.deepest = depth
+                if opened.anchor is not None:
+                    open_anchored.append(opened)
+                saved.append((container, is_map, key, key_mark, current))
+                container, is_map, key, current = ({} if opens_map else []), opens_map, no_key, opened
+                continue
+            elif kind is mapping_end or kind is sequence_end:
+                assert current is not None
+                value, finished = container, current
+                if finished.merges:
+                    _merge(value, finished, marks)
+                if finished.anchor is not None:
+                    open_anchored.remove(finished)
+                    anchors[finished.anchor] = (value, count - finished.start + 1, finished.deepest - depth + 1)
+                container, is_map, key, key_mark, current = saved.pop()
+                depth -= 1
+                mark = finished.mark
+            elif kind is alias_event:
                 mark = event.start_mark
                 name = event.anchor
-                if name in open_anchors:
+                if any(anchored.anchor == name for anchored in open_anchored):
                     raise YamlProblem(mark.line + 1, mark.column + 1, f"alias `*{name}` refers to itself (recursive)")
                 if name not in anchors:
                     raise YamlProblem(
                         mark.line + 1, mark.column + 1, f"alias `*{name}` has no anchor `&{name}` before it"
                     )
                 value, size, height = anchors[name]
-                expanded += size
-                if expanded > budget:
+                count += size
+                if count > budget:
                     raise YamlProblem(
                         mark.line + 1,
                         mark.column + 1,
                         f"aliases expand the document to more than {budget} values; "
                         "an alias may repeat a value, not multiply the document",
                     )
-                if len(stack) + height > MAX_DEPTH:
+                if depth + height > MAX_DEPTH:
                     raise YamlProblem(
                         mark.line + 1,
                         mark.column + 1,
                         f"alias `*{name}` nests the document more than {MAX_DEPTH} levels deep",
                     )
-                attach(value, size, height, mark)
+                for anchored in open_anchored:
+                    if depth + height > anchored.deepest:
+                        anchored.deepest = depth + height
             elif kind is document_start:
                 documents += 1
                 if documents > 1:
@@ -339,8 +330,46 @@ def parse_yaml(text: str, *, marks: Marks | None = None) -> Any:
                     raise YamlProblem(
                         mark.line + 1, mark.column + 1, "a second YAML document; the file must hold exactly one"
                     )
+                continue
             elif kind is stream_end:
-                return result
+                return root
+            else:
+                continue
+
+            # Attach the value just built to the open container.
+            if is_map:
+                if key is no_key:
+                    if isinstance(value, dict | list):
+                        raise YamlProblem(
+                            mark.line + 1, mark.column + 1, "a key must be a plain value, not a mapping or list"
+                        )
+                    if value in container or (value == merge and current is not None and current.merges):
+                        mark = event.start_mark
+                        raise YamlProblem(
+                            mark.line + 1,
+                            mark.column + 1,
+                            f"duplicate key `{value}` (each key may appear once per mapping)",
+                        )
+                    key = value
+                    if located:
+                        key_mark = mark
+                    continue
+                if key == merge:
+                    assert current is not None
+                    current.merges = (current.merges or []) + [(value, mark)]
+                else:
+                    container[key] = value
+                    if located:
+                        assert marks is not None and current is not None
+                        marks[current.path + (key,)] = (key_mark.line, key_mark.column, mark.line, mark.column)
+                key = no_key
+            elif container is not None:
+                if located:
+                    assert marks is not None and current is not None
+                    marks[current.path + (len(container),)] = (mark.line, mark.column, mark.line, mark.column)
+                container.append(value)
+            else:
+                root = value
     except MarkedYAMLError as exc:
         raise YamlProblem(*_located_yaml_error(exc)) from None
     except YAMLError as exc:  # the reader's errors carry an offset, not a mark
@@ -349,19 +378,19 @@ def parse_yaml(text: str, *, marks: Marks | None = None) -> Any:
         parser.dispose()
 
 
-def _merge(frame: _Frame, marks: Marks | None) -> None:
+def _merge(mapping: dict[Any, Any], opened: _Open, marks: Marks | None) -> None:
     """Apply ``<<: *anchor`` merge keys: keys written in the mapping win over merged ones."""
-    assert frame.merges is not None
-    for value, mark in frame.merges:
+    assert opened.merges is not None
+    for value, mark in opened.merges:
         sources = value if isinstance(value, list) else [value]
         for source in sources:
             if not isinstance(source, dict):
                 raise YamlProblem(mark.line + 1, mark.column + 1, "`<<` merges only mappings")
             for key, item in source.items():
-                if key not in frame.value:
-                    frame.value[key] = item
-                    if marks is not None and frame.path is not None:
-                        marks[frame.path + (key,)] = (mark.line, mark.column, mark.line, mark.column)
+                if key not in mapping:
+                    mapping[key] = item
+                    if marks is not None:
+                        marks[opened.path + (key,)] = (mark.line, mark.column, mark.line, mark.column)
 
 
 _DUPLICATE_KEY = re.compile(r'found duplicate key "(?P<key>.*?)"')
@@ -387,7 +416,11 @@ def _located_yaml_error(exc: Any) -> tuple[int, int, str]:
 
 @dataclass
 class YamlDocument:
-    """A loaded spec file; ``data`` is None when it could not be read or parsed, or is empty."""
+    """A loaded spec file; ``data`` is None when it could not be read or parsed, or is empty.
+
+    The loader drops ``data`` once it is validated (a large spec's raw data is most of
+    the memory a plan needs); positions come from ``text``.
+    """
 
     path: Path
     display_name: str
@@ -401,7 +434,7 @@ class YamlDocument:
         """Every node's position, from a second, located parse (done once, when first needed)."""
         if self._marks is None:
             self._marks = {}
-            if self.data is not None:
+            if not self.problems:
                 parse_yaml(self.text, marks=self._marks)
         return self._marks
 

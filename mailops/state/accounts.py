@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 
 class AccountStatus(StrEnum):
@@ -26,6 +26,14 @@ STATUSES = tuple(status.value for status in AccountStatus)
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+@overload
+def aware(value: dt.datetime) -> dt.datetime: ...
+@overload
+def aware(value: None) -> None: ...
+@overload
+def aware(value: dt.datetime | None) -> dt.datetime | None: ...
 
 
 def aware(value: dt.datetime | None) -> dt.datetime | None:

@@ -266,9 +266,10 @@ class StateStore:
                         return info
                     holder = _lock_info(existing)
             except IntegrityError:  # another process inserted first
-                holder = self.current_lock()
-                if holder is None:
+                current = self.current_lock()
+                if current is None:
                     continue
+                holder = current
             if time.monotonic() >= deadline:
                 raise LockHeld(holder)
             time.sleep(0.2)
