@@ -369,3 +369,22 @@ def test_every_document_the_code_names_exists() -> None:
     for source in (repo / "mailops").rglob("*.py"):
         for name in re.findall(r"\b([\w/-]+\.md)\b", source.read_text(encoding="utf-8")):
             assert (repo / name).exists() or list(repo.rglob(Path(name).name)), f"{source} names {name}"
+
+
+def test_an_account_at_an_internationalised_domain_works_end_to_end(engine_env, mail_servers, new_account) -> None:
+    account = new_account(register=False)
+    local = account.address.split("@")[0]
+    mail_servers.users.add(f"{local}@xn--bcher-kva.example", account.password)  # what the servers see
+    entry = account.yaml(mail_servers, username=f"{local}@bücher.example").replace(
+        f"address: {account.address}", f"address: {local}@bücher.example"
+    )
+    spec_files(engine_env, entry)
+    assert run("apply", "--auto-approve").exit_code == 1  # the login name must be what the server knows
+    spec_files(
+        engine_env, entry.replace(f"username: {local}@bücher.example", f"username: {local}@xn--bcher-kva.example")
+    )
+    applied = run("apply", "--auto-approve")
+    assert applied.exit_code == 0, applied.output
+    sent = run("test-mail", f"{local}@bücher.example", "--wait")
+    assert sent.exit_code == 0, sent.output
+    assert f"sent to {local}@xn--bcher-kva.example and arrived in the inbox" in sent.stdout

@@ -35,3 +35,39 @@ def test_smtp_codes_and_enhanced_status_codes_are_kept() -> None:
 def test_every_class_has_a_remedy() -> None:
     assert set(REMEDIES) == set(FailureClass)
     assert all(len(text) > 40 for text in REMEDIES.values())
+
+
+def test_errors_raised_on_this_side_are_local_not_the_servers() -> None:
+    from email.message import EmailMessage
+
+    message = EmailMessage()
+    try:
+        message["Subject"] = "Hello\r\nBcc: victim@example.org"
+    except ValueError as exc:
+        header = classify(exc, "smtp")
+    try:
+        "Grüße".encode("ascii")
+    except UnicodeEncodeError as exc:
+        encoding = classify(exc, "imap")
+    for error in (header, encoding):
+        assert error.failure_class is FailureClass.LOCAL
+        assert "no server refused anything" in error.remedy
+
+
+def test_a_missing_starttls_is_a_tls_failure_with_its_own_remedy() -> None:
+    from imapclient.exceptions import CapabilityError
+
+    for exc, protocol in (
+        (aiosmtplib.SMTPException("SMTP STARTTLS extension not supported by server."), "smtp"),
+        (CapabilityError("Server does not support STARTTLS capability"), "imap"),
+    ):
+        error = classify(exc, protocol)
+        assert error.failure_class is FailureClass.TLS
+        assert error.remedy.startswith("The server does not offer STARTTLS on this port")
+
+
+def test_server_bytes_are_shown_as_text() -> None:
+    from imapclient.exceptions import LoginError
+
+    error = classify(LoginError("b'[AUTHENTICATIONFAILED] Authentication failed.'"), "imap")
+    assert error.summary() == "IMAP auth: [AUTHENTICATIONFAILED] Authentication failed."
