@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -21,7 +22,11 @@ MiB = 1024 * 1024
 
 
 class FileReadError(MailopsError):
-    """A file could not be read; the message names the file and says why."""
+    """A file could not be read; the message names the file and says why (``missing``: it does not exist)."""
+
+    def __init__(self, message: str, *, missing: bool = False):
+        super().__init__(message)
+        self.missing = missing
 
 
 class FileWriteError(MailopsError):
@@ -37,17 +42,19 @@ def read_bytes(path: Path | str, *, limit: int, what: str = "file") -> bytes:
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise FileReadError(f"{what} {path} not found") from None
+        raise FileReadError(f"{what} {path} not found", missing=True) from None
+    except OSError as exc:  # no permission, a name too long, a symlink loop, ...
+        raise FileReadError(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise FileReadError(f"{what} {path} is {_kind_of(mode)}, not a regular file")
+        with os.fdopen(descriptor, "rb", closefd=False) as handle:
+            data = handle.read(limit + 1)
     except OSError as exc:
         raise FileReadError(f"cannot read {what} {path}: {exc.strerror}") from None
-    with os.fdopen(descriptor, "rb") as handle:
-        try:
-            mode = os.fstat(descriptor).st_mode
-            if not stat.S_ISREG(mode):
-                raise FileReadError(f"{what} {path} is {_kind_of(mode)}, not a regular file")
-            data = handle.read(limit + 1)
-        except OSError as exc:
-            raise FileReadError(f"cannot read {what} {path}: {exc.strerror}") from None
+    finally:
+        os.close(descriptor)
     if len(data) > limit:
         raise FileReadError(f"{what} {path} is larger than {_size(limit)}; refusing to read it")
     return data
@@ -61,6 +68,18 @@ class NotUtf8Error(ValueError):
         self.line, self.column = line, column
 
 
+# What editors and libyaml count as the end of a line.
+_LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
+
+
+def line_and_column(text: str, index: int) -> tuple[int, int]:
+    """1-based line and column of the character at ``index``, counting every kind of line break."""
+    line, line_start = 1, 0
+    for match in _LINE_BREAK.finditer(text, 0, index):
+        line, line_start = line + 1, match.end()
+    return line, index - line_start + 1
+
+
 def decode_utf8(data: bytes) -> str:
     """``data`` as text (a leading byte order mark dropped), or :class:`NotUtf8Error` located by line and column."""
     try:
@@ -68,8 +87,18 @@ def decode_utf8(data: bytes) -> str:
     except UnicodeDecodeError as exc:
         # Count characters, not bytes, before the bad byte: that is the column an editor shows.
         before = data[: exc.start].decode("utf-8", errors="replace")
-        line_start = before.rfind("\n") + 1
-        raise NotUtf8Error(before.count("\n") + 1, len(before) - line_start + 1, data[exc.start]) from None
+        raise NotUtf8Error(*line_and_column(before, len(before)), data[exc.start]) from None
+
+
+def regular_file_problem(path: Path | str) -> str | None:
+    """Why ``path`` is not a readable regular file ("not found", "is a directory", ...), or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "not found"
+    except OSError as exc:
+        return f"cannot be used: {exc.strerror}"
+    return None if stat.S_ISREG(mode) else f"is {_kind_of(mode)}, not a regular file"
 
 
 def _kind_of(mode: int) -> str:

@@ -190,3 +190,27 @@ def postgres_url():
     yield server.start()
     server.stop()
     shutil.rmtree(root, ignore_errors=True)
+
+
+# --- Hypothesis profiles ------------------------------------------------------------
+# "ci" (the default): a fixed seed, so every run checks the same examples. "long": a
+# fresh seed and many more examples, for local use: `pytest --hypothesis-profile=long`
+# or HYPOTHESIS_PROFILE=long. Neither keeps an example database in the work tree; a
+# failure prints a @reproduce_failure blob instead.
+
+from hypothesis import HealthCheck  # noqa: E402
+from hypothesis import settings as hypothesis_settings  # noqa: E402
+
+hypothesis_settings.register_profile(
+    "ci",
+    max_examples=500,
+    derandomize=True,
+    database=None,
+    deadline=None,  # the fuzz test bounds each example's time itself
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+)
+hypothesis_settings.register_profile(
+    "long", parent=hypothesis_settings.get_profile("ci"), max_examples=20_000, derandomize=False
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -363,3 +363,18 @@ def test_a_broken_server_block_is_not_reported_again_as_missing(write_config) ->
     assert problems_of(write_config(accounts=accounts)) == [
         f"{A}:7:42: accounts[0].imap.port: expected a whole number, got a string"
     ]
+
+
+def test_an_error_at_the_end_of_a_file_points_into_the_file(write_config) -> None:
+    config = write_config()
+    (config / "accounts.yaml").write_bytes(b"accounts:\na")  # no final line break
+    [problem] = problems_of(config)
+    assert problem.startswith(f"{A}:2:2: ")
+
+
+def test_positions_count_old_mac_line_breaks(write_config) -> None:
+    config = write_config()
+    (config / "accounts.yaml").write_bytes(
+        VALID_ACCOUNTS.replace("display_name: A", "display_name: A\x1b").replace("\n", "\r").encode()
+    )
+    assert problems_of(config) == [f"{A}:4:20: control character U+001B (ESC) is not allowed"]

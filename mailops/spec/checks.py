@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mailops.fileio import FileReadError, MiB, NotUtf8Error, decode_utf8, read_bytes
+from mailops.fileio import FileReadError, MiB, NotUtf8Error, decode_utf8, read_bytes, regular_file_problem
 from mailops.providers.presets import preset_for
 from mailops.spec.htmltemplate import check_html_template
 from mailops.spec.loader import ACCOUNTS_FILE, DEFAULTS_FILE, Report, SpecParts
@@ -160,7 +160,7 @@ def _check_html_template(parts: SpecParts, config_dir: Path, report: Report) -> 
     try:
         text = decode_utf8(read_bytes(config_dir / relative, limit=MAX_TEMPLATE_BYTES, what="template"))
     except FileReadError as exc:
-        if not (config_dir / relative).exists():
+        if exc.missing:
             report.problem(
                 DEFAULTS_FILE, path, f"template file `{relative}` not found (paths are relative to the config dir)"
             )
@@ -178,11 +178,13 @@ def _check_html_template(parts: SpecParts, config_dir: Path, report: Report) -> 
 def _check_secret_files(accounts: list[tuple[int, Account]], config_dir: Path, report: Report) -> None:
     for index, account in accounts:
         if account.password is not None and account.password.file is not None:
-            if not (config_dir / account.password.file).is_file():
+            problem = regular_file_problem(config_dir / account.password.file)
+            if problem is not None:
+                hint = " (paths are relative to the config dir)" if problem == "not found" else ""
                 report.problem(
                     ACCOUNTS_FILE,
                     ("accounts", index, "password", "file"),
-                    f"secret file `{account.password.file}` not found (paths are relative to the config dir)",
+                    f"secret file `{account.password.file}` {problem}{hint}",
                 )
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailops.errors import Diagnostic
-from mailops.fileio import FileReadError, MiB, NotUtf8Error, decode_utf8, read_bytes
+from mailops.fileio import FileReadError, MiB, NotUtf8Error, decode_utf8, line_and_column, read_bytes
 
 if TYPE_CHECKING:
     from ruamel.yaml import YAML
@@ -78,11 +78,6 @@ class YamlProblem(Exception):
 _NOT_PRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ufffe\uffff]")
 
 
-def _line_and_column(text: str, index: int) -> tuple[int, int]:
-    line_start = text.rfind("\n", 0, index) + 1
-    return text.count("\n", 0, index) + 1, index - line_start + 1
-
-
 def decode_yaml_bytes(data: bytes) -> str:
     """UTF-8 text without control characters, or :class:`YamlProblem` at the offending character."""
     try:
@@ -91,7 +86,7 @@ def decode_yaml_bytes(data: bytes) -> str:
         raise YamlProblem(exc.line, exc.column, str(exc)) from None
     bad = _NOT_PRINTABLE.search(text)
     if bad is not None:
-        line, column = _line_and_column(text, bad.start())
+        line, column = line_and_column(text, bad.start())
         raise YamlProblem(line, column, f"control character {describe_character(bad.group())} is not allowed")
     return text
 
@@ -371,7 +366,8 @@ def parse_yaml(text: str, *, marks: Marks | None = None) -> Any:
             else:
                 root = value
     except MarkedYAMLError as exc:
-        raise YamlProblem(*_located_yaml_error(exc)) from None
+        line, column, message = _located_yaml_error(exc)
+        raise YamlProblem(*_within(text, line, column), message) from None
     except YAMLError as exc:  # the reader's errors carry an offset, not a mark
         raise YamlProblem(1, 1, str(exc).splitlines()[0]) from None
     finally:
@@ -391,6 +387,13 @@ def _merge(mapping: dict[Any, Any], opened: _Open, marks: Marks | None) -> None:
                     mapping[key] = item
                     if marks is not None:
                         marks[opened.path + (key,)] = (mark.line, mark.column, mark.line, mark.column)
+
+
+def _within(text: str, line: int, column: int) -> tuple[int, int]:
+    """Keep a position inside the text: libyaml reports the end of a file without a final
+    line break one line beyond it."""
+    last_line, end_column = line_and_column(text, len(text))
+    return (line, column) if line <= last_line else (last_line, end_column)
 
 
 _DUPLICATE_KEY = re.compile(r'found duplicate key "(?P<key>.*?)"')
@@ -465,7 +468,7 @@ def load_document(path: Path, display_name: str) -> YamlDocument:
     try:
         raw = read_bytes(path, limit=MAX_FILE_BYTES, what="file")
     except FileReadError as exc:
-        message = "file not found" if not path.exists() and not path.is_symlink() else _without_path(str(exc), path)
+        message = "file not found" if exc.missing else _without_path(str(exc), path)
         document.problems.append(Diagnostic(display_name, 1, 1, "", message))
         return document
     try:
