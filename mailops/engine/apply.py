@@ -18,6 +18,7 @@ from typing import Any
 from mailops.engine.plan import AccountChange, Action, Plan, plan_for
 from mailops.engine.verify import TestMailResult, verify_account
 from mailops.errors import MailopsError
+from mailops.providers.base import provider_for
 from mailops.settings import Settings
 from mailops.spec import LoadedSpec
 from mailops.state.store import StateStore
@@ -162,10 +163,11 @@ async def _execute_change(
         return AccountOutcome(change, status=None)
     account = loaded.spec.account(change.address)
     assert account is not None and change.after is not None
-    if account.is_oauth or not change.verify:
+    needs_consent = provider_for(account.provider).needs_consent
+    if needs_consent or not change.verify:
         # Nothing to log in to (yet): store the settings, keep the status it has.
         current = store.account(change.address)
-        if account.is_oauth and (current is None or current.provider != account.provider):
+        if needs_consent and (current is None or current.provider != account.provider):
             status = "pending_consent"  # new to this provider: no token yet
         else:
             status = current.status if current is not None else "error"

@@ -16,7 +16,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from mailops.errors import MailopsError, SpecError
 from mailops.fileio import atomic_write
-from mailops.providers.presets import preset_for
+from mailops.providers.base import provider_for
 from mailops.spec.loader import ACCOUNTS_FILE, ConfigDirError, load_spec
 from mailops.spec.models import Account, address_key
 from mailops.spec.yamldoc import round_trip_yaml
@@ -98,20 +98,15 @@ def _new_entry(state: AccountState) -> CommentedMap:
     """The shortest entry that loads back into the same settings."""
     account = Account.model_validate(state.settings)
     defaults = {name: info.get_default(call_default_factory=True) for name, info in Account.model_fields.items()}
-    preset = preset_for(account.provider, account.address)
+    # What the provider would fill in for an entry that names only address and provider.
+    bare = Account.model_validate({"address": account.address, "provider": account.provider})
+    filled = provider_for(account.provider).complete(bare).updates
     entry = CommentedMap()
     for key, value in state.settings.items():
         if key in ("address", "provider"):
             entry[key] = value
             continue
-        if value is None or value == _json(defaults.get(key)):
-            continue
-        if preset is not None and key in ("imap", "smtp") and value == getattr(preset, key).model_dump(mode="json"):
-            continue
-        if account.is_oauth and (
-            (key == "username" and value == account.address)
-            or (key == "display_name" and value == account.address.partition("@")[0])
-        ):
+        if value is None or value == _json(defaults.get(key)) or (key in filled and value == _json(filled[key])):
             continue
         entry[key] = _yaml_value(value)
     return entry

@@ -19,6 +19,7 @@ from typing import Any
 
 from mailops.errors import MailopsError
 from mailops.fileio import atomic_write
+from mailops.providers.base import provider_for
 from mailops.spec import LoadedSpec
 from mailops.spec.models import Account, Policies, Spec
 from mailops.state.accounts import AccountState, LiveAccounts, state_fingerprint
@@ -250,8 +251,9 @@ def make_plan(
 
 def _change_for(account: Account, after: dict[str, Any], state: AccountState | None) -> AccountChange:
     change = partial(AccountChange, account.address.lower(), account.provider, after=after)
+    provider = provider_for(account.provider)
     if state is None:
-        if account.is_oauth:
+        if provider.needs_consent:
             return change(
                 action=Action.CREATE,
                 before=None,
@@ -267,7 +269,7 @@ def _change_for(account: Account, after: dict[str, Any], state: AccountState | N
             if before_flat.get(path) != after_flat.get(path)
         )
     connection_changed = any(f.path.split(".")[0] in CONNECTION_FIELDS for f in fields)
-    if account.is_oauth:
+    if provider.needs_consent:
         if fields:
             return change(action=Action.UPDATE, before=state.settings, fields=fields)
         if state.status != "connected":

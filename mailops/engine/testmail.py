@@ -6,7 +6,7 @@ import asyncio
 
 from mailops.engine.verify import TestMailResult, recipient_of_test_mail, send_test_mail_now
 from mailops.errors import MailopsError
-from mailops.providers.manual import password_credential
+from mailops.providers.base import CredentialContext, provider_for
 from mailops.settings import Settings
 from mailops.spec import LoadedSpec
 from mailops.spec.models import address_key, canonical_address
@@ -21,10 +21,7 @@ def send_test_mail(
     account = loaded.spec.account(address)
     if account is None:
         raise MailopsError(f"{address!r} is not an account in {loaded.config_dir}")
-    if account.is_oauth:
-        raise MailopsError(
-            f"{address} is a {account.provider} account; connect it first with `mailops connect {address}`"
-        )
+    provider = provider_for(account.provider)
     if to is not None and address_key(to) is None:
         raise MailopsError(f"--to {to!r} is not a valid e-mail address")
     recipient = canonical_address(to) if to else recipient_of_test_mail(account, loaded.spec.policies.test_mail.to)
@@ -34,7 +31,7 @@ def send_test_mail(
             f"mailbox ({recipient}). Send without --wait, or to {account.address} itself."
         )
     try:
-        credential = password_credential(account, loaded.config_dir)
+        credential = provider.credential(account, CredentialContext(loaded.config_dir))
     except TransportError as error:
         result = TestMailResult(recipient, "", error=error)
     else:

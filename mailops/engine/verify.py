@@ -11,7 +11,7 @@ from email.utils import format_datetime, formataddr, make_msgid
 from functools import partial
 from pathlib import Path
 
-from mailops.providers.manual import password_credential
+from mailops.providers.base import CredentialContext, provider_for
 from mailops.settings import Settings
 from mailops.spec.models import Account
 from mailops.transport.connection import Credential, Endpoint, Timeouts
@@ -90,7 +90,7 @@ async def verify_account(
     imap, smtp = endpoints(account)
     timeouts = timeouts_of(settings)
     try:
-        credential = password_credential(account, config_dir)
+        credential = provider_for(account.provider).credential(account, CredentialContext(config_dir))
     except TransportError as error:
         return VerifyResult(account.address, error=error)
     recipient = recipient_of_test_mail(account, test_mail_to)

@@ -1,4 +1,4 @@
-"""Manual accounts: the password comes from the place the spec's reference names."""
+"""Manual accounts (any IMAP/SMTP provider): a login name and a password the spec references."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from mailops.fileio import FileReadError, read_bytes
+from mailops.providers.base import AccountProvider, Completion, CredentialContext, register
 from mailops.spec.models import Account, SecretRef
 from mailops.transport.connection import Credential
 from mailops.transport.failures import FailureClass, TransportError
@@ -50,6 +51,20 @@ def read_secret(ref: SecretRef, config_dir: Path) -> str:
     return value
 
 
-def password_credential(account: Account, config_dir: Path) -> Credential:
-    assert account.password is not None and account.username is not None  # the spec checks guarantee it
-    return Credential(username=account.username, password=read_secret(account.password, config_dir))
+@register
+class ManualProvider(AccountProvider):
+    name = "manual"
+
+    def complete(self, account: Account) -> Completion:
+        """Name, login and password must be given; servers may come from the domain's preset."""
+        servers = super().complete(account)
+        missing = [
+            (name, "required for manual accounts", False)
+            for name in ("display_name", "username", "password")
+            if getattr(account, name) is None
+        ]
+        return Completion(servers.updates, missing + servers.problems, servers.filled_from)
+
+    def credential(self, account: Account, context: CredentialContext) -> Credential:
+        assert account.password is not None and account.username is not None  # complete() requires both
+        return Credential(username=account.username, password=read_secret(account.password, context.config_dir))

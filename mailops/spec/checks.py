@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from mailops.fileio import FileReadError, MiB, NotUtf8Error, decode_utf8, read_bytes, regular_file_problem
-from mailops.providers.presets import preset_for
+from mailops.providers.base import provider_for
 from mailops.spec.htmltemplate import check_html_template
 from mailops.spec.loader import ACCOUNTS_FILE, DEFAULTS_FILE, Report, SpecParts
 from mailops.spec.models import TEMPLATE_VARIABLES, Account, Spec
@@ -43,42 +43,15 @@ def check_spec(parts: SpecParts, config_dir: Path, report: Report) -> Spec | Non
 
 
 def _fill_account(index: int, account: Account, report: Report) -> Account:
-    """Complete an account: OAuth names and servers from the provider, manual servers from a preset."""
+    """Complete an account as its provider says (defaults, servers), reporting what is missing."""
     path = ("accounts", index)
-    updates: dict[str, object] = {}
-    if account.is_oauth:
-        if account.password is not None:
-            report.problem(
-                ACCOUNTS_FILE,
-                path + ("password",),
-                f"{account.provider} accounts connect by OAuth consent (`mailops connect`), not a password; "
-                "remove `password`",
-                at_key=True,
-            )
-        if account.display_name is None:
-            updates["display_name"] = account.address.partition("@")[0]
-        if account.username is None:
-            updates["username"] = account.address
-    else:
-        for name in ("display_name", "username", "password"):
-            if getattr(account, name) is None:
-                report.problem(ACCOUNTS_FILE, path + (name,), "required for manual accounts")
-    missing_servers = [name for name in ("imap", "smtp") if getattr(account, name) is None]
-    if missing_servers:
-        preset = preset_for(account.provider, account.address)
-        if preset is not None:
-            updates.update({name: getattr(preset, name) for name in missing_servers})
-            source = f"{account.provider} defaults" if account.is_oauth else f"preset {preset.name}"
-            filled = [name for name in ("display_name", "username") if name in updates] + missing_servers
-            report.note(ACCOUNTS_FILE, path, f"filled {', '.join(filled)} from {source}")
-        else:
-            domain = account.address.partition("@")[2]
-            for name in missing_servers:
-                report.problem(
-                    ACCOUNTS_FILE,
-                    path + (name,),
-                    f"required for manual accounts: no preset is known for `{domain}`; give host, port and encryption",
-                )
+    completion = provider_for(account.provider).complete(account)
+    for name, message, at_key in completion.problems:
+        report.problem(ACCOUNTS_FILE, path + (name,), message, at_key=at_key)
+    updates = completion.updates
+    filled = [name for name in ("display_name", "username", "imap", "smtp") if name in updates]
+    if completion.filled_from:
+        report.note(ACCOUNTS_FILE, path, f"filled {', '.join(filled)} from {completion.filled_from}")
     elif "display_name" in updates:
         report.note(ACCOUNTS_FILE, path, "filled display_name from the address's local part")
     return account.model_copy(update=updates) if updates else account

@@ -25,7 +25,6 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import PydanticCustomError
 
 Provider = Literal["microsoft", "google", "manual"]
-OAUTH_PROVIDERS: frozenset[str] = frozenset({"microsoft", "google"})
 Encryption = Literal["ssl", "starttls", "none"]
 
 # The only placeholders the seed allows in signatures and greetings.
@@ -264,10 +263,6 @@ class Account(SpecModel):
     archive: ArchiveSettings = ArchiveSettings()
     autoreply: AutoreplySettings = AutoreplySettings()
     signature: Text = ""
-
-    @property
-    def is_oauth(self) -> bool:
-        return self.provider in OAUTH_PROVIDERS
 
 
 class ProjectLink(SpecModel):

@@ -1,0 +1,88 @@
+"""What every kind of account (`provider:` in the spec) offers the rest of mailops.
+
+One class per provider, registered under its `provider:` name. The spec checks ask it
+to complete an account (defaults, required fields), the engine asks whether a person
+must consent first and for the credential to log in with. Nothing outside
+``providers/`` branches on the provider's name.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import ClassVar
+
+from mailops.providers.presets import ServerPreset, preset_for
+from mailops.spec.models import Account
+from mailops.transport.connection import Credential
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What :meth:`AccountProvider.complete` found: fields to fill, and fields that are wrong or missing."""
+
+    updates: dict[str, object] = field(default_factory=dict)
+    problems: list[tuple[str, str, bool]] = field(default_factory=list)  # (field, message, at the key)
+    filled_from: str = ""  # where filled servers came from, for the note ("microsoft defaults")
+
+
+@dataclass(frozen=True)
+class CredentialContext:
+    """Where a provider finds what a login needs: secret files are relative to the config dir."""
+
+    config_dir: Path
+
+
+class AccountProvider(ABC):
+    name: ClassVar[str]
+    # A person consents once (OAuth) before an account of this provider can log in.
+    needs_consent: ClassVar[bool] = False
+
+    def complete(self, account: Account) -> Completion:
+        """Defaults for what the spec may leave out, and the problems of what it must not.
+
+        The servers come from the provider's defaults or the preset of the address's
+        domain; a provider adds its own fields on top (see the subclasses).
+        """
+        missing = [name for name in ("imap", "smtp") if getattr(account, name) is None]
+        if not missing:
+            return Completion()
+        preset = self.server_preset(account)
+        if preset is None:
+            domain = account.address.partition("@")[2]
+            message = f"required for manual accounts: no preset is known for `{domain}`; give host, port and encryption"
+            return Completion(problems=[(name, message, False) for name in missing])
+        return Completion(
+            updates={name: getattr(preset, name) for name in missing}, filled_from=self.preset_source(preset)
+        )
+
+    def server_preset(self, account: Account) -> ServerPreset | None:
+        return preset_for(account.provider, account.address)
+
+    def preset_source(self, preset: ServerPreset) -> str:
+        return f"preset {preset.name}"
+
+    @abstractmethod
+    def credential(self, account: Account, context: CredentialContext) -> Credential:
+        """The login for IMAP and SMTP; a missing secret is a classified ``secret`` failure."""
+
+
+_REGISTRY: dict[str, type[AccountProvider]] = {}
+
+
+def register(cls: type[AccountProvider]) -> type[AccountProvider]:
+    """Class decorator: make ``cls`` the provider for ``provider: <cls.name>``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+@cache  # providers hold no state of their own
+def provider_for(name: str) -> AccountProvider:
+    """The provider registered as ``name`` (one of the spec's `provider:` values)."""
+    import mailops.providers.google  # noqa: F401 - each module registers its class
+    import mailops.providers.manual  # noqa: F401
+    import mailops.providers.microsoft  # noqa: F401
+
+    return _REGISTRY[name]()
