@@ -155,6 +155,8 @@ def point_config_at(source: Path, target: Path, server: EmbeddedMailServer) -> l
     accounts = yaml.load(accounts_path.read_text(encoding="utf-8"))
     for account in accounts["accounts"]:
         account["provider"] = "manual"
+        for oauth_only in ("delegate", "aliases"):
+            account.pop(oauth_only, None)
         account.setdefault("display_name", account["address"].split("@")[0])
         account["username"] = account["address"]
         account["password"] = {"env": PASSWORD_ENV}

@@ -25,7 +25,11 @@ projects:
   SHOP: {email: a@example.com}
 """
 
-VALID_DEFAULTS = """\
+# The OAuth apps, so that a test may declare Microsoft and Google accounts.
+OAUTH_APPS = "oauth: {microsoft: {client_id: app-1}, google: {client_secrets: {env: GOOGLE_CLIENT}}}\n"
+
+VALID_DEFAULTS = (
+    """\
 defaults:
   email: a@example.com
   sender_name: Example
@@ -33,6 +37,8 @@ employees:
   alice: {name: Alice, groups: [support-team]}
 queues: [support]
 """
+    + OAUTH_APPS
+)
 
 ConfigWriter = Callable[..., Path]
 
@@ -176,7 +182,7 @@ def spec_files(tmp_path: Path, accounts_yaml: str, *, policies: str = "", projec
     first = accounts_yaml.split("address: ", 1)[1].split("\n", 1)[0].strip()
     (config / "accounts.yaml").write_text(f"# the accounts\naccounts:\n{accounts_yaml}{projects}", encoding="utf-8")
     (config / "defaults.yaml").write_text(
-        f"defaults:\n  email: {first}\n  sender_name: Test\nqueues: [support]\n{policies}", encoding="utf-8"
+        f"defaults:\n  email: {first}\n  sender_name: Test\nqueues: [support]\n{OAUTH_APPS}{policies}", encoding="utf-8"
     )
     return config
 

@@ -19,10 +19,10 @@ runner = CliRunner()
 def test_validate_accepts_the_example_and_lists_its_accounts(example_config) -> None:
     result = runner.invoke(app, ["validate", "-c", str(example_config)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.stderr
-    for address in ("support@example.com", "sales@example.org", "info@web.de", "shop@example.net"):
+    for address in ("support@example.com", "sales@example.org", "team@example.com", "info@web.de", "shop@example.net"):
         assert address in result.stdout
-    assert "config/accounts.yaml:39:5: accounts[2]: filled imap, smtp from preset web.de" in result.stdout
-    assert "config is valid: 4 account(s), 3 project link(s), 2 employee(s)." in result.stdout
+    assert "config/accounts.yaml:46:5: accounts[3]: filled imap, smtp from preset web.de" in result.stdout
+    assert "config is valid: 5 account(s), 3 project link(s), 2 employee(s)." in result.stdout
     assert result.stderr == ""
 
 

@@ -122,14 +122,14 @@ def test_check_jsonschema_accepts_the_examples(example: str, schema_name: str, t
 
 def test_check_jsonschema_reports_a_wrong_encryption_where_it_is(tmp_path: Path) -> None:
     text = (EXAMPLE_CONFIG / "accounts.yaml").read_text(encoding="utf-8")
-    assert text.count("encryption: ssl") == 1  # the IMAP server of shop@example.net, accounts[3]
+    assert text.count("encryption: ssl") == 1  # the IMAP server of shop@example.net, accounts[4]
     broken = tmp_path / "accounts.yaml"
     broken.write_text(text.replace("encryption: ssl", "encryption: tls"), encoding="utf-8")
     result = _check_jsonschema("accounts.schema.json", broken, tmp_path=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     # The first (and only) error names the key and the allowed values, not "'accounts' was unexpected".
     assert _errors(result) == [
-        f"{broken}::$.accounts[3].imap.encryption: 'tls' is not one of ['ssl', 'starttls', 'none']"
+        f"{broken}::$.accounts[4].imap.encryption: 'tls' is not one of ['ssl', 'starttls', 'none']"
     ]
 
 

@@ -68,7 +68,7 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
         {"accounts": accounts("    username: a\n", "    username: a\n    colour: blue\n")},
         [
             f"{A}:6:5: accounts[0].colour: unknown field; expected one of: address, provider, display_name, "
-            "username, password, imap, smtp, visible_to, ticket, archive, autoreply, signature"
+            "username, password, imap, smtp, visible_to, ticket, archive, autoreply, signature, aliases, delegate"
         ],
     ),
     "section in the wrong file": (
@@ -257,7 +257,7 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
     ),
     "delete fraction above 1": (
         {"defaults": VALID_DEFAULTS + "policies: {max_delete_fraction: 1.5}\n"},
-        [f"{D}:7:33: policies.max_delete_fraction: input should be less than or equal to 1"],
+        [f"{D}:8:33: policies.max_delete_fraction: input should be less than or equal to 1"],
     ),
     "defaults section missing": (
         {"defaults": "queues: [support]\n"},

@@ -71,6 +71,7 @@ from tests.conftest import EXAMPLE_CONFIG
 
 SPEC_FILES = ("accounts.yaml", "defaults.yaml")
 TEMPLATE = "templates/mail.html"
+GOOGLE_CLIENT = "secrets/google-client.json"  # oauth.google.client_secrets of the example
 # A generous bound per example: the example config loads and plans in a few milliseconds.
 TIME_LIMIT = 5.0
 # An example still running after this long is stopped by SIGALRM and fails as a hang.
@@ -88,7 +89,7 @@ def original(name: str) -> bytes:
 
 
 def _example() -> dict[str, bytes | str]:
-    return {path: original(path) for path in (*SPEC_FILES, TEMPLATE)}
+    return {path: original(path) for path in (*SPEC_FILES, TEMPLATE, GOOGLE_CLIENT)}
 
 
 @cache
@@ -1012,6 +1013,7 @@ def test_the_unmutated_round_trip_is_valid(fuzz_root: Path, live_state: Any) -> 
     for typ in ("safe", "rt"):
         files: dict[str, bytes | str] = {name: dump(original_data(name, typ), typ).encode() for name in SPEC_FILES}
         files[TEMPLATE] = original(TEMPLATE)
+        files[GOOGLE_CLIENT] = original(GOOGLE_CLIENT)
         config = fuzz_root / f"round-trip-{typ}"
         Mutant(files).write(config)
         assert isinstance(validate_and_plan(config, live_state), LoadedSpec)

@@ -336,7 +336,7 @@ def test_a_broken_policy_field_keeps_the_other_policies(write_config) -> None:
     accounts = VALID_ACCOUNTS.replace("port: 587, encryption: starttls", "port: 25, encryption: none")
     defaults = VALID_DEFAULTS + "policies: {require_encryption: false, max_delete_fraction: 2}\n"
     assert problems_of(write_config(accounts=accounts, defaults=defaults)) == [
-        f"{D}:7:60: policies.max_delete_fraction: input should be less than or equal to 1"
+        f"{D}:8:60: policies.max_delete_fraction: input should be less than or equal to 1"
     ]
 
 

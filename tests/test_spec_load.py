@@ -20,6 +20,7 @@ def test_the_example_config_is_valid_and_complete(example_config) -> None:
     assert [a.address for a in spec.accounts] == [
         "support@example.com",
         "sales@example.org",
+        "team@example.com",
         "info@web.de",
         "shop@example.net",
     ]
@@ -69,9 +70,7 @@ def test_the_example_uses_every_field() -> None:
     for name, model in (("accounts.yaml", AccountsFile), ("defaults.yaml", DefaultsFile)):
         _keys_used(yaml.load((EXAMPLE_CONFIG / name).read_text()), model, used)
     declared = _field_names(AccountsFile, set()) | _field_names(DefaultsFile, set())
-    # `password: {file: ...}` needs a secret file on disk, and a fresh clone has none;
-    # the example shows it in a comment and the loader tests cover it.
-    assert declared - used == {"SecretRef.file"}
+    assert declared - used == set()
 
 
 def test_oauth_accounts_get_provider_servers_and_a_display_name(write_config) -> None:

@@ -117,7 +117,7 @@ def test_demo_runs_end_to_end_on_the_embedded_server(tmp_path) -> None:
         [*MAILOPS, "demo", "-c", str(repo_config)], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Apply complete: 4 account(s) done." in result.stdout
+    assert "Apply complete: 5 account(s) done." in result.stdout
     assert "and arrived in the inbox" in result.stdout
     assert result.stdout.rstrip().endswith("the final plan has no changes.")
     assert "No changes. The live state matches the spec." in result.stdout

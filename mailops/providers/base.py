@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from mailops.providers.presets import ServerPreset, preset_for
-from mailops.spec.models import Account
+from mailops.spec.models import Account, OAuthApps
 from mailops.transport.connection import Credential
 
 
@@ -39,6 +39,10 @@ class AccountProvider(ABC):
     name: ClassVar[str]
     # A person consents once (OAuth) before an account of this provider can log in.
     needs_consent: ClassVar[bool] = False
+    # Other identities the consenting account may carry (`aliases:`), and consent by a
+    # delegate for a shared mailbox (`delegate:`): only where the provider has them.
+    has_aliases: ClassVar[bool] = False
+    has_delegates: ClassVar[bool] = False
 
     def complete(self, account: Account) -> Completion:
         """Defaults for what the spec may leave out, and the problems of what it must not.
@@ -46,16 +50,24 @@ class AccountProvider(ABC):
         The servers come from the provider's defaults or the preset of the address's
         domain; a provider adds its own fields on top (see the subclasses).
         """
+        problems = []
+        if account.aliases and not self.has_aliases:
+            problems.append(("aliases", f"{self.name} accounts have no aliases to allow; remove `aliases`", True))
+        if account.delegate is not None and not self.has_delegates:
+            message = f"{self.name} accounts have no delegates (only Microsoft shared mailboxes); remove `delegate`"
+            problems.append(("delegate", message, True))
         missing = [name for name in ("imap", "smtp") if getattr(account, name) is None]
         if not missing:
-            return Completion()
+            return Completion(problems=problems)
         preset = self.server_preset(account)
         if preset is None:
             domain = account.address.partition("@")[2]
             message = f"required for manual accounts: no preset is known for `{domain}`; give host, port and encryption"
-            return Completion(problems=[(name, message, False) for name in missing])
+            return Completion(problems=problems + [(name, message, False) for name in missing])
         return Completion(
-            updates={name: getattr(preset, name) for name in missing}, filled_from=self.preset_source(preset)
+            updates={name: getattr(preset, name) for name in missing},
+            problems=problems,
+            filled_from=self.preset_source(preset),
         )
 
     def server_preset(self, account: Account) -> ServerPreset | None:
@@ -63,6 +75,10 @@ class AccountProvider(ABC):
 
     def preset_source(self, preset: ServerPreset) -> str:
         return f"preset {preset.name}"
+
+    def missing_setup(self, oauth: OAuthApps) -> str | None:
+        """What the spec lacks for accounts of this provider to connect at all (the OAuth app), or None."""
+        return None
 
     @abstractmethod
     def credential(self, account: Account, context: CredentialContext) -> Credential:

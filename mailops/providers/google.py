@@ -9,3 +9,4 @@ from mailops.providers.oauth import OAuthProvider
 @register
 class GoogleProvider(OAuthProvider):
     name = "google"
+    app_example = "{client_secrets: {file: <client JSON>}}"

@@ -9,3 +9,5 @@ from mailops.providers.oauth import OAuthProvider
 @register
 class MicrosoftProvider(OAuthProvider):
     name = "microsoft"
+    has_delegates = True
+    app_example = "{client_id: <application id>}"

@@ -6,13 +6,24 @@ from typing import ClassVar
 
 from mailops.providers.base import AccountProvider, Completion, CredentialContext
 from mailops.providers.presets import ServerPreset
-from mailops.spec.models import Account
+from mailops.spec.models import Account, OAuthApps
 from mailops.transport.connection import Credential
 from mailops.transport.failures import FailureClass, TransportError
 
 
 class OAuthProvider(AccountProvider):
     needs_consent: ClassVar[bool] = True
+    has_aliases: ClassVar[bool] = True
+    # An example of the app's entry in defaults.yaml, for the message when it is missing.
+    app_example: ClassVar[str]
+
+    def missing_setup(self, oauth: OAuthApps) -> str | None:
+        if getattr(oauth, self.name) is not None:
+            return None
+        return (
+            f"{self.name} accounts need the OAuth app they consent to; add it to defaults.yaml: "
+            f"`oauth: {{{self.name}: {self.app_example}}}`"
+        )
 
     def complete(self, account: Account) -> Completion:
         """The display name defaults to the address's local part, the login to the address;

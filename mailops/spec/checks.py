@@ -27,7 +27,8 @@ def check_spec(parts: SpecParts, config_dir: Path, report: Report) -> Spec | Non
     _check_references(accounts, parts, report)
     _check_template_variables(accounts, parts, report)
     _check_html_template(parts, config_dir, report)
-    _check_secret_files(accounts, config_dir, report)
+    _check_secret_files(accounts, parts, config_dir, report)
+    _check_oauth_apps(accounts, parts, report)
     _check_policies(accounts, parts, report)
     _check_autoreplies(accounts, report)
     if report.problems or parts.defaults is None:
@@ -38,6 +39,7 @@ def check_spec(parts: SpecParts, config_dir: Path, report: Report) -> Spec | Non
         defaults=parts.defaults,
         employees=parts.employees,
         queues=tuple(parts.queues),
+        oauth=parts.oauth,
         policies=parts.policies,
     )
 
@@ -148,17 +150,35 @@ def _check_html_template(parts: SpecParts, config_dir: Path, report: Report) -> 
         report.problem(DEFAULTS_FILE, path, where)
 
 
-def _check_secret_files(accounts: list[tuple[int, Account]], config_dir: Path, report: Report) -> None:
+def _check_secret_files(
+    accounts: list[tuple[int, Account]], parts: SpecParts, config_dir: Path, report: Report
+) -> None:
+    references: list[tuple[str, FieldPath, str]] = [
+        (ACCOUNTS_FILE, ("accounts", index, "password", "file"), account.password.file)
+        for index, account in accounts
+        if account.password is not None and account.password.file is not None
+    ]
+    google = parts.oauth.google
+    if google is not None and google.client_secrets.file is not None:
+        references.append((DEFAULTS_FILE, ("oauth", "google", "client_secrets", "file"), google.client_secrets.file))
+    for file, path, relative in references:
+        problem = regular_file_problem(config_dir / relative)
+        if problem is not None:
+            hint = " (paths are relative to the config dir)" if problem == "not found" else ""
+            report.problem(file, path, f"secret file `{relative}` {problem}{hint}")
+
+
+def _check_oauth_apps(accounts: list[tuple[int, Account]], parts: SpecParts, report: Report) -> None:
+    """An OAuth account needs its provider's app in defaults.yaml (unless that part is broken or unread)."""
+    if DEFAULTS_FILE in parts.unreadable_files:
+        return
     for index, account in accounts:
-        if account.password is not None and account.password.file is not None:
-            problem = regular_file_problem(config_dir / account.password.file)
-            if problem is not None:
-                hint = " (paths are relative to the config dir)" if problem == "not found" else ""
-                report.problem(
-                    ACCOUNTS_FILE,
-                    ("accounts", index, "password", "file"),
-                    f"secret file `{account.password.file}` {problem}{hint}",
-                )
+        provider = provider_for(account.provider)
+        if report.is_broken(DEFAULTS_FILE, ("oauth", account.provider)):
+            continue
+        problem = provider.missing_setup(parts.oauth)
+        if problem is not None:
+            report.problem(ACCOUNTS_FILE, ("accounts", index, "provider"), problem)
 
 
 def _check_policies(accounts: list[tuple[int, Account]], parts: SpecParts, report: Report) -> None:

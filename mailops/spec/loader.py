@@ -28,6 +28,7 @@ from mailops.spec.models import (
     AccountsFile,
     DefaultsFile,
     Employee,
+    OAuthApps,
     Policies,
     ProjectLink,
     SendingDefaults,
@@ -63,6 +64,7 @@ class SpecParts:
     defaults: SendingDefaults | None = None
     employees: dict[str, Employee] = field(default_factory=dict)
     queues: list[str] = field(default_factory=list)
+    oauth: OAuthApps = field(default_factory=OAuthApps)
     policies: Policies = field(default_factory=Policies)
     declared_addresses: set[str] = field(default_factory=set)
     declared_projects: set[str] = field(default_factory=set)
@@ -99,6 +101,10 @@ class Report:
     def broken(self, file: str, path: FieldPath) -> None:
         """Mark ``path`` as already reported: no further problem is reported at or below it."""
         self._broken.add((file, path))
+
+    def is_broken(self, file: str, path: FieldPath) -> bool:
+        """Whether ``path``, or a part of it, was reported as wrong (its value is then unknown)."""
+        return any(broken_file == file and broken[: len(path)] == path for broken_file, broken in self._broken)
 
     def note(self, file: str, path: FieldPath, message: str) -> None:
         self.notes.append((file, path, message))

@@ -263,6 +263,14 @@ class Account(SpecModel):
     archive: ArchiveSettings = ArchiveSettings()
     autoreply: AutoreplySettings = AutoreplySettings()
     signature: Text = ""
+    aliases: list[EmailAddress] = Field(
+        default_factory=list,
+        description="OAuth: other addresses the consenting identity may carry (Outlook.com or domain aliases).",
+    )
+    delegate: EmailAddress | None = Field(
+        None,
+        description="Microsoft shared mailbox: the user who consents; the login is the shared address itself.",
+    )
 
 
 class ProjectLink(SpecModel):
@@ -284,6 +292,49 @@ class SendingDefaults(SpecModel):
     html_template: NonEmptyStr | None = Field(
         None, description=f"HTML file (relative to the config dir) that wraps every mail; holds {CONTENT_PLACEHOLDER}."
     )
+
+
+def _https_url(value: str) -> str:
+    from urllib.parse import urlsplit
+
+    single_line(value)
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+        raise PydanticCustomError(
+            "https_url", "expected an https:// URL without query, e.g. https://login.microsoftonline.com"
+        )
+    return value.rstrip("/")
+
+
+HttpsUrl = Annotated[str, AfterValidator(_https_url)]
+
+
+class MicrosoftApp(SpecModel):
+    """The app registered in Microsoft Entra ID that mailboxes consent to (a public client)."""
+
+    client_id: NonEmptyStr = Field(description="Application (client) ID of the app registration.")
+    tenant: NonEmptyStr = Field(
+        "organizations", description="Tenant ID or domain; `organizations` for any work or school account."
+    )
+    authority: HttpsUrl = Field(
+        "https://login.microsoftonline.com",
+        description="Identity platform host; sovereign clouds use their own (e.g. https://login.microsoftonline.us).",
+    )
+
+
+class GoogleApp(SpecModel):
+    """The Google Cloud OAuth client ("Desktop app") that mailboxes consent to."""
+
+    client_secrets: SecretRef = Field(
+        description="The client's JSON as Google's console downloads it (names auth_uri and token_uri)."
+    )
+
+
+class OAuthApps(SpecModel):
+    """The OAuth apps; needed once an account of that provider is declared."""
+
+    microsoft: MicrosoftApp | None = None
+    google: GoogleApp | None = None
 
 
 class Employee(SpecModel):
@@ -328,6 +379,7 @@ class DefaultsFile(SpecModel):
     defaults: SendingDefaults
     employees: dict[NonEmptyStr, Employee] = Field(default_factory=dict)
     queues: list[NonEmptyStr] = Field(default_factory=list)
+    oauth: OAuthApps = OAuthApps()
     policies: Policies = Policies()
 
 
@@ -339,6 +391,7 @@ class Spec(SpecModel):
     defaults: SendingDefaults
     employees: dict[str, Employee]
     queues: tuple[str, ...]
+    oauth: OAuthApps
     policies: Policies
 
     def account(self, address: str) -> Account | None:
