@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
+
+# Control characters (C0, DEL, C1, line and paragraph separators) in text shown on a
+# terminal would move the cursor, retitle the window or fake further lines.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\x1b``), safe for a terminal or a log."""
+    return _UNPRINTABLE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def quoted(value: object, limit: int = 60) -> str:
+    """A value from the user's input as a message quotes it: printable, and shortened when long."""
+    text = printable(str(value))
+    return f"`{text if len(text) <= limit else text[: limit - 1] + '…'}`"
 
 
 @dataclass(frozen=True, order=True)
@@ -16,8 +32,9 @@ class Diagnostic:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}"
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        where = f"{printable(self.file)}:{self.line}:{self.column}"
+        message = printable(self.message)
+        return f"{where}: {printable(self.path)}: {message}" if self.path else f"{where}: {message}"
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

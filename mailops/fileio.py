@@ -121,35 +121,48 @@ def _size(limit: int) -> str:
 def atomic_write(path: Path | str, data: str | bytes, *, mode: int | None = None) -> None:
     """Replace ``path`` with ``data``: temp file in the same directory, fsync, rename, fsync the directory.
 
-    The new file keeps the mode of the file it replaces; a new file gets ``mode``, or
-    the usual 0666 minus the umask. On any failure (a full disk, a missing directory)
-    the old file is untouched, no temp file is left, and :class:`FileWriteError` says why.
+    A symlink is followed: the file it points to is replaced, and the link stays. The
+    new file keeps the mode and owner of the file it replaces; a new file gets ``mode``,
+    or the usual 0666 minus the umask. Only a writable regular file is replaced: a
+    read-only file, a FIFO or a device is refused. On any failure (a full disk, a
+    missing directory) the old file is untouched, no temp file is left, and
+    :class:`FileWriteError` says why.
     """
-    path = Path(path)
+    shown = Path(path)
+    path = Path(os.path.realpath(path))
     payload = data.encode("utf-8") if isinstance(data, str) else data
     directory = path.parent
     try:
-        existing_mode: int | None = stat.S_IMODE(os.stat(path).st_mode)
+        existing: os.stat_result | None = os.stat(path)
     except FileNotFoundError:
-        existing_mode = None
+        existing = None
     except OSError as exc:
-        raise FileWriteError(f"cannot write {path}: {exc.strerror}") from None
+        raise FileWriteError(f"cannot write {shown}: {exc.strerror}") from None
+    if existing is not None:
+        if not stat.S_ISREG(existing.st_mode):
+            raise FileWriteError(f"cannot write {shown}: it is {_kind_of(existing.st_mode)}, not a regular file")
+        if not existing.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) or not os.access(path, os.W_OK):
+            raise FileWriteError(f"cannot write {shown}: it is read-only; the file is unchanged")
+    existing_mode = stat.S_IMODE(existing.st_mode) if existing is not None else None
     try:
         descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     except OSError as exc:
-        raise FileWriteError(f"cannot write {path}: {exc.strerror}") from None
+        raise FileWriteError(f"cannot write {shown}: {exc.strerror}") from None
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temporary, existing_mode if existing_mode is not None else (mode or _default_mode()))
+        if existing is not None and (existing.st_uid, existing.st_gid) != (os.getuid(), os.getgid()):
+            with contextlib.suppress(PermissionError):  # only root may give a file away
+                os.chown(temporary, existing.st_uid, existing.st_gid)
         os.replace(temporary, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         if isinstance(exc, OSError):
-            raise FileWriteError(f"cannot write {path}: {exc.strerror or exc}; the file is unchanged") from None
+            raise FileWriteError(f"cannot write {shown}: {exc.strerror or exc}; the file is unchanged") from None
         raise
     _fsync_directory(directory)
 

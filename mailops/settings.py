@@ -7,15 +7,20 @@ here once.
 
 from __future__ import annotations
 
+import io
+import re
 from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mailops.errors import MailopsError
+from mailops.fileio import FileReadError, NotUtf8Error, decode_utf8, read_bytes, regular_file_problem
 
 DEFAULT_STATE_URL = "sqlite:///.mailops/state.db"
 ENV_FILE = ".env"
+MAX_ENV_FILE_BYTES = 1024 * 1024
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 class SettingsError(MailopsError):
@@ -33,16 +38,26 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the live state store (SQLite file by default, PostgreSQL for teams).",
     )
     user: str | None = Field(None, description="The acting employee, for visibility checks.")
-    connect_timeout: float = Field(15.0, gt=0, description="Seconds to wait for a TCP/TLS connection.")
-    command_timeout: float = Field(30.0, gt=0, description="Seconds to wait for one IMAP/SMTP command.")
+    # Every wait is bounded: an infinite timeout would let one silent server stall an apply forever.
+    connect_timeout: float = Field(15.0, gt=0, le=3600, description="Seconds to wait for a TCP/TLS connection.")
+    command_timeout: float = Field(30.0, gt=0, le=3600, description="Seconds to wait for one IMAP/SMTP command.")
     delivery_wait: float = Field(
-        20.0, gt=0, description="Seconds `test-mail --wait` waits for the mail to arrive in the inbox."
+        20.0, gt=0, le=3600, description="Seconds `test-mail --wait` waits for the mail to arrive in the inbox."
     )
     concurrency: int = Field(20, ge=1, le=512, description="Accounts verified at the same time during apply.")
-    lock_wait: float = Field(5.0, ge=0, description="Seconds an apply waits for another apply's lock before failing.")
+    lock_wait: float = Field(
+        5.0, ge=0, le=3600, description="Seconds an apply waits for another apply's lock before failing."
+    )
     ca_file: Path | None = Field(
         None, description="Extra CA bundle (PEM) that is trusted besides the system's, for self-hosted servers."
     )
+
+    @field_validator("config_dir", "state_url", "user", "ca_file", mode="before")
+    @classmethod
+    def _single_line(cls, value: object) -> object:
+        if isinstance(value, str) and _CONTROL.search(value):
+            raise ValueError("holds a control character (a line break?)")
+        return value
 
     @field_validator("ca_file")
     @classmethod
@@ -51,6 +66,9 @@ class Settings(BaseSettings):
             return value
         import ssl
 
+        problem = regular_file_problem(value)  # a FIFO would block the TLS library's read forever
+        if problem is not None:
+            raise ValueError(f"{value} {problem}")
         try:
             ssl.create_default_context().load_verify_locations(cafile=str(value))
         except FileNotFoundError:
@@ -67,6 +85,7 @@ def load_settings(**overrides: object) -> Settings:
 
     Raises :class:`SettingsError` with one line per unusable setting.
     """
+    _check_env_file(Path(ENV_FILE))
     try:
         return Settings(**{key: value for key, value in overrides.items() if value is not None})  # type: ignore[arg-type]
     except ValidationError as exc:
@@ -75,5 +94,30 @@ def load_settings(**overrides: object) -> Settings:
             name = "MAILOPS_" + "_".join(str(part) for part in error["loc"]).upper()
             lines.append(f"setting {name}: {str(error['msg']).removeprefix('Value error, ')}")
         raise SettingsError("\n".join(lines)) from None
-    except UnicodeDecodeError as exc:
-        raise SettingsError(f"{ENV_FILE} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:  # the .env file vanished or changed under us
+        raise SettingsError(f"cannot read {ENV_FILE}: {exc.strerror or exc}") from None
+
+
+def _check_env_file(path: Path) -> None:
+    """A `.env` that is there must be a readable UTF-8 file of `NAME=value` lines.
+
+    pydantic-settings reads it with python-dotenv, which skips a line it cannot parse
+    with only a warning, so a broken `MAILOPS_STATE_URL` line would silently fall back to
+    the default store. It is parsed here first, and each unparsable line is an error.
+    """
+    if not path.exists() and not path.is_symlink():
+        return
+    from dotenv.parser import parse_stream
+
+    try:
+        text = decode_utf8(read_bytes(path, limit=MAX_ENV_FILE_BYTES, what="settings file"))
+    except FileReadError as exc:
+        raise SettingsError(str(exc)) from None
+    except NotUtf8Error as exc:
+        raise SettingsError(f"{path}:{exc.line}:{exc.column}: {exc}") from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise SettingsError(
+                f"{path}:{binding.original.line}: cannot read this line; write it as NAME=value "
+                "(quote a value with spaces, and close every quote)"
+            )

@@ -58,7 +58,8 @@ def test_a_state_store_from_a_newer_mailops_is_refused_unchanged(write_config, t
         "postgresql://ops:hunter2-pw@db.example:notaport/mailops",
         "host=db.example password=hunter2-pw dbname=mailops",
         "postgresql+psycopg://ops@127.0.0.1:1/mailops?password=hunter2-pw",
-        "postgresql://ops:hunter2@pw@127.0.0.1:1/x",
+        "postgresql+psycopg://ops@127.0.0.1:1/mailops?sslmode=disable&password=hunter2,pw;x",
+        "ops:hunter2-pw@127.0.0.1",
     ],
 )
 def test_a_broken_state_url_is_one_line_without_its_password(write_config, url: str) -> None:
@@ -110,7 +111,34 @@ def test_a_dotenv_that_is_not_utf8_is_one_line(write_config, tmp_path: Path) -> 
     (tmp_path / ".env").write_bytes(b"MAILOPS_USER=J\xf6rg\n")
     result = run("validate", "-c", config)
     assert result.exit_code == 1
-    assert result.stderr == "Error: .env is not UTF-8 text (byte 14); save it as UTF-8\n"
+    assert result.stderr == "Error: .env:1:15: not valid UTF-8 (byte 0xf6); save the file as UTF-8\n"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('MAILOPS_STATE_URL="sqlite:///st.db\n', "Error: .env:1: cannot read this line; write it as NAME=value"),
+        ("MAILOPS_STATE_URL=sqlite:///st\x00.db\n", "Error: setting MAILOPS_STATE_URL: holds a control character"),
+        (None, "Error: settings file .env is a named pipe (FIFO), not a regular file"),
+    ],
+)
+def test_a_broken_dotenv_stops_before_anything_runs(write_config, tmp_path: Path, content, message: str) -> None:
+    config = str(write_config())
+    if content is None:
+        os.mkfifo(tmp_path / ".env")  # reading it would wait forever
+    else:
+        (tmp_path / ".env").write_text(content)
+    result = run("plan", "-c", config)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(message), result.stderr
+    assert not (tmp_path / ".mailops").exists()
+
+
+@pytest.mark.parametrize("name, value", [("MAILOPS_CONNECT_TIMEOUT", "inf"), ("MAILOPS_LOCK_WAIT", "1e309")])
+def test_waits_are_bounded(write_config, name: str, value: str) -> None:
+    result = run("validate", "-c", str(write_config()), env={name: value})
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: setting {name}: Input should be")
 
 
 # -- 10, 11. another application's database; read-only commands create nothing ----------
@@ -173,6 +201,18 @@ def test_import_that_cannot_finish_writing_leaves_the_file_as_it_was(
 
 
 # -- 9. secrets in state URLs are never shown -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://ops:hunter2@pw@127.0.0.1:1/x", "postgresql://ops:hunter2 pw@127.0.0.1:1/x"]
+)
+def test_a_password_that_parsers_would_split_is_refused_before_use(write_config, url: str) -> None:
+    result = run("--state", url, "plan", "-c", str(write_config()))
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: the state URL postgresql://ops:***@127.0.0.1:1/x has an `@` or a space in its user name or "
+        "password; percent-encode them (`@` is %40, a space %20)\n"
+    )
 
 
 def test_the_password_in_a_key_value_dsn_is_never_echoed(write_config) -> None:
@@ -388,3 +428,193 @@ def test_an_account_at_an_internationalised_domain_works_end_to_end(engine_env, 
     sent = run("test-mail", f"{local}@bücher.example", "--wait")
     assert sent.exit_code == 0, sent.output
     assert f"sent to {local}@xn--bcher-kva.example and arrived in the inbox" in sent.stdout
+
+
+# -- found by an attacker's review -------------------------------------------------------
+
+
+def _corrupt(db: Path, assignment: str) -> None:
+    with sqlite3.connect(db) as connection:
+        connection.execute(f"UPDATE accounts SET {assignment}")
+
+
+@pytest.mark.parametrize("assignment", ["settings = 'not json'", "settings = '[1, 2]'", "created_at = 'garbage'"])
+@pytest.mark.parametrize("query", ["", "?timeout=5"])  # the fast read, and SQLAlchemy's
+def test_a_broken_record_in_the_state_is_one_line(engine_env, mail_servers, new_account, assignment, query) -> None:
+    spec_files(engine_env, new_account().yaml(mail_servers))
+    assert run("apply", "--auto-approve").exit_code == 0
+    _corrupt(engine_env / "state.db", assignment)
+    url = f"sqlite:///{engine_env / 'state.db'}{query}"
+    for command in (["plan"], ["accounts"], ["import"]):
+        result = run("--state", url, *command)
+        assert result.exit_code == 1, (command, result.output)
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "holds a broken record for account" in result.stderr or "failed:" in result.stderr
+
+
+def test_a_database_error_after_opening_is_one_line(write_config, tmp_path: Path) -> None:
+    db = tmp_path / "half.db"
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        connection.execute("INSERT INTO alembic_version VALUES ('0001')")
+    planned = run("--state", f"sqlite:///{db}", "plan", "-c", str(write_config()))
+    assert planned.stderr == f"Error: cannot read the state store sqlite:///{db}: no such table: accounts\n"
+    unlocked = run("--state", f"sqlite:///{db}", "force-unlock", "x")  # through SQLAlchemy
+    assert unlocked.stderr == (
+        f"Error: the state store sqlite:///{db} failed: (sqlite3.OperationalError) no such table: apply_lock\n"
+    )
+
+
+def _apply_under_way(cwd: Path, concurrency: int) -> subprocess.Popen[str]:
+    """`mailops apply` as its own process, returned once it holds the lock and is verifying accounts."""
+    process = subprocess.Popen(
+        [*MAILOPS, "apply", "--auto-approve"],
+        cwd=cwd,
+        env={**os.environ, "MAILOPS_CONCURRENCY": str(concurrency)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    while not (cwd / "state.db").exists() or StateStore.open(f"sqlite:///{cwd / 'state.db'}").current_lock() is None:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    time.sleep(0.5)  # planned and approved: the first accounts are logging in (their DATA takes 1.5 s)
+    return process
+
+
+def test_read_only_commands_leave_a_store_with_options_alone(write_config, tmp_path: Path) -> None:
+    config = str(write_config())
+    url = f"sqlite:///{tmp_path / 's.db'}?timeout=5"
+    for command in (["plan", "-c", config], ["accounts", "-c", config], ["force-unlock", "x"]):
+        run("--state", url, *command)
+    assert not (tmp_path / "s.db").exists()
+    StateStore.open(url).close()
+    before = digest(tmp_path / "s.db")
+    for command in (["plan", "-c", config], ["accounts", "-c", config]):
+        assert run("--state", url, *command).exit_code == 0
+        assert run("--state", url.partition("?")[0], *command).exit_code == 0
+    assert digest(tmp_path / "s.db") == before
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("s.db")) == ["s.db"]
+
+
+def test_a_percent_encoded_state_path_is_the_same_file_for_every_command(engine_env, mail_servers, new_account) -> None:
+    spec_files(engine_env, new_account().yaml(mail_servers))
+    url = f"sqlite:///{engine_env / 'my%20state.db'}"
+    assert run("--state", url, "apply", "--auto-approve").exit_code == 0
+    assert (engine_env / "my state.db").exists()
+    planned = run("--state", url, "plan", "--detailed-exitcode")
+    assert planned.exit_code == 0, planned.output
+
+
+def test_ctrl_c_with_nothing_left_to_start_still_exits_130(engine_env, mail_servers, new_account) -> None:
+    slow = [new_account("slow") for _ in range(2)]
+    spec_files(engine_env, "".join(a.yaml(mail_servers) for a in slow))
+    process = _apply_under_way(engine_env, concurrency=2)  # both accounts are under way
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stdout + stderr
+    assert "Apply interrupted: " in stdout
+
+
+def test_a_second_ctrl_c_stops_at_once(engine_env, mail_servers, new_account) -> None:
+    slow = [new_account("slow") for _ in range(3)]
+    spec_files(engine_env, "".join(a.yaml(mail_servers) for a in slow))
+    process = _apply_under_way(engine_env, concurrency=1)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stdout + stderr
+    assert "Stopped at once." in stdout
+    store = StateStore.open(f"sqlite:///{engine_env / 'state.db'}")
+    assert store.current_lock() is None  # released on the way out
+    assert run("apply", "--auto-approve").exit_code == 0
+    assert len(store.accounts()) == 3
+
+
+SHARED_ACCOUNTS = """\
+accounts:
+  - address: {a}
+    provider: manual
+    display_name: A
+    username: {a}
+    password: {{env: {a_env}}}
+    imap: &srv {{host: 127.0.0.1, port: {imap}, encryption: ssl}}
+    smtp: &out {{host: 127.0.0.1, port: {smtp}, encryption: starttls}}
+  - address: {b}
+    provider: manual
+    display_name: B
+    username: {b}
+    password: {{env: {b_env}}}
+    imap: *srv
+    smtp: *out
+"""
+
+
+def test_import_never_writes_through_a_shared_anchor(engine_env, mail_servers, new_account) -> None:
+    a, b = new_account(), new_account()
+    imap, smtp = mail_servers.ports("ssl", "starttls")
+    config = engine_env / "config"
+    config.mkdir()
+    text = SHARED_ACCOUNTS.format(a=a.address, b=b.address, a_env=a.env_name, b_env=b.env_name, imap=imap, smtp=smtp)
+    (config / "accounts.yaml").write_text(text)
+    (config / "defaults.yaml").write_text(f"defaults: {{email: {a.address}, sender_name: T}}\n")
+    assert run("apply", "--auto-approve").exit_code == 0
+    # b's live IMAP settings drift; a's stay as declared.
+    store = StateStore.open(f"sqlite:///{engine_env / 'state.db'}")
+    drifted = dict(store.account(b.address).settings)
+    drifted["imap"] = {**drifted["imap"], "port": mail_servers.dovecot.plain_port, "encryption": "starttls"}
+    store.record_account(b.address, "manual", drifted, "connected")
+    imported = run("import")
+    assert imported.exit_code == 0, imported.output
+    assert f"~ {b.address}: imap.port, imap.encryption" in imported.stdout
+    replanned = run("plan", "--detailed-exitcode")
+    assert replanned.exit_code == 0, replanned.stdout  # a is untouched, b matches its live state
+    written = (config / "accounts.yaml").read_text()
+    assert f"imap: {{host: 127.0.0.1, port: {imap}, encryption: ssl}}" in written  # a's own, unchanged
+    assert "smtp: *out" in written  # what is still shared stays shared
+
+
+def test_import_that_would_write_an_invalid_spec_writes_nothing(engine_env, mail_servers, new_account) -> None:
+    account = new_account()
+    config = spec_files(engine_env, account.yaml(mail_servers))
+    assert run("apply", "--auto-approve").exit_code == 0
+    store = StateStore.open(f"sqlite:///{engine_env / 'state.db'}")
+    drifted = {**store.account(account.address).settings, "ticket": {"enabled": True, "default_project": "NOPE"}}
+    store.record_account(account.address, "manual", drifted, "connected")
+    before = (config / "accounts.yaml").read_bytes()
+    result = run("import")
+    assert result.exit_code == 1
+    assert "does not make a valid accounts.yaml, so nothing was written" in result.stderr
+    assert "unknown project `NOPE`" in result.stderr
+    assert (config / "accounts.yaml").read_bytes() == before
+
+
+def test_plan_out_follows_a_symlink_and_refuses_what_is_not_a_writable_file(write_config, tmp_path: Path) -> None:
+    config, state = str(write_config()), f"sqlite:///{tmp_path / 'state.db'}"
+    (tmp_path / "plans").mkdir()
+    (tmp_path / "plan.json").symlink_to("plans/current.json")
+    assert run("--state", state, "plan", "-c", config, "--out", "plan.json").exit_code == 0
+    assert (tmp_path / "plan.json").is_symlink() and (tmp_path / "plans" / "current.json").is_file()
+    os.mkfifo(tmp_path / "fifo")
+    fifo = run("--state", state, "plan", "-c", config, "--out", "fifo")
+    assert fifo.stderr == "Error: cannot write fifo: it is a named pipe (FIFO), not a regular file\n"
+    (tmp_path / "locked.json").write_text("{}")
+    (tmp_path / "locked.json").chmod(0o444)
+    locked = run("--state", state, "plan", "-c", config, "--out", "locked.json")
+    assert locked.stderr == "Error: cannot write locked.json: it is read-only; the file is unchanged\n"
+    assert (tmp_path / "locked.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("edit", [{"format_version": 2.0}, {"note": "extra"}, {"summary": {"add": 0}}])
+def test_a_saved_plan_with_edited_metadata_is_refused(engine_env, mail_servers, new_account, edit) -> None:
+    spec_files(engine_env, new_account().yaml(mail_servers))
+    assert run("plan", "--out", "plan.json").exit_code == 0
+    saved = {**json.loads((engine_env / "plan.json").read_text()), **edit}
+    from mailops.engine.plan import BODY_DIGEST, body_digest
+
+    saved[BODY_DIGEST] = body_digest({k: v for k, v in saved.items() if k != BODY_DIGEST})
+    (engine_env / "plan.json").write_text(json.dumps(saved))
+    result = run("apply", "plan.json")
+    assert result.exit_code == 1, result.output
+    assert StateStore.open(f"sqlite:///{engine_env / 'state.db'}").accounts() == []

@@ -71,3 +71,8 @@ def test_server_bytes_are_shown_as_text() -> None:
 
     error = classify(LoginError("b'[AUTHENTICATIONFAILED] Authentication failed.'"), "imap")
     assert error.summary() == "IMAP auth: [AUTHENTICATIONFAILED] Authentication failed."
+
+
+def test_control_characters_in_a_servers_reply_are_shown_escaped() -> None:
+    error = classify(aiosmtplib.SMTPAuthenticationError(535, "5.7.8 \x1b]0;pwned\x07FAKE: all good\rOVERWRITE"), "smtp")
+    assert error.summary() == "SMTP auth [535 5.7.8]: 5.7.8 \\x1b]0;pwned\\x07FAKE: all good\\rOVERWRITE"

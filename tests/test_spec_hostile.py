@@ -378,3 +378,54 @@ def test_positions_count_old_mac_line_breaks(write_config) -> None:
         VALID_ACCOUNTS.replace("display_name: A", "display_name: A\x1b").replace("\n", "\r").encode()
     )
     assert problems_of(config) == [f"{A}:4:20: control character U+001B (ESC) is not allowed"]
+
+
+# -- found by an attacker's review -------------------------------------------------------
+
+
+def test_a_short_hex_number_too_large_to_print_is_refused(write_config) -> None:
+    accounts = VALID_ACCOUNTS.replace(
+        "    username: a\n", "    username: a\n    archive: {retention_days: 0x" + "f" * 4300 + "}\n"
+    )
+    assert problems_of(write_config(accounts=accounts)) == [f"{A}:6:31: number with more than 4300 decimal digits"]
+
+
+def test_only_a_plain_double_angle_is_a_merge_key(write_config) -> None:
+    accounts = VALID_ACCOUNTS.replace("    username: a\n", '    username: a\n    "<<": {signature: x}\n')
+    [problem] = problems_of(write_config(accounts=accounts))
+    assert problem.startswith(f"{A}:6:5: accounts[0].<<: unknown field")
+
+
+def test_repeating_a_long_text_through_aliases_is_bounded(write_config) -> None:
+    accounts = VALID_ACCOUNTS.replace("display_name: A", "display_name: &s " + "x" * 100_000)
+    accounts += "x-many: [" + ", ".join(["*s"] * 1000) + "]\n"
+    [problem] = problems_of(write_config(accounts=accounts))
+    assert "aliases expand the document to more than" in problem
+
+
+def test_many_broken_list_items_are_each_reported_once(write_config) -> None:
+    defaults = VALID_DEFAULTS.replace("queues: [support]", "queues: [support" + ", 1" * 20_000 + "]")
+    problems = problems_of(write_config(defaults=defaults))
+    assert len(problems) == 20_000
+    assert problems[0] == f"{D}:6:19: queues[1]: expected text, got a number"
+
+
+def test_control_characters_in_messages_are_shown_escaped(write_config) -> None:
+    accounts = VALID_ACCOUNTS + '"\\e]0;pwned\\a\\rLOOKS FINE": 1\n'
+    [problem] = problems_of(write_config(accounts=accounts))
+    assert problem == (f"{A}:11:1: \\x1b]0;pwned\\x07\\rLOOKS FINE: unknown key; expected one of: accounts, projects")
+
+
+@pytest.mark.parametrize("name", ["hunter2!", "MY SECRET", "1PASSWORD"])
+def test_a_secret_reference_must_name_a_variable(write_config, name: str) -> None:
+    accounts = VALID_ACCOUNTS.replace("{env: A_PASSWORD}", f'{{env: "{name}"}}')
+    [problem] = problems_of(write_config(accounts=accounts))
+    assert "not an environment variable name" in problem
+    assert name not in problem
+
+
+@pytest.mark.parametrize("date", ["20260101", "2026-W01-1", "2026-001"])
+def test_dates_are_written_as_year_month_day(write_config, date: str) -> None:
+    accounts = VALID_ACCOUNTS.replace("    username: a\n", f'    username: a\n    ticket: {{import_since: "{date}"}}\n')
+    [problem] = problems_of(write_config(accounts=accounts))
+    assert f"not a valid date `{date}`; write it as YYYY-MM-DD" in problem

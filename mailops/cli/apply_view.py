@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -10,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mailops.cli.common import fail
 from mailops.cli.views import Column, records
-from mailops.engine.apply import AccountOutcome, ApplyHooks, ApplyReport, ApplyResult
+from mailops.engine.apply import EXIT_INTERRUPTED, AccountOutcome, ApplyHooks, ApplyReport, ApplyResult
 from mailops.engine.plan import SYMBOLS, Plan, format_plan
 
 
@@ -51,6 +52,18 @@ class TerminalHooks(ApplyHooks):
 
     def account_done(self, outcome: AccountOutcome) -> None:
         self.progress.update(self.task, advance=1, description=outcome.change.address)
+
+    def stopping_now(self) -> None:
+        self.stop()
+        self.console.print(
+            "Stopped at once. Accounts already done are stored; those that were running are not: "
+            "run `mailops apply` again.",
+            markup=False,
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Threads blocked in a login cannot be interrupted; waiting for them is what the user refused.
+        os._exit(EXIT_INTERRUPTED)
 
     def interrupted(self) -> None:
         self.progress.console.print(

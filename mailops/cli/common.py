@@ -31,8 +31,10 @@ JsonOption = typer.Option(False, "--json", help="Print the result as JSON.")
 
 def fail(message: str, *, code: int = 1) -> NoReturn:
     """Print ``Error: message`` (each line of it) on stderr and exit."""
+    from mailops.errors import printable
+
     for line in message.splitlines() or [""]:
-        typer.echo(f"Error: {line}", err=True)
+        typer.echo(f"Error: {printable(line)}", err=True)
     raise typer.Exit(code)
 
 

@@ -21,7 +21,6 @@ from mailops.cli.common import (
 
 # A saved plan of 10,000 accounts is a few MiB; anything far larger is not a plan.
 MAX_PLAN_FILE_BYTES = 256 * 1024 * 1024
-EXIT_INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
 
 
 @app.command()
@@ -57,6 +56,7 @@ def read_saved_plan(path: Path) -> dict[str, Any]:
         raw = read_bytes(path, limit=MAX_PLAN_FILE_BYTES, what="plan file")
     try:
         saved = json.loads(decode_utf8(raw))
+        json.dumps(saved)  # the digest check writes it again: a nesting that only just loads fails there
     except ValueError as exc:  # invalid JSON or UTF-8, or a number too long to convert
         fail(f"plan file {path} is not a saved plan: {exc}")
     except RecursionError:
@@ -83,7 +83,7 @@ def apply_command(
     from rich.console import Console
 
     from mailops.cli.apply_view import TerminalHooks, print_outcomes
-    from mailops.engine.apply import ApplyResult, apply
+    from mailops.engine.apply import EXIT_INTERRUPTED, ApplyResult, apply
 
     settings = settings_of(ctx, config_dir)
     saved = read_saved_plan(plan_file) if plan_file is not None else None

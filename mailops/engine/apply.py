@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,6 +24,8 @@ from mailops.settings import Settings
 from mailops.spec import LoadedSpec
 from mailops.state.store import StateStore
 from mailops.transport.failures import TransportError
+
+EXIT_INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
 
 
 class ApplyRefused(MailopsError):
@@ -83,6 +86,11 @@ class ApplyHooks:
     def interrupted(self) -> None:
         """Ctrl-C: no further account starts; those running finish."""
 
+    def stopping_now(self) -> None:
+        """A second Ctrl-C, after the lock was released: stop at once (a command line ends the
+        process); accounts still running are not recorded, the next apply does them again."""
+        raise KeyboardInterrupt
+
 
 def apply(
     loaded: LoadedSpec,
@@ -96,7 +104,7 @@ def apply(
 ) -> ApplyReport:
     """Plan under the lock, check it against ``saved_plan`` and the policies, then execute it."""
     hooks = hooks or ApplyHooks()
-    with store.locked(wait=settings.lock_wait):
+    with store.locked(wait=settings.lock_wait) as lock:
         plan = plan_for(loaded, store, confirmed_deletes=confirmed_deletes, force=force)
         if saved_plan is not None:
             plan.check_matches(saved_plan)
@@ -108,27 +116,41 @@ def apply(
         if not hooks.approve(plan):
             return ApplyReport(plan, ApplyResult.CANCELLED)
         hooks.started(plan)
-        outcomes, not_started = asyncio.run(_execute(plan, loaded, store, settings, hooks))
+        outcomes, not_started, interrupted = asyncio.run(
+            _execute(plan, loaded, store, settings, hooks, release_lock=lambda: store.release_lock(lock.lock_id))
+        )
     return ApplyReport(
         plan,
-        ApplyResult.INTERRUPTED if not_started else ApplyResult.DONE,
+        ApplyResult.INTERRUPTED if interrupted else ApplyResult.DONE,
         tuple(sorted(outcomes, key=lambda o: o.change.address)),
         tuple(not_started),
     )
 
 
 async def _execute(
-    plan: Plan, loaded: LoadedSpec, store: StateStore, settings: Settings, hooks: ApplyHooks
-) -> tuple[list[AccountOutcome], list[AccountChange]]:
+    plan: Plan,
+    loaded: LoadedSpec,
+    store: StateStore,
+    settings: Settings,
+    hooks: ApplyHooks,
+    *,
+    release_lock: Callable[[], object],
+) -> tuple[list[AccountOutcome], list[AccountChange], bool]:
     semaphore = asyncio.Semaphore(settings.concurrency)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    # Ctrl-C stops new accounts from starting; a second one interrupts at once.
+    # Ctrl-C stops new accounts from starting; a second one ends the process at once (the
+    # threads blocked in an IMAP login cannot be interrupted). Every account already
+    # recorded stays; those in flight are simply done again by the next apply.
     catch_interrupt = threading.current_thread() is threading.main_thread()
+
+    def stop_now() -> None:
+        release_lock()
+        hooks.stopping_now()
 
     def on_interrupt() -> None:
         stop.set()
-        loop.remove_signal_handler(signal.SIGINT)
+        loop.add_signal_handler(signal.SIGINT, stop_now)
         hooks.interrupted()
 
     if catch_interrupt:
@@ -150,9 +172,10 @@ async def _execute(
         try:
             results = await asyncio.gather(*(run(change) for change in actionable))
         finally:
-            if catch_interrupt and not stop.is_set():
+            if catch_interrupt:
                 loop.remove_signal_handler(signal.SIGINT)
-    return [outcome for outcome in results if outcome is not None], sorted(not_started, key=lambda c: c.address)
+    outcomes = [outcome for outcome in results if outcome is not None]
+    return outcomes, sorted(not_started, key=lambda c: c.address), stop.is_set()
 
 
 async def _execute_change(

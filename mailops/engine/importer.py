@@ -7,14 +7,17 @@ exists only in the live state (drift) is appended with the fields that are not d
 
 from __future__ import annotations
 
+import copy
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+from ruamel.yaml.anchor import Anchor
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from mailops.errors import MailopsError, SpecError
+from mailops.errors import MailopsError, SpecError, quoted
 from mailops.fileio import atomic_write
 from mailops.providers.base import provider_for
 from mailops.spec.loader import ACCOUNTS_FILE, ConfigDirError, load_spec
@@ -53,6 +56,7 @@ def import_live_state(config_dir: Path, live: list[AccountState]) -> ImportRepor
         spec, document = None, CommentedMap()
     entries = document.setdefault("accounts", CommentedSeq())
     by_address = {address_key(str(entry["address"])) or str(entry["address"]).lower(): entry for entry in entries}
+    shared = _shared_nodes(document)
     report = ImportReport()
     live_addresses = set()
     for state in live:
@@ -63,19 +67,63 @@ def import_live_state(config_dir: Path, live: list[AccountState]) -> ImportRepor
             entries.append(_new_entry(state))
             report.added.append(state.address)
             continue
-        written = _merge_into(entry, state.settings, declared.model_dump(mode="json"))
+        written = _merge_into(entry, state.settings, declared.model_dump(mode="json"), shared)
         if written:
             report.updated[state.address] = written
     report.only_in_spec = [address for address in by_address if address not in live_addresses]
     if report.changed:
-        # Written whole and renamed into place: a full disk or a kill never leaves half a file.
         buffer = io.StringIO()
         yaml.dump(document, buffer)
-        atomic_write(path, buffer.getvalue())
+        text = buffer.getvalue()
+        try:  # what is written must load as a valid spec again
+            load_spec(config_dir, texts={ACCOUNTS_FILE: text})
+        except SpecError as exc:
+            raise MailopsError(
+                f"the live state does not make a valid {ACCOUNTS_FILE}, so nothing was written "
+                "(positions are in the file as it would be written):\n"
+                + "\n".join(str(problem) for problem in exc.problems)
+            ) from None
+        # Written whole and renamed into place: a full disk or a kill never leaves half a file.
+        atomic_write(path, text)
     return report
 
 
-def _merge_into(entry: CommentedMap, live: dict[str, Any], declared: dict[str, Any], prefix: str = "") -> list[str]:
+def _shared_nodes(document: Any) -> set[int]:
+    """The mappings and lists that appear in more than one place (an alias, or a `<<` merge).
+
+    Writing into one of them would change every account that shares it.
+    """
+    seen: set[int] = set()
+    shared: set[int] = set()
+    pending = [document]
+    while pending:
+        node = pending.pop()
+        if not isinstance(node, dict | list):
+            continue
+        if id(node) in seen:
+            shared.add(id(node))
+            continue
+        seen.add(id(node))
+        pending.extend(node.values() if isinstance(node, dict) else node)
+    return shared
+
+
+def _unshared(node: Any) -> Any:
+    """A copy of ``node`` for one account alone: no anchor, nothing it shares with others."""
+    copied = copy.deepcopy(node)
+    pending = [copied]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, CommentedMap | CommentedSeq):
+            # A fresh, empty anchor: deepcopy shares the Anchor object with the original.
+            setattr(item, Anchor.attrib, Anchor())
+            pending.extend(item.values() if isinstance(item, dict) else item)
+    return copied
+
+
+def _merge_into(
+    entry: CommentedMap, live: dict[str, Any], declared: dict[str, Any], shared: set[int], prefix: str = ""
+) -> list[str]:
     """Write the fields where ``live`` differs from ``declared``; returns their dotted paths."""
     written = []
     for key, value in live.items():
@@ -83,8 +131,10 @@ def _merge_into(entry: CommentedMap, live: dict[str, Any], declared: dict[str, A
         if value == before:
             continue
         if isinstance(value, dict) and isinstance(before, dict) and isinstance(entry.get(key), CommentedMap):
+            if id(entry[key]) in shared:
+                entry[key] = _unshared(entry[key])  # this account's own copy; the others keep theirs
             # Descend, so comments inside a block the author wrote survive.
-            written += _merge_into(entry[key], value, before, f"{prefix}{key}.")
+            written += _merge_into(entry[key], value, before, shared, f"{prefix}{key}.")
             continue
         if value is None:
             entry.pop(key, None)
@@ -96,7 +146,15 @@ def _merge_into(entry: CommentedMap, live: dict[str, Any], declared: dict[str, A
 
 def _new_entry(state: AccountState) -> CommentedMap:
     """The shortest entry that loads back into the same settings."""
-    account = Account.model_validate(state.settings)
+    try:
+        account = Account.model_validate(state.settings)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(step) for step in error["loc"])
+        raise MailopsError(
+            f"the live state of {quoted(state.address)} is no account mailops can write into the spec "
+            f"({where}: {error['msg']}); repair or delete it in the state store"
+        ) from None
     defaults = {name: info.get_default(call_default_factory=True) for name, info in Account.model_fields.items()}
     # What the provider would fill in for an entry that names only address and provider.
     bare = Account.model_validate({"address": account.address, "provider": account.provider})

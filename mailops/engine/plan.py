@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from mailops.errors import MailopsError
+from mailops.errors import MailopsError, quoted
 from mailops.fileio import atomic_write
 from mailops.providers.base import provider_for
 from mailops.spec import LoadedSpec
@@ -177,19 +177,23 @@ class Plan:
         state (the fingerprints), and list the same changes: an edited plan is refused, not
         silently replaced by what the spec says now.
         """
-        if saved.get("format_version") != PLAN_FORMAT_VERSION:
+        version = saved.get("format_version")
+        if type(version) is not int or version != PLAN_FORMAT_VERSION:
             raise StalePlan(
-                f"the saved plan has format {saved.get('format_version')!r}; expected {PLAN_FORMAT_VERSION}. "
+                f"the saved plan has format {quoted(version)}; expected {PLAN_FORMAT_VERSION}. "
                 "Run `mailops plan --out FILE` again"
             )
         body = {key: value for key, value in saved.items() if key != BODY_DIGEST}
-        if saved.get(BODY_DIGEST) != body_digest(body):
+        if saved.get(BODY_DIGEST) != body_digest(body) or set(saved) != set(self.as_json()):
             raise StalePlan("the plan file was changed after `mailops plan` wrote it; make a new plan")
         if saved.get("state_fingerprint") != self.state_fingerprint:
             raise StalePlan("the live state changed since the plan was made; run `mailops plan` again")
         if saved.get("spec_fingerprint") != self.spec_fingerprint:
             raise StalePlan("the spec changed since the plan was made; run `mailops plan` again")
-        if _comparable(saved.get("changes")) != _comparable(self._changes_json()):
+        if (
+            _comparable(saved.get("changes")) != _comparable(self._changes_json())
+            or saved.get("summary") != self.counts
+        ):
             raise StalePlan(
                 "the plan file's changes differ from the plan for this spec and live state; make a new plan"
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from mailops.errors import quoted
 from mailops.fileio import FileReadError, MiB, NotUtf8Error, decode_utf8, read_bytes, regular_file_problem
 from mailops.providers.base import provider_for
 from mailops.spec.htmltemplate import check_html_template
@@ -79,7 +80,9 @@ def _check_duplicate_addresses(accounts: list[tuple[int, Account]], report: Repo
 def _check_references(accounts: list[tuple[int, Account]], parts: SpecParts, report: Report) -> None:
     def missing_account(file: str, path: FieldPath, address: str) -> None:
         if ACCOUNTS_FILE not in parts.unreadable_files and address.lower() not in parts.declared_addresses:
-            report.problem(file, path, f"`{address}` is not a declared account; declare it under `accounts:` first")
+            report.problem(
+                file, path, f"{quoted(address)} is not a declared account; declare it under `accounts:` first"
+            )
 
     if parts.defaults is not None:
         missing_account(DEFAULTS_FILE, ("defaults", "email"), parts.defaults.email)
@@ -92,20 +95,20 @@ def _check_references(accounts: list[tuple[int, Account]], parts: SpecParts, rep
             report.problem(
                 ACCOUNTS_FILE,
                 ("accounts", index, "ticket", "default_project"),
-                f"unknown project `{ticket.default_project}`; declare it under `projects:`",
+                f"unknown project {quoted(ticket.default_project)}; declare it under `projects:`",
             )
         if defaults_known and ticket.default_queue is not None and ticket.default_queue not in parts.declared_queues:
             report.problem(
                 ACCOUNTS_FILE,
                 ("accounts", index, "ticket", "default_queue"),
-                f"unknown queue `{ticket.default_queue}`; declare it under `queues:` in {DEFAULTS_FILE}",
+                f"unknown queue {quoted(ticket.default_queue)}; declare it under `queues:` in {DEFAULTS_FILE}",
             )
         for position, name in enumerate(account.visible_to):
             if defaults_known and name not in parts.declared_principals:
                 report.problem(
                     ACCOUNTS_FILE,
                     ("accounts", index, "visible_to", position),
-                    f"`{name}` is neither an employee nor a group declared under `employees:`",
+                    f"{quoted(name)} is neither an employee nor a group declared under `employees:`",
                 )
 
 

@@ -92,6 +92,7 @@ class Report:
         # Located only when shown: locating needs a second, located parse.
         self.notes: list[tuple[str, FieldPath, str]] = []
         self._broken: set[tuple[str, FieldPath]] = set()
+        self._broken_prefixes: set[tuple[str, FieldPath]] = set()
 
     def problem(self, file: str, path: FieldPath, message: str, *, at_key: bool = False) -> None:
         if any((file, path[:end]) in self._broken for end in range(len(path) + 1)):
@@ -101,17 +102,21 @@ class Report:
     def broken(self, file: str, path: FieldPath) -> None:
         """Mark ``path`` as already reported: no further problem is reported at or below it."""
         self._broken.add((file, path))
+        self._broken_prefixes.update((file, path[:end]) for end in range(len(path) + 1))
 
     def is_broken(self, file: str, path: FieldPath) -> bool:
         """Whether ``path``, or a part of it, was reported as wrong (its value is then unknown)."""
-        return any(broken_file == file and broken[: len(path)] == path for broken_file, broken in self._broken)
+        return (file, path) in self._broken_prefixes
 
     def note(self, file: str, path: FieldPath, message: str) -> None:
         self.notes.append((file, path, message))
 
 
-def load_spec(config_dir: Path | str) -> LoadedSpec:
-    """Load and check the spec in ``config_dir``; raise :class:`SpecError` listing every problem."""
+def load_spec(config_dir: Path | str, *, texts: dict[str, str] | None = None) -> LoadedSpec:
+    """Load and check the spec in ``config_dir``; raise :class:`SpecError` listing every problem.
+
+    ``texts`` stands in for files (by name) not yet written, to check them first.
+    """
     from mailops.spec.checks import check_spec  # the checks import presets, which import the models
 
     config_dir = Path(config_dir)
@@ -120,7 +125,10 @@ def load_spec(config_dir: Path | str) -> LoadedSpec:
         raise ConfigDirError(f"config directory {config_dir} {reason}")
     with _gc_paused():
         # Files are named as the user named the directory, so messages point where they looked.
-        documents = {name: load_document(config_dir / name, str(config_dir / name)) for name in FILE_MODELS}
+        documents = {
+            name: load_document(config_dir / name, str(config_dir / name), text=(texts or {}).get(name))
+            for name in FILE_MODELS
+        }
         report = Report(documents)
         parts = SpecParts()
         for name, document in documents.items():
@@ -262,14 +270,18 @@ def _salvage(
     """
     data = copy.deepcopy(raw)
     for _ in range(_SALVAGE_ROUNDS):
-        for loc in sorted({tuple(error["loc"]) for error in errors}, key=_loc_order, reverse=True):
-            missing = any(tuple(e["loc"]) == loc and e["type"] == "missing" for e in errors)
-            target = loc[:-1] if missing else loc
-            if not target:
-                return None  # the value as a whole is broken
-            removed = _remove(data, target)
+        # Linear in the number of errors: a list of 100,000 broken items is salvaged in one pass.
+        missing = {tuple(error["loc"]) for error in errors if error["type"] == "missing"}
+        targets = {loc[:-1] if loc in missing else loc for loc in (tuple(error["loc"]) for error in errors)}
+        if () in targets:
+            return None  # the value as a whole is broken
+        thinned: dict[int, list[Any]] = {}
+        for target in targets:
+            removed = _remove(data, target, thinned)
             if removed:
                 report.broken(file, prefix + removed)
+        for items in thinned.values():
+            items[:] = [item for item in items if item is not _GONE]
         try:
             return adapter.validate_python(data)
         except ValidationError as exc:
@@ -277,15 +289,15 @@ def _salvage(
     return None
 
 
-def _loc_order(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    # Deepest and highest list index first, so removing one item does not shift the next one's index.
-    return (len(loc), tuple((1, step) if isinstance(step, int) else (0, str(step)) for step in loc))
+_GONE: Any = object()  # a list item marked for removal; lists are compacted once, after all removals
 
 
-def _remove(data: Any, loc: tuple[Any, ...]) -> FieldPath:
+def _remove(data: Any, loc: tuple[Any, ...], thinned: dict[int, list[Any]]) -> FieldPath:
     """Remove the node at ``loc``, or the deepest node that exists on the way; return its path.
 
-    An empty path means nothing was left to remove (an earlier removal took it).
+    A list item is marked, not deleted, so that the indices of the other targets stay
+    valid; ``thinned`` collects the lists to compact. An empty path means nothing was
+    left to remove (another removal took it).
     """
     parent: Any = None
     node: Any = data
@@ -293,12 +305,18 @@ def _remove(data: Any, loc: tuple[Any, ...]) -> FieldPath:
     for step in loc:
         if isinstance(node, dict) and step in node:
             parent, node, path = node, node[step], path + (step,)
-        elif isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node):
+        elif isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node) and node[step] is not _GONE:
             parent, node, path = node, node[step], path + (step,)
         else:
             break
-    if path:
-        del parent[path[-1]]
+    if not path:
+        return path
+    last = path[-1]
+    if isinstance(parent, list) and isinstance(last, int):
+        parent[last] = _GONE
+        thinned[id(parent)] = parent
+    else:
+        del parent[last]
     return path
 
 
@@ -336,7 +354,7 @@ def _message(error: Any) -> str:
 
 def _unknown_key_hint(key: object, known: Iterable[str]) -> str:
     known = list(known)
-    close = difflib.get_close_matches(str(key), known, n=1)
+    close = difflib.get_close_matches(str(key)[:100], known, n=1)
     if close:
         return f"did you mean `{close[0]}`?"
     return "expected one of: " + ", ".join(known) if known else "no keys are allowed here"

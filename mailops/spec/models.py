@@ -24,6 +24,8 @@ from email_validator.rfc_constants import (
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from mailops.errors import quoted
+
 Provider = Literal["microsoft", "google", "manual"]
 Encryption = Literal["ssl", "starttls", "none"]
 
@@ -143,14 +145,19 @@ def _host_name(value: str) -> str:
     return value
 
 
+_YYYY_MM_DD = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
 def _iso_date(value: object) -> object:
     """Dates are written as YYYY-MM-DD; the YAML loader leaves them as text for this to judge."""
     if isinstance(value, str):
         try:
+            if not _YYYY_MM_DD.fullmatch(value):  # fromisoformat also takes 20260131 and 2026-W05-6
+                raise ValueError(value)
             return dt.date.fromisoformat(value)
         except ValueError:
             raise PydanticCustomError(
-                "date", "not a valid date `{value}`; write it as YYYY-MM-DD, e.g. 2026-01-31", {"value": value[:40]}
+                "date", "not a valid date {value}; write it as YYYY-MM-DD, e.g. 2026-01-31", {"value": quoted(value)}
             ) from None
     if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
         return value
@@ -183,10 +190,23 @@ class SpecModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+def _variable_name(value: str) -> str:
+    # A name like `hunter2!` is more likely the secret itself than the name of a variable.
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise PydanticCustomError(
+            "variable_name",
+            "not an environment variable name (letters, digits and _, not starting with a digit); "
+            "the spec names where a secret is, never the secret itself",
+        )
+    return value
+
+
 class SecretRef(SpecModel):
     """Where a secret comes from. The spec never holds the secret itself."""
 
-    env: NonEmptyStr | None = Field(None, description="Name of the environment variable holding the secret.")
+    env: Annotated[str, AfterValidator(_variable_name)] | None = Field(
+        None, description="Name of the environment variable holding the secret."
+    )
     file: NonEmptyStr | None = Field(
         None, description="Path of a file holding the secret (relative to the config dir)."
     )

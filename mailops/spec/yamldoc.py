@@ -152,9 +152,17 @@ def _number(value: str, mark: Any) -> Any:
 
 
 def _int(digits: str, base: int, mark: Any) -> int:
+    # Bound the written digits (parsing is slow beyond) and the value itself: a short hex
+    # number can still be too large to print in decimal (Python refuses past 4300 digits).
     if len(digits) > MAX_DIGITS:
         raise YamlProblem(mark.line + 1, mark.column + 1, f"number with more than {MAX_DIGITS} digits")
-    return int(digits, base)
+    number = int(digits, base)
+    if number.bit_length() > _MAX_BITS:
+        raise YamlProblem(mark.line + 1, mark.column + 1, f"number with more than {MAX_DIGITS} decimal digits")
+    return number
+
+
+_MAX_BITS = int(MAX_DIGITS * 3.32)  # log2(10) bits per decimal digit, rounded down
 
 
 def _tagged(tag: str, value: str, mark: Any) -> Any:
@@ -174,8 +182,11 @@ def _tagged(tag: str, value: str, mark: Any) -> Any:
     return resolved
 
 
-_MERGE = "<<"
 _NO_KEY: Any = object()
+_MERGE_KEY: Any = object()  # a plain `<<` as a key (a quoted "<<" is an ordinary key)
+# Aliases are budgeted by what they repeat: one unit per value, plus one per this many
+# characters of text, so that repeating a long text is not free either.
+_CHARACTERS_PER_UNIT = 64
 
 
 class _Open:
@@ -211,7 +222,7 @@ def parse_yaml(text: str, *, marks: Marks | None = None) -> Any:
     mapping_start, sequence_start = events.MappingStartEvent, events.SequenceStartEvent
     mapping_end, sequence_end = events.MappingEndEvent, events.SequenceEndEvent
     document_start, stream_end = events.DocumentStartEvent, events.StreamEndEvent
-    words, number_start, no_key, merge = _WORDS, _NUMBER_START, _NO_KEY, _MERGE
+    words, number_start, no_key, merge_key = _WORDS, _NUMBER_START, _NO_KEY, _MERGE_KEY
     located = marks is not None
 
     parser = CParser(text)
@@ -235,8 +246,9 @@ def parse_yaml(text: str, *, marks: Marks | None = None) -> Any:
             event = next_event()
             kind = type(event)
             if kind is scalar_event:
-                count += 1
                 value = event.value
+                weight = 1 + len(value) // _CHARACTERS_PER_UNIT
+                count += weight
                 tag = event.ctag
                 if tag is None:
                     if not event.style:  # plain: resolve; quoted and block scalars are text
@@ -244,10 +256,12 @@ def parse_yaml(text: str, *, marks: Marks | None = None) -> Any:
                             value = words[value]
                         elif value[0] in number_start:
                             value = _number(value, event.start_mark)
+                        elif value == "<<" and is_map and key is no_key:
+                            value = merge_key
                 else:
                     value = _tagged(str(tag), value, event.start_mark)
                 if event.anchor is not None:
-                    anchors[event.anchor] = (value, 1, 0)
+                    anchors[event.anchor] = (value, weight, 0)
                 if located:
                     mark = event.start_mark
             elif kind is mapping_start or kind is sequence_start:
@@ -338,18 +352,19 @@ def parse_yaml(text: str, *, marks: Marks | None = None) -> Any:
                         raise YamlProblem(
                             mark.line + 1, mark.column + 1, "a key must be a plain value, not a mapping or list"
                         )
-                    if value in container or (value == merge and current is not None and current.merges):
+                    if value is merge_key and current is not None and current.merges or value in container:
                         mark = event.start_mark
+                        shown = "<<" if value is merge_key else value
                         raise YamlProblem(
                             mark.line + 1,
                             mark.column + 1,
-                            f"duplicate key `{value}` (each key may appear once per mapping)",
+                            f"duplicate key `{shown}` (each key may appear once per mapping)",
                         )
                     key = value
                     if located:
                         key_mark = mark
                     continue
-                if key == merge:
+                if key is merge_key:
                     assert current is not None
                     current.merges = (current.merges or []) + [(value, mark)]
                 else:
@@ -462,11 +477,11 @@ class YamlDocument:
         return Diagnostic(self.display_name, line, column, format_path(path), message)
 
 
-def load_document(path: Path, display_name: str) -> YamlDocument:
-    """Read and parse ``path``; every reason it cannot be used becomes a located problem."""
+def load_document(path: Path, display_name: str, *, text: str | None = None) -> YamlDocument:
+    """Read and parse ``path`` (or ``text`` in its place); every reason it cannot be used is a located problem."""
     document = YamlDocument(path=path, display_name=display_name)
     try:
-        raw = read_bytes(path, limit=MAX_FILE_BYTES, what="file")
+        raw = read_bytes(path, limit=MAX_FILE_BYTES, what="file") if text is None else text.encode("utf-8")
     except FileReadError as exc:
         message = "file not found" if exc.missing else _without_path(str(exc), path)
         document.problems.append(Diagnostic(display_name, 1, 1, "", message))

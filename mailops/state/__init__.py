@@ -20,13 +20,14 @@ __all__ = ["AccountState", "AccountStatus", "LiveAccounts", "LockHeld", "StateEr
 
 def read_live_state(url: str) -> LiveAccounts:
     """The live accounts at ``url`` for a read-only command; a store that does not exist reads as empty."""
-    from mailops.state.location import redact, sqlite_file
+    from mailops.state.location import check_url, shown_url, sqlite_file
 
+    check_url(url)
     path = sqlite_file(url)
     if path is not None:
         from mailops.state.snapshot import SqliteSnapshot
 
-        return SqliteSnapshot.read(path, redact(url))
+        return SqliteSnapshot.read(path, shown_url(url))
     from mailops.state.store import StateStore
 
     return StateStore.open(url, create=False)

@@ -62,6 +62,17 @@ class AccountState:
     last_test_mail_error: str | None
 
 
+def broken_record(shown_url: str, address: object, reason: str) -> Exception:
+    """The error for a stored account that cannot be read (edited by hand, or damaged)."""
+    from mailops.errors import quoted
+    from mailops.state.schema import StateError
+
+    return StateError(
+        f"the state store {shown_url} holds a broken record for account {quoted(address)} ({reason}); "
+        "restore the store from a backup, or delete that account's row and apply again"
+    )
+
+
 class LiveAccounts(Protocol):
     """What reading the live state offers: the applied accounts."""
 

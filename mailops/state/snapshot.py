@@ -15,7 +15,7 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
-from mailops.state.accounts import AccountState, aware
+from mailops.state.accounts import AccountState, aware, broken_record
 from mailops.state.schema import SchemaStatus, StateError, judge_schema
 
 _COLUMNS = (
@@ -54,18 +54,24 @@ class SqliteSnapshot:
             raise StateError(f"cannot read the state store {shown_url}: {exc}") from None
         finally:
             connection.close()
-        return cls([_account(row) for row in rows])
+        return cls([_account(row, shown_url) for row in rows])
 
 
-def _account(row: tuple) -> AccountState:  # type: ignore[type-arg]
-    times = [aware(dt.datetime.fromisoformat(value)) if value else None for value in row[4:8]]
-    test_mail_at = aware(dt.datetime.fromisoformat(row[10])) if row[10] else None
+def _account(row: tuple, shown_url: str) -> AccountState:  # type: ignore[type-arg]
+    """One row as a view; a row that does not decode is a clear error, not a traceback."""
+    try:
+        settings = json.loads(row[2])
+        times = [aware(dt.datetime.fromisoformat(value)) if value is not None else None for value in row[4:8]]
+        test_mail_at = aware(dt.datetime.fromisoformat(row[10])) if row[10] is not None else None
+    except (TypeError, ValueError) as exc:
+        raise broken_record(shown_url, row[0], str(exc)) from None
     created_at, updated_at = times[0], times[1]
-    assert created_at is not None and updated_at is not None
+    if not isinstance(settings, dict) or created_at is None or updated_at is None:
+        raise broken_record(shown_url, row[0], "its settings or timestamps are missing")
     return AccountState(
         address=row[0],
         provider=row[1],
-        settings=json.loads(row[2]),
+        settings=settings,
         status=row[3],
         created_at=created_at,
         updated_at=updated_at,

@@ -24,17 +24,18 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailops.errors import MailopsError
-from mailops.state.accounts import STATUSES, AccountState, aware, state_fingerprint, utcnow
-from mailops.state.location import passwords_of, redact, sqlite_file
+from mailops.state.accounts import STATUSES, AccountState, aware, broken_record, state_fingerprint, utcnow
+from mailops.state.location import check_url, redact, secrets_of, shown_url, sqlite_file
 from mailops.state.schema import SchemaStatus, StateError, judge_schema
 from mailops.state.tables import AccountRow, ApplyLockRow
 
 LOCK_NAME = "apply"
 
 
-def _view(row: AccountRow) -> AccountState:
+def _view(row: AccountRow, shown_url: str) -> AccountState:
     created_at, updated_at = aware(row.created_at), aware(row.updated_at)
-    assert created_at is not None and updated_at is not None
+    if not isinstance(row.settings, dict) or created_at is None or updated_at is None:
+        raise broken_record(shown_url, row.address, "its settings or timestamps are missing")
     return AccountState(
         address=row.address,
         provider=row.provider,
@@ -64,7 +65,7 @@ class LockInfo:
     def describe(self) -> str:
         return (
             f"lock {self.lock_id} held by {self.owner} on {self.host} (pid {self.pid}) "
-            f"since {self.acquired_at:%Y-%m-%d %H:%M:%S} UTC, expires {self.expires_at:%H:%M:%S} UTC"
+            f"since {self.acquired_at:%Y-%m-%d %H:%M:%S} UTC, expires {self.expires_at:%Y-%m-%d %H:%M:%S} UTC"
         )
 
 
@@ -79,20 +80,23 @@ class LockHeld(MailopsError):
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    # WAL lets `plan` read while `apply` writes; a busy timeout rides out short write overlaps.
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # A rollback journal, not WAL: a WAL database cannot be read without creating files
+    # beside it, and `plan` reads read-only (also from a read-only directory). Writes are
+    # one short transaction per account; the busy timeout rides out the overlaps.
+    cursor.execute("PRAGMA journal_mode=DELETE")
     cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
 
 class StateStore:
     """The live state in a SQL database, read and written through SQLAlchemy."""
 
-    def __init__(self, engine: Engine, *, empty: bool = False):
+    def __init__(self, engine: Engine, *, shown_url: str = "", secrets: list[str] | None = None, empty: bool = False):
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._empty = empty  # opened without creating: the store does not exist yet
+        self._shown_url = shown_url
+        self._secrets = secrets or []
 
     @classmethod
     def open(cls, url: str, *, create: bool = True) -> StateStore:
@@ -103,25 +107,22 @@ class StateStore:
         exist yet reads as empty. Either way a store of another application, or of a newer
         mailops, is refused before anything is touched.
         """
-        shown = redact(url)
-        hide = passwords_of(url)
+        check_url(url)
+        shown, hide = shown_url(url), secrets_of(url)
         try:
             sqlite = sqlite_file(url)
             if sqlite is not None and not sqlite.exists() and not create:
-                return cls(create_engine("sqlite://"), empty=True)
+                return cls(create_engine("sqlite://"), shown_url=shown, empty=True)
             if sqlite is not None and create:
                 sqlite.parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(url)
-            # Judge the schema before anything else touches the database (the SQLite
-            # pragmas below already rewrite a file's header).
+            # Judge the schema before anything else touches the database.
             status = _schema_status(engine, shown, will_migrate=create)
             engine.dispose()
-            if engine.dialect.name == "sqlite":
-                event.listen(engine, "connect", _sqlite_pragmas)
-            store = cls(engine)
-            if status is SchemaStatus.EMPTY and not create:
-                return cls(engine, empty=True)
-            if status is not SchemaStatus.CURRENT:
+            if create and engine.dialect.name == "sqlite":
+                event.listen(engine, "connect", _sqlite_pragmas)  # they rewrite the file's header
+            store = cls(engine, shown_url=shown, secrets=hide, empty=status is SchemaStatus.EMPTY and not create)
+            if create and status is not SchemaStatus.CURRENT:
                 store._migrate()
         except StateError:
             raise
@@ -144,8 +145,15 @@ class StateStore:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        with self._sessions.begin() as session:
-            yield session
+        """A transaction; a database failure comes out as a :class:`StateError` without the password."""
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except IntegrityError:
+            raise  # the lock's race, handled by acquire_lock
+        except (SQLAlchemyError, ValueError) as exc:  # ValueError: a record that does not decode
+            detail = redact(_first_line(exc), *self._secrets)
+            raise StateError(f"the state store {self._shown_url} failed: {detail}") from None
 
     # -- accounts -------------------------------------------------------------
 
@@ -156,14 +164,14 @@ class StateStore:
             query = select(AccountRow).order_by(AccountRow.address)
             if not include_deleted:
                 query = query.where(AccountRow.deleted_at.is_(None))
-            return [_view(row) for row in session.scalars(query)]
+            return [_view(row, self._shown_url) for row in session.scalars(query)]
 
     def account(self, address: str) -> AccountState | None:
         if self._empty:
             return None
         with self.session() as session:
             row = session.get(AccountRow, address.lower())
-            return _view(row) if row is not None and row.deleted_at is None else None
+            return _view(row, self._shown_url) if row is not None and row.deleted_at is None else None
 
     def record_account(
         self,

@@ -12,7 +12,7 @@ import socket
 import ssl
 from enum import StrEnum
 
-from mailops.errors import MailopsError
+from mailops.errors import MailopsError, printable
 
 
 class FailureClass(StrEnum):
@@ -103,7 +103,8 @@ class TransportError(MailopsError):
     ):
         self.failure_class = failure_class
         self._remedy = remedy
-        self.detail = detail.strip()
+        # The server's text is shown on terminals and stored: never with its control characters.
+        self.detail = printable(detail.strip())
         self.protocol = protocol
         self.smtp_code = smtp_code
         self.enhanced_code = enhanced_code or _enhanced_code(detail)

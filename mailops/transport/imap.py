@@ -5,6 +5,7 @@ imapclient is synchronous; the engine runs these functions in worker threads.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,21 +52,27 @@ def imap_session(
         _close(client, logout=True)
 
 
-def _password_login(client: IMAPClient, username: str, password: str) -> None:
-    """LOGIN, or AUTHENTICATE PLAIN when the login is not ASCII.
+# Characters of an IMAP atom (RFC 3501): no space, controls, quotes, brackets or wildcards.
+_IMAP_ATOM = re.compile(r"[A-Za-z0-9!#$&'+,\-./:;<=>?@\[^_`|}~]+")
 
-    IMAP's LOGIN command carries ASCII only (imaplib refuses anything else); the PLAIN
-    mechanism carries UTF-8, so a password like ``Grüße`` still logs in where the server
-    offers it.
+
+def _password_login(client: IMAPClient, username: str, password: str) -> None:
+    """LOGIN, or AUTHENTICATE PLAIN when LOGIN cannot carry the login safely.
+
+    IMAP's LOGIN command carries ASCII only (imaplib refuses anything else), and imaplib
+    sends the user name unquoted: a name with a space or a quote would become further
+    arguments of the command. The PLAIN mechanism carries any UTF-8 text as one
+    base64 blob, so such logins use it where the server offers it.
     """
-    if username.isascii() and password.isascii():
+    if _IMAP_ATOM.fullmatch(username) and password.isascii():
         client.login(username, password)
     elif client.has_capability("AUTH=PLAIN"):
         client.plain_login(username, password)
     else:
         raise TransportError(
             FailureClass.LOCAL,
-            "the login holds non-ASCII characters, and this server offers only IMAP LOGIN, which cannot carry them",
+            "the login holds characters IMAP LOGIN cannot carry (non-ASCII, spaces or quotes), "
+            "and this server offers no AUTHENTICATE PLAIN",
             protocol="imap",
         )
 
