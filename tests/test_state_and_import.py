@@ -151,3 +151,17 @@ def test_postgresql_state_store_works_like_sqlite(postgres_url, engine_env, mail
     lock = store.acquire_lock(wait=0)
     assert store.current_lock().lock_id == lock.lock_id
     assert store.release_lock(lock.lock_id)
+
+
+def test_a_field_added_by_a_newer_mailops_is_no_change_to_stored_accounts(engine_env, mail_servers, new_account):
+    account = new_account()
+    spec_files(engine_env, account.yaml(mail_servers))
+    assert runner.invoke(app, ["apply", "--auto-approve"]).exit_code == 0
+    store = StateStore.open(f"sqlite:///{engine_env / 'state.db'}")
+    older = {key: value for key, value in store.account(account.address).settings.items() if key != "aliases"}
+    store.record_account(account.address, "manual", older, "connected")  # as a mailops without `aliases` stored it
+    planned = runner.invoke(app, ["plan", "--detailed-exitcode"])
+    assert planned.exit_code == 0, planned.stdout
+    # Setting the new field is a change like any other.
+    spec_files(engine_env, account.yaml(mail_servers, signature='"Regards"'))
+    assert "~ signature" in runner.invoke(app, ["plan"]).stdout

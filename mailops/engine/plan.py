@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -266,11 +266,14 @@ def _change_for(account: Account, after: dict[str, Any], state: AccountState | N
         return change(action=Action.CREATE, before=None, verify=True)
     fields: tuple[FieldChange, ...] = ()
     if state.settings != after:  # most accounts are unchanged: compare field by field only when not
+        # A field the stored settings lack (stored by a mailops that did not have it yet)
+        # holds its default: a new field is no change to an account that leaves it unset.
+        defaults = _default_settings()
         before_flat, after_flat = _flatten(state.settings), _flatten(after)
         fields = tuple(
-            FieldChange(path, before_flat.get(path), after_flat.get(path))
+            FieldChange(path, before, after_flat.get(path))
             for path in sorted(set(before_flat) | set(after_flat))
-            if before_flat.get(path) != after_flat.get(path)
+            if (before := before_flat.get(path, defaults.get(path))) != after_flat.get(path)
         )
     connection_changed = any(f.path.split(".")[0] in CONNECTION_FIELDS for f in fields)
     if provider.needs_consent:
@@ -295,6 +298,14 @@ def _change_for(account: Account, after: dict[str, Any], state: AccountState | N
             reason=f"retry: last verification failed ({state.last_error_class or state.status})",
         )
     return change(action=Action.NOOP, before=state.settings)
+
+
+@cache
+def _default_settings() -> dict[str, Any]:
+    """Every field's default, flattened as :func:`_flatten` does (address and provider have none)."""
+    blank = Account.model_validate({"address": "blank@example.com", "provider": "manual"})
+    flat = _flatten(desired_settings(blank))
+    return {path: value for path, value in flat.items() if path not in ("address", "provider")}
 
 
 def _judge_deletes(
