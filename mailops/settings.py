@@ -11,7 +11,7 @@ import io
 import re
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mailops.errors import MailopsError
@@ -51,6 +51,26 @@ class Settings(BaseSettings):
     ca_file: Path | None = Field(
         None, description="Extra CA bundle (PEM) that is trusted besides the system's, for self-hosted servers."
     )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Key that encrypts the stored OAuth tokens (`mailops keygen`): the key, or file:PATH.",
+    )
+
+    def token_key(self) -> str | None:
+        """The key itself, read from its file when the setting says file:PATH."""
+        if self.secret_key is None:
+            return None
+        value = self.secret_key.get_secret_value()
+        if not value.startswith("file:"):
+            return value.strip()
+        try:
+            return read_bytes(value.removeprefix("file:"), limit=1024, what="key file").decode("ascii").strip()
+        except FileReadError as exc:
+            raise SettingsError(f"MAILOPS_SECRET_KEY: {exc}") from None
+        except UnicodeDecodeError:
+            raise SettingsError(
+                "MAILOPS_SECRET_KEY: the key file holds no key (make one with `mailops keygen`)"
+            ) from None
 
     @field_validator("config_dir", "state_url", "user", "ca_file", mode="before")
     @classmethod

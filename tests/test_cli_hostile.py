@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from mailops.cli import app
 from mailops.state import StateStore
+from mailops.state.schema import SCHEMA_REVISION
 from tests.conftest import spec_files
 
 runner = CliRunner()
@@ -456,7 +457,7 @@ def test_a_database_error_after_opening_is_one_line(write_config, tmp_path: Path
     db = tmp_path / "half.db"
     with sqlite3.connect(db) as connection:
         connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
-        connection.execute("INSERT INTO alembic_version VALUES ('0001')")
+        connection.execute(f"INSERT INTO alembic_version VALUES ('{SCHEMA_REVISION}')")
     planned = run("--state", f"sqlite:///{db}", "plan", "-c", str(write_config()))
     assert planned.stderr == f"Error: cannot read the state store sqlite:///{db}: no such table: accounts\n"
     unlocked = run("--state", f"sqlite:///{db}", "force-unlock", "x")  # through SQLAlchemy

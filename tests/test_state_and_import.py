@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from mailops.cli import app
 from mailops.spec import load_spec
 from mailops.state import StateStore
+from mailops.state.schema import SCHEMA_REVISION
 from tests.conftest import spec_files
 
 runner = CliRunner()
@@ -30,7 +31,7 @@ def test_state_schema_is_created_by_migrations_and_reopening_keeps_data(tmp_path
     store.close()
     engine = create_engine(url)
     with engine.connect() as connection:
-        assert connection.execute(text("select version_num from alembic_version")).scalar() == "0001"
+        assert connection.execute(text("select version_num from alembic_version")).scalar() == SCHEMA_REVISION
     assert {"accounts", "apply_lock", "alembic_version"} <= set(inspect(engine).get_table_names())
     reopened = StateStore.open(url)
     assert [a.address for a in reopened.accounts()] == ["a@example.com"]

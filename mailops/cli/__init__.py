@@ -1,10 +1,16 @@
 """The `mailops` command line: thin shells over the library API.
 
 One module per command group; each keeps its heavy imports (pydantic, ruamel.yaml,
-SQLAlchemy, rich) inside the command, so that `mailops --help` starts fast.
+SQLAlchemy, rich) inside the command, so that `mailops --help` starts fast. They are
+imported in the order `mailops --help` lists their commands.
 """
 
-from mailops.cli import accounts, demo, reconcile, spec  # noqa: F401 - registers the commands
+# isort: skip_file
+from mailops.cli import spec  # noqa: F401 - each module registers its commands
+from mailops.cli import reconcile  # noqa: F401
+from mailops.cli import accounts  # noqa: F401
+from mailops.cli import oauth  # noqa: F401
+from mailops.cli import demo  # noqa: F401
 from mailops.cli.app import app
 
 __all__ = ["app"]

@@ -83,3 +83,44 @@ def test_mail(
         raise typer.Exit(1)
     arrived = " and arrived in the inbox" if result.arrived else ""
     typer.echo(f"Test mail from {address} sent to {result.recipient}{arrived}.")
+
+
+@app.command()
+def check(
+    ctx: typer.Context,
+    config_dir: Path | None = ConfigDirOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Log in to every live account and refresh its token; exit 1 when any needs a person."""
+    from mailops.engine.connect import check_accounts
+
+    settings = settings_of(ctx, config_dir)
+    loaded = load_spec_or_exit(settings, as_json=as_json)
+    with reported_errors(as_json=as_json):
+        results = check_accounts(loaded, open_store(settings, create=False), settings)
+    if as_json:
+        rows = [
+            {
+                "address": r.address,
+                "status": r.status,
+                "error_class": r.error.failure_class.value if r.error else None,
+                "error": r.error.summary() if r.error else None,
+                "fix": r.fix,
+            }
+            for r in results
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        for result in results:
+            if result.ok:
+                typer.echo(f"ok      {result.address}")
+            else:
+                reason = f": {result.error.summary()}" if result.error else ""
+                typer.echo(f"{result.status:<7} {result.address}{reason}")
+                typer.echo(f"        fix: {result.fix}")
+        bad = sum(not r.ok for r in results)
+        typer.echo(
+            f"{len(results) - bad} of {len(results)} account(s) connected." + (f" {bad} need a person." if bad else "")
+        )
+    if any(not r.ok for r in results):
+        raise typer.Exit(1)

@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from mailops.engine.credentials import credential_context
 from mailops.engine.plan import AccountChange, Action, Plan, plan_for
 from mailops.engine.verify import TestMailResult, verify_account
 from mailops.errors import MailopsError
-from mailops.providers.base import provider_for
+from mailops.providers.base import CredentialContext, provider_for
 from mailops.settings import Settings
 from mailops.spec import LoadedSpec
 from mailops.state.store import StateStore
-from mailops.transport.failures import TransportError
+from mailops.transport.failures import FailureClass, TransportError
 
 EXIT_INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
 
@@ -92,6 +93,13 @@ class ApplyHooks:
         raise KeyboardInterrupt
 
 
+def status_after(error: TransportError | None) -> str:
+    """An account's status after a login: connected, or why not (a refused OAuth grant needs a person)."""
+    if error is None:
+        return "connected"
+    return "needs_reconnect" if error.failure_class is FailureClass.TOKEN else "error"
+
+
 def apply(
     loaded: LoadedSpec,
     store: StateStore,
@@ -156,6 +164,7 @@ async def _execute(
     if catch_interrupt:
         loop.add_signal_handler(signal.SIGINT, on_interrupt)
     not_started: list[AccountChange] = []
+    context = credential_context(loaded, settings, store)
     # imapclient blocks: give it as many threads as accounts may run at once.
     with ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="mailops-imap") as executor:
 
@@ -164,7 +173,7 @@ async def _execute(
                 if stop.is_set():
                     not_started.append(change)
                     return None
-                outcome = await _execute_change(change, loaded, store, settings, executor)
+                outcome = await _execute_change(change, loaded, store, settings, executor, context)
             hooks.account_done(outcome)
             return outcome
 
@@ -179,7 +188,12 @@ async def _execute(
 
 
 async def _execute_change(
-    change: AccountChange, loaded: LoadedSpec, store: StateStore, settings: Settings, executor: ThreadPoolExecutor
+    change: AccountChange,
+    loaded: LoadedSpec,
+    store: StateStore,
+    settings: Settings,
+    executor: ThreadPoolExecutor,
+    context: CredentialContext,
 ) -> AccountOutcome:
     if change.action is Action.DELETE:
         store.delete_account(change.address)
@@ -187,7 +201,7 @@ async def _execute_change(
     account = loaded.spec.account(change.address)
     assert account is not None and change.after is not None
     needs_consent = provider_for(account.provider).needs_consent
-    if needs_consent or not change.verify:
+    if not change.verify:
         # Nothing to log in to (yet): store the settings, keep the status it has.
         current = store.account(change.address)
         if needs_consent and (current is None or current.provider != account.provider):
@@ -206,13 +220,13 @@ async def _execute_change(
     policy = loaded.spec.policies.test_mail
     result = await verify_account(
         account,
-        config_dir=loaded.config_dir,
+        context=context,
         settings=settings,
         executor=executor,
         send_test_mail=policy.on_apply,
         test_mail_to=policy.to,
     )
-    status = "connected" if result.ok else "error"
+    status = status_after(result.error)
     mail = result.test_mail
     store.record_account(
         change.address,

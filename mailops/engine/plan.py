@@ -22,7 +22,7 @@ from mailops.fileio import atomic_write
 from mailops.providers.base import provider_for
 from mailops.spec import LoadedSpec
 from mailops.spec.models import Account, Policies, Spec
-from mailops.state.accounts import AccountState, LiveAccounts, state_fingerprint
+from mailops.state.accounts import AccountState, AccountStatus, LiveAccounts, state_fingerprint
 
 # 2: the body carries its own digest, and apply compares the changes, not only the inputs.
 PLAN_FORMAT_VERSION = 2
@@ -261,7 +261,7 @@ def _change_for(account: Account, after: dict[str, Any], state: AccountState | N
             return change(
                 action=Action.CREATE,
                 before=None,
-                reason=f"then needs OAuth consent: mailops connect {account.address}",
+                reason=f"then needs OAuth consent: run `mailops connect {account.address}`",
             )
         return change(action=Action.CREATE, before=None, verify=True)
     fields: tuple[FieldChange, ...] = ()
@@ -276,16 +276,16 @@ def _change_for(account: Account, after: dict[str, Any], state: AccountState | N
             if (before := before_flat.get(path, defaults.get(path))) != after_flat.get(path)
         )
     connection_changed = any(f.path.split(".")[0] in CONNECTION_FIELDS for f in fields)
-    if provider.needs_consent:
+    if provider.needs_consent and state.provider != account.provider:
+        reason = f"then needs OAuth consent: run `mailops connect {account.address}`"
+        return change(action=Action.UPDATE, before=state.settings, fields=fields, reason=reason)
+    if provider.needs_consent and state.status in (AccountStatus.PENDING_CONSENT, AccountStatus.NEEDS_RECONNECT):
+        # Nothing to log in with until a person consents: store what changed, say what to run.
+        command = "connect" if state.status == AccountStatus.PENDING_CONSENT else "reconnect"
+        reason = f"{state.status.replace('_', ' ')}: run `mailops {command} {account.address}`"
         if fields:
-            return change(action=Action.UPDATE, before=state.settings, fields=fields)
-        if state.status != "connected":
-            return change(
-                action=Action.NEEDS_ACTION,
-                before=state.settings,
-                reason=f"{state.status.replace('_', ' ')}: run `mailops connect {account.address}`",
-            )
-        return change(action=Action.NOOP, before=state.settings)
+            return change(action=Action.UPDATE, before=state.settings, fields=fields, reason=reason)
+        return change(action=Action.NEEDS_ACTION, before=state.settings, reason=reason)
     if fields:
         # A failed account is verified again with any change, not only a connection change.
         verify = connection_changed or state.status != "connected"

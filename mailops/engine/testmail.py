@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from mailops.engine.credentials import credential_context
 from mailops.engine.verify import TestMailResult, recipient_of_test_mail, send_test_mail_now
 from mailops.errors import MailopsError
-from mailops.providers.base import CredentialContext, provider_for
+from mailops.providers.base import provider_for
 from mailops.settings import Settings
 from mailops.spec import LoadedSpec
 from mailops.spec.models import address_key, canonical_address
@@ -31,7 +32,7 @@ def send_test_mail(
             f"mailbox ({recipient}). Send without --wait, or to {account.address} itself."
         )
     try:
-        credential = provider.credential(account, CredentialContext(loaded.config_dir))
+        credential = provider.credential(account, credential_context(loaded, settings, store))
     except TransportError as error:
         result = TestMailResult(recipient, "", error=error)
     else:

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, make_msgid
 from functools import partial
-from pathlib import Path
 
 from mailops.providers.base import CredentialContext, provider_for
 from mailops.settings import Settings
@@ -77,7 +76,7 @@ def build_test_mail(account: Account, recipient: str) -> EmailMessage:
 async def verify_account(
     account: Account,
     *,
-    config_dir: Path,
+    context: CredentialContext,
     settings: Settings,
     executor: Executor | None,
     send_test_mail: bool,
@@ -89,14 +88,13 @@ async def verify_account(
     """
     imap, smtp = endpoints(account)
     timeouts = timeouts_of(settings)
-    try:
-        credential = provider_for(account.provider).credential(account, CredentialContext(config_dir))
+    loop = asyncio.get_running_loop()
+    try:  # an OAuth credential may need a token refresh over the network: not in the event loop
+        credential = await loop.run_in_executor(executor, provider_for(account.provider).credential, account, context)
     except TransportError as error:
         return VerifyResult(account.address, error=error)
     recipient = recipient_of_test_mail(account, test_mail_to)
-    imap_login = asyncio.get_running_loop().run_in_executor(
-        executor, verify_imap_login, imap, credential, timeouts, settings.ca_file
-    )
+    imap_login = loop.run_in_executor(executor, verify_imap_login, imap, credential, timeouts, settings.ca_file)
 
     async def smtp_login_and_test_mail() -> TestMailResult | None:
         async with smtp_session(smtp, credential, timeouts, settings.ca_file) as client:

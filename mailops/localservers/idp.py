@@ -460,6 +460,7 @@ class LocalIdentityProvider:
                 "client_secret": client.secret,
                 "auth_uri": f"{self.base_url}/google/auth",
                 "token_uri": f"{self.base_url}/google/token",
+                "auth_provider_x509_cert_url": self.google_certs_url,
                 "redirect_uris": list(client.redirect_uris) or ["http://localhost"],
             }
         }

@@ -12,11 +12,14 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from mailops.providers.presets import ServerPreset, preset_for
 from mailops.spec.models import Account, OAuthApps
 from mailops.transport.connection import Credential
+
+if TYPE_CHECKING:
+    from mailops.state.tokens import TokenVault
 
 
 @dataclass(frozen=True)
@@ -30,9 +33,17 @@ class Completion:
 
 @dataclass(frozen=True)
 class CredentialContext:
-    """Where a provider finds what a login needs: secret files are relative to the config dir."""
+    """Where a provider finds what a login needs.
+
+    Secret files are relative to ``config_dir``; OAuth providers find their app in
+    ``apps``, their tokens in ``vault`` and the CA to trust for the identity provider in
+    ``ca_file`` (besides the system's).
+    """
 
     config_dir: Path
+    apps: OAuthApps = field(default_factory=OAuthApps)
+    vault: TokenVault | None = None
+    ca_file: Path | None = None
 
 
 class AccountProvider(ABC):

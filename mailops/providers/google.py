@@ -1,12 +1,162 @@
-"""Google Workspace and Gmail mailboxes: OAuth consent with Google."""
+"""Google Workspace and Gmail mailboxes: OAuth consent with Google, through google-auth-oauthlib.
+
+The app is a "Desktop app" OAuth client whose JSON (`oauth.google.client_secrets`)
+names its `auth_uri` and `token_uri`. Consent runs the installed-app flow on a loopback
+port; Google's device flow refuses Gmail scopes, and the copy-paste flow was shut down.
+The identity is the `email` claim of the id_token, whose signature is verified against
+the certificates the client JSON names (Google's own by default). Each account keeps
+its own credentials.
+"""
 
 from __future__ import annotations
 
-from mailops.providers.base import register
-from mailops.providers.oauth import OAuthProvider
+import datetime as dt
+import json
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from mailops.providers.base import CredentialContext, register
+from mailops.providers.oauth import Consented, ConsentError, ConsentMethod, OAuthProvider, Show, Token
+from mailops.spec.models import Account, GoogleApp, OAuthApps
+from mailops.transport.failures import FailureClass, TransportError
+
+if TYPE_CHECKING:
+    import requests
+
+SCOPES = ("https://mail.google.com/", "openid", "email")
+GOOGLE_CERTS = "https://www.googleapis.com/oauth2/v1/certs"
+TESTING_APP_DAYS = 7
+REVOKED_REMEDY = (
+    "Google refused the refresh token: it was revoked, unused for six months, or the password changed (or "
+    "the account holds too many tokens for this app). Run `mailops reconnect ADDRESS`."
+)
+TESTING_APP_REMEDY = (
+    'Google refused the refresh token seven days after consent: the OAuth app is in "testing" status, '
+    "where refresh tokens live 7 days. Publish the app (OAuth consent screen → Publish app), then run "
+    "`mailops reconnect ADDRESS`."
+)
 
 
 @register
 class GoogleProvider(OAuthProvider):
     name = "google"
     app_example = "{client_secrets: {file: <client JSON>}}"
+    consent_methods = ("browser",)
+
+    def cache_name(self, account: Account, apps: OAuthApps) -> str:
+        return f"google {account.address.lower()}"
+
+    def consent(
+        self,
+        account: Account,
+        context: CredentialContext,
+        stored: str | None,
+        *,
+        method: ConsentMethod,
+        show: Show,
+    ) -> Consented:
+        from google_auth_oauthlib.flow import InstalledAppFlow
+
+        from mailops.transport.http import https_session
+
+        client = _client_config(context)
+        flow = InstalledAppFlow.from_client_config(client, scopes=list(SCOPES))
+        session = https_session(context.ca_file, flow.oauth2session)
+        wanted = self.consenting_identity(account)
+        try:
+            credentials = flow.run_local_server(
+                host="localhost",
+                port=0,
+                open_browser=False,
+                authorization_prompt_message=f"Open this URL in a browser and sign in as {wanted}:\n{{url}}",
+                success_message="mailops has the consent; you may close this window.",
+                timeout_seconds=600,
+                login_hint=wanted,
+                prompt="consent select_account",
+                access_type="offline",
+            )
+        except Exception as exc:  # noqa: BLE001 - oauthlib, requests and the loopback server raise many kinds
+            raise ConsentError(f"the sign-in did not complete: {exc}") from None
+        if credentials is None or not credentials.refresh_token:
+            raise ConsentError("Google gave no refresh token (was `access_type=offline` refused?)")
+        identity = _verified_email(credentials.id_token, client, session)
+        return Consented(identity=identity, cache=credentials.to_json())
+
+    def access_token(self, account: Account, context: CredentialContext, stored: str, identity: str) -> Token:
+        from google.auth.exceptions import RefreshError
+        from google.auth.transport.requests import Request
+        from google.oauth2.credentials import Credentials
+
+        from mailops.transport.http import https_session
+
+        credentials = Credentials.from_authorized_user_info(  # type: ignore[no-untyped-call]
+            json.loads(stored), scopes=list(SCOPES)
+        )
+        if credentials.valid:
+            return Token(str(credentials.token), None)
+        try:
+            credentials.refresh(Request(https_session(context.ca_file)))
+        except RefreshError as exc:
+            consent = context.vault.consent(account.address) if context.vault else None
+            age = dt.datetime.now(dt.UTC) - consent.consented_at if consent else None
+            testing = age is not None and abs(age - dt.timedelta(days=TESTING_APP_DAYS)) <= dt.timedelta(days=1)
+            remedy = TESTING_APP_REMEDY if testing else REVOKED_REMEDY
+            raise TransportError(FailureClass.TOKEN, str(exc), protocol="oauth", remedy=remedy) from None
+        return Token(str(credentials.token), credentials.to_json())
+
+
+def _app_of(apps: OAuthApps) -> GoogleApp:
+    if apps.google is None:
+        raise ConsentError("defaults.yaml declares no `oauth.google` app")
+    return apps.google
+
+
+def _client_config(context: CredentialContext) -> dict[str, Any]:
+    """The client JSON the spec references, checked for what the flow needs."""
+    from mailops.providers.manual import read_secret
+
+    reference = _app_of(context.apps).client_secrets
+    try:
+        text = read_secret(reference, context.config_dir, single_line=False)
+    except TransportError as exc:
+        raise ConsentError(exc.detail) from None
+    try:
+        config = json.loads(text)
+    except ValueError:
+        raise ConsentError(f"the Google client JSON ({reference.describe()}) is not JSON") from None
+    installed = config.get("installed") if isinstance(config, dict) else None
+    needed = ("client_id", "auth_uri", "token_uri")
+    if not isinstance(installed, dict) or any(not isinstance(installed.get(key), str) for key in needed):
+        raise ConsentError(
+            f"the Google client JSON ({reference.describe()}) is not a desktop app's: it needs "
+            '`{"installed": {"client_id", "client_secret", "auth_uri", "token_uri"}}`'
+        )
+    return {"installed": installed}
+
+
+def _verified_email(id_token: Any, client: dict[str, Any], session: requests.Session) -> str:
+    """The `email` of the id_token, after checking its signature, audience and issuer."""
+    from google.auth import exceptions
+    from google.auth.transport.requests import Request
+    from google.oauth2 import id_token as tokens
+
+    installed = client["installed"]
+    if not isinstance(id_token, str):
+        raise ConsentError("Google gave no id_token: was the `openid email` scope refused?")
+    try:
+        claims = tokens.verify_token(
+            id_token,
+            Request(session),
+            audience=installed["client_id"],
+            certs_url=installed.get("auth_provider_x509_cert_url", GOOGLE_CERTS),
+        )
+    except (ValueError, exceptions.GoogleAuthError) as exc:
+        raise ConsentError(f"the id_token does not verify: {exc}") from None
+    issuer = str(claims.get("iss", ""))
+    issuer_host = urlsplit(issuer if "//" in issuer else f"https://{issuer}").hostname
+    if issuer_host != urlsplit(installed["auth_uri"]).hostname:
+        raise ConsentError(f"the id_token comes from {issuer}, not from the client's identity provider")
+    email = claims.get("email")
+    if not isinstance(email, str) or claims.get("email_verified") is False:
+        raise ConsentError("the id_token names no verified e-mail address")
+    return email

@@ -18,10 +18,12 @@ MAX_SECRET_BYTES = 64 * 1024
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def read_secret(ref: SecretRef, config_dir: Path) -> str:
+def read_secret(ref: SecretRef, config_dir: Path, *, single_line: bool = True) -> str:
     """The secret behind ``ref``; a missing or unusable one is a ``secret`` failure naming the reference.
 
-    A file's one trailing line break (as editors write it) is not part of the secret.
+    A file's one trailing line break (as editors write it) is not part of the secret. A
+    password is one line; a document (``single_line=False``, e.g. an OAuth client's JSON)
+    may have more.
     """
     if ref.env is not None:
         value = os.environ.get(ref.env)
@@ -42,7 +44,7 @@ def read_secret(ref: SecretRef, config_dir: Path) -> str:
         if not value:
             raise TransportError(FailureClass.SECRET, f"secret file {path} is empty")
         where = f"secret file {path}"
-    if _CONTROL.search(value):
+    if single_line and _CONTROL.search(value):
         # Never show the secret, nor where in it the character sits.
         raise TransportError(
             FailureClass.SECRET,

@@ -1,14 +1,57 @@
-"""What the OAuth providers (Microsoft 365, Google) share: consent instead of a password."""
+"""What the OAuth providers (Microsoft 365, Google) share: consent instead of a password.
+
+The contract of a subclass:
+
+- :meth:`OAuthProvider.consent` runs the provider's consent flow for an account and
+  returns the identity the token belongs to, with the token cache to store;
+- :meth:`OAuthProvider.access_token` gives a valid access token from a stored cache,
+  refreshing it when needed, and the cache again when the refresh changed it.
+
+This class does the rest the same way for both: it checks that the token's identity is
+the declared address (or one of its aliases, or the delegate of a shared mailbox),
+stores the cache encrypted after every change, so a rotated refresh token is never
+lost, and turns a refused or vanished grant into a ``token`` failure, which marks the
+account ``needs_reconnect``.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+import json
+from abc import abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from mailops.errors import MailopsError
 from mailops.providers.base import AccountProvider, Completion, CredentialContext
 from mailops.providers.presets import ServerPreset
 from mailops.spec.models import Account, OAuthApps
 from mailops.transport.connection import Credential
 from mailops.transport.failures import FailureClass, TransportError
+
+if TYPE_CHECKING:
+    from mailops.state.tokens import TokenVault  # imports SQLAlchemy: only where tokens are used
+
+ConsentMethod = Literal["device-code", "browser"]
+Show = Callable[[str], None]
+
+
+class ConsentError(MailopsError):
+    """Consent did not give a usable token for this account; nothing was stored."""
+
+
+@dataclass(frozen=True)
+class Consented:
+    """What a consent flow produced: whose token it is, and the cache that holds it."""
+
+    identity: str
+    cache: str  # the provider's serialized token cache (plaintext; stored encrypted)
+
+
+@dataclass(frozen=True)
+class Token:
+    access_token: str
+    cache: str | None  # the cache after a refresh that changed it; None when unchanged
 
 
 class OAuthProvider(AccountProvider):
@@ -16,6 +59,9 @@ class OAuthProvider(AccountProvider):
     has_aliases: ClassVar[bool] = True
     # An example of the app's entry in defaults.yaml, for the message when it is missing.
     app_example: ClassVar[str]
+    consent_methods: ClassVar[tuple[ConsentMethod, ...]]
+
+    # -- the spec ------------------------------------------------------------------
 
     def missing_setup(self, oauth: OAuthApps) -> str | None:
         if getattr(oauth, self.name) is not None:
@@ -45,7 +91,129 @@ class OAuthProvider(AccountProvider):
     def preset_source(self, preset: ServerPreset) -> str:
         return f"{self.name} defaults"
 
+    # -- what subclasses implement -------------------------------------------------
+
+    @abstractmethod
+    def cache_name(self, account: Account, apps: OAuthApps) -> str:
+        """Under which name the account's token cache is stored (accounts may share one)."""
+
+    @abstractmethod
+    def consent(
+        self,
+        account: Account,
+        context: CredentialContext,
+        stored: str | None,
+        *,
+        method: ConsentMethod,
+        show: Show,
+    ) -> Consented:
+        """Run the consent flow (``stored``: the cache as stored now, to add to); raise ConsentError."""
+
+    @abstractmethod
+    def access_token(self, account: Account, context: CredentialContext, stored: str, identity: str) -> Token:
+        """A valid access token from ``stored``, refreshed when needed; raise TransportError(TOKEN) when refused."""
+
+    # -- shared ----------------------------------------------------------------------
+
+    def consenting_identity(self, account: Account) -> str:
+        """Who signs in to consent: the delegate of a shared mailbox, else the mailbox itself."""
+        return account.delegate or account.address
+
+    def accepted_identities(self, account: Account) -> set[str]:
+        accepted = {self.consenting_identity(account).lower()}
+        if account.delegate is None:
+            accepted |= {alias.lower() for alias in account.aliases}
+        return accepted
+
+    def connect(self, account: Account, context: CredentialContext, *, method: ConsentMethod, show: Show) -> str:
+        """Consent, check the identity, and store the token; the identity that consented."""
+        if method not in self.consent_methods:
+            offered = " or ".join(f"--{name}" for name in self.consent_methods)
+            raise ConsentError(f"{self.name} accounts connect with {offered}")
+        vault = _vault(context)
+        name = self.cache_name(account, context.apps)
+        stored = vault.load(name)
+        consented = self.consent(account, context, stored.plaintext if stored else None, method=method, show=show)
+        if consented.identity.lower() not in self.accepted_identities(account):
+            wanted = self.consenting_identity(account)
+            raise ConsentError(
+                f"the sign-in was as {consented.identity}, not as {wanted}: nothing was stored. A browser that is "
+                f"already signed in to another account signs in as that one; sign in again as {wanted}"
+                + ("" if account.delegate else ", or declare the other address under `aliases:`")
+            )
+        _save(vault, name, consented.cache, stored.version if stored else None)
+        vault.record_consent(account.address, consented.identity, name)
+        return consented.identity
+
     def credential(self, account: Account, context: CredentialContext) -> Credential:
+        vault = _vault_or_token_error(context)
+        consent = vault.consent(account.address)
+        if consent is None:
+            raise TransportError(
+                FailureClass.TOKEN,
+                f"{account.address} has no OAuth consent yet; run `mailops connect {account.address}`",
+            )
+        name = self.cache_name(account, context.apps)
+        for attempt in range(3):
+            stored = vault.load(name)
+            if stored is None:
+                raise TransportError(FailureClass.TOKEN, f"the stored token of {account.address} is gone")
+            try:
+                token = self.access_token(account, context, stored.plaintext, consent.identity)
+            except TransportError:
+                latest = vault.load(name)
+                if attempt < 2 and latest is not None and latest.version != stored.version:
+                    continue  # another process refreshed (and rotated the token) meanwhile: use its tokens
+                raise
+            if token.cache is not None and _save(vault, name, token.cache, stored.version) is None:
+                continue
+            return Credential(username=account.username or account.address, oauth_token=token.access_token)
+        raise TransportError(FailureClass.TOKEN, f"the token of {account.address} kept changing under this process")
+
+
+def _vault(context: CredentialContext) -> TokenVault:
+    if context.vault is None:
+        raise ConsentError("the state store is needed to keep OAuth tokens")
+    return context.vault
+
+
+def _vault_or_token_error(context: CredentialContext) -> TokenVault:
+    if context.vault is None:
         raise TransportError(
-            FailureClass.AUTH, f"{account.address} has no OAuth token yet; run `mailops connect {account.address}`"
+            FailureClass.SECRET,
+            "the OAuth token cannot be read: MAILOPS_SECRET_KEY (the key it is stored with) is not set",
+            remedy="Set MAILOPS_SECRET_KEY to the key the tokens were stored with (the key itself, or file:PATH).",
         )
+    return context.vault
+
+
+def _save(vault: TokenVault, name: str, cache: str, version: int | None) -> int | None:
+    """Store ``cache``; when another process saved in between, merge ours over theirs and store that.
+
+    Several accounts share one msal cache: a save must keep the other accounts' tokens.
+    """
+    for _ in range(5):
+        saved = vault.save(name, cache, expected_version=version)
+        if saved is not None:
+            return saved
+        latest = vault.load(name)
+        if latest is None:
+            version = None
+            continue
+        cache, version = merge_caches(latest.plaintext, cache), latest.version
+    return None
+
+
+def merge_caches(theirs: str, ours: str) -> str:
+    """Two serialized token caches as one: ours wins for every entry both hold (it is the newer)."""
+    try:
+        base: dict[str, Any] = json.loads(theirs)
+        mine: dict[str, Any] = json.loads(ours)
+    except ValueError:
+        return ours
+    for section, entries in mine.items():
+        if isinstance(entries, dict) and isinstance(base.get(section), dict):
+            base[section].update(entries)
+        else:
+            base[section] = entries
+    return json.dumps(base)

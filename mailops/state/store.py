@@ -140,6 +140,11 @@ class StateStore:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
+    @property
+    def exists(self) -> bool:
+        """False for a store opened without creating it, that does not exist yet."""
+        return not self._empty
+
     def close(self) -> None:
         self.engine.dispose()
 

@@ -45,3 +45,27 @@ class ApplyLockRow(Base):
     pid: Mapped[int] = mapped_column(Integer)
     acquired_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TokenCacheRow(Base):
+    """An OAuth token cache (msal's, shared by the accounts of one app; or one Google account's
+    credentials), encrypted with MAILOPS_SECRET_KEY. ``version`` counts saves, so that two
+    processes that refreshed at once do not overwrite each other's rotated refresh token."""
+
+    __tablename__ = "token_caches"
+
+    name: Mapped[str] = mapped_column(String(400), primary_key=True)
+    ciphertext: Mapped[str] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ConsentRow(Base):
+    """Who consented for an OAuth account, and when (a Google app in testing loses tokens after 7 days)."""
+
+    __tablename__ = "consents"
+
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)  # lower-cased
+    identity: Mapped[str] = mapped_column(String(320))  # the account the token belongs to
+    cache: Mapped[str] = mapped_column(String(400))  # TokenCacheRow.name
+    consented_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))

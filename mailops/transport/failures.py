@@ -27,6 +27,8 @@ class FailureClass(StrEnum):
     PROTOCOL = "protocol"
     NOT_DELIVERED = "not_delivered"
     LOCAL = "local"
+    TOKEN = "token"  # the OAuth token is gone or refused: the account needs a person to reconnect it
+    SMTP_AUTH_DISABLED = "smtp_auth_disabled"
 
 
 REMEDIES: dict[FailureClass, str] = {
@@ -71,6 +73,15 @@ REMEDIES: dict[FailureClass, str] = {
         "The server accepted the mail, but it did not arrive in the mailbox in time. Look for it in "
         "the spam folder and in the server's log; a server that discards mail, or a slow delivery queue, "
         "looks like this. Raise MAILOPS_DELIVERY_WAIT for slow servers."
+    ),
+    FailureClass.TOKEN: (
+        "The OAuth grant no longer works (revoked, expired after a long time unused, or the password "
+        "changed). Run `mailops reconnect ADDRESS` and sign in again as the mailbox's owner."
+    ),
+    FailureClass.SMTP_AUTH_DISABLED: (
+        "Microsoft 365 has SMTP AUTH turned off for this mailbox or the whole tenant. An Exchange "
+        "administrator enables it with `Set-CASMailbox -Identity ADDRESS -SmtpClientAuthenticationDisabled "
+        "$false` (or for the tenant in the admin center); it takes up to an hour to apply."
     ),
     FailureClass.LOCAL: (
         "mailops could not build or send the request on this side; no server refused anything. "
@@ -184,7 +195,8 @@ def _classify_smtp(exc: BaseException, protocol: str) -> TransportError | None:
     if isinstance(exc, aiosmtplib.SMTPTimeoutError):
         return TransportError(FailureClass.TIMEOUT, message, protocol=protocol)
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-        return TransportError(FailureClass.AUTH, message, protocol=protocol, smtp_code=code)
+        failure = FailureClass.SMTP_AUTH_DISABLED if "5.7.139" in message else FailureClass.AUTH
+        return TransportError(failure, message, protocol=protocol, smtp_code=code)
     if isinstance(exc, aiosmtplib.SMTPSenderRefused):
         return TransportError(FailureClass.SENDER_REFUSED, message, protocol=protocol, smtp_code=code)
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
