@@ -24,12 +24,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Debian packages the integration tests start as real servers: Dovecot (IMAP) and
-# PostgreSQL (the state store on a team database). Installed only when missing.
+# PostgreSQL (the state store on a team database), and the system Python that the test
+# Dovecot's shared-mailbox check runs with. Installed only when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@missing=""; \
 	command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || missing="$$missing dovecot-imapd"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	[ -x /usr/bin/python3 ] || missing="$$missing python3-minimal"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if ! command -v apt-get >/dev/null 2>&1; then \
 		echo "missing:$$missing; apt-get is not available, install them yourself" >&2; exit 1; \

@@ -80,6 +80,7 @@ import secrets  # noqa: E402
 import tempfile  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
+from mailops.localservers.idp import LocalIdentityProvider  # noqa: E402
 from tests.servers import HOST, Dovecot, MailUsers, Postgres, Smtp, write_certificate  # noqa: E402
 
 
@@ -88,7 +89,8 @@ class MailServers:
     users: MailUsers
     dovecot: Dovecot
     smtp: Smtp
-    cert: Path
+    cert: Path  # the servers' certificate; the identity provider serves the same one
+    identity_provider: LocalIdentityProvider | None = None
 
     def ports(self, imap: str, smtp: str) -> tuple[int, int]:
         imap_port = {
@@ -101,18 +103,37 @@ class MailServers:
 
 
 @pytest.fixture(scope="session")
-def mail_servers():
+def identity_provider():
+    """The local OAuth provider (HTTPS on 127.0.0.1), started once per session.
+
+    The mail servers check its access tokens (XOAUTH2) and use its certificate, so one CA
+    file trusts all three. Register users with ``mail_servers.users.add_oauth(address)`` (a
+    mailbox too) or `LocalIdentityProvider.add_user`, and get tokens from
+    `LocalIdentityProvider.issue_access_token` or a real flow.
+    """
+    root = Path(tempfile.mkdtemp(prefix="mailops-idp-"))
+    root.chmod(0o755)  # Dovecot's auth process reads the certificate as user dovecot
+    cert, key = write_certificate(root)
+    provider = LocalIdentityProvider(cert, key)
+    provider.start()
+    yield provider
+    provider.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mail_servers(identity_provider: LocalIdentityProvider):
     if not shutil.which("dovecot") and not Path("/usr/sbin/dovecot").exists():
         pytest.fail("Dovecot is not installed; `make test` installs it (Debian package dovecot-imapd)")
     root = Path(tempfile.mkdtemp(prefix="mailops-servers-"))
     root.chmod(0o755)  # Dovecot's auth process runs as another user and must reach the files
-    cert, key = write_certificate(root)
-    users = MailUsers(root)
+    cert, key = identity_provider.cert_file, identity_provider.key_file
+    users = MailUsers(root, identity_provider=identity_provider)
     dovecot = Dovecot(root, users, cert, key)
     smtp = Smtp(users, cert, key)
     dovecot.start()
     smtp.start()
-    yield MailServers(users, dovecot, smtp, cert)
+    yield MailServers(users, dovecot, smtp, cert, identity_provider)
     smtp.stop()
     dovecot.stop()
     shutil.rmtree(root, ignore_errors=True)
@@ -158,6 +179,18 @@ def new_account(mail_servers: MailServers, monkeypatch: pytest.MonkeyPatch):
             mail_servers.users.add(address, password)
         monkeypatch.setenv(env_name, password)
         return ServerAccount(address, password, env_name)
+
+    return make
+
+
+@pytest.fixture
+def new_oauth_account(mail_servers: MailServers):
+    """Make a fresh mailbox without a password, for a user of the identity provider; returns the address."""
+
+    def make(local: str = "oauth") -> str:
+        address = f"{local}{next(_account_numbers)}-{os.getpid()}@example.com"
+        mail_servers.users.add_oauth(address)
+        return address
 
     return make
 

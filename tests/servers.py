@@ -2,11 +2,33 @@
 
 Both share one user table, so an account that exists logs in to both. SMTP delivers
 into the recipient's Dovecot maildir, so a test mail can be found over IMAP.
+
+With a `LocalIdentityProvider` on the user table, both servers also take XOAUTH2 (and
+Dovecot OAUTHBEARER) with the provider's access tokens, as Outlook and Gmail do:
+
+* Dovecot asks the provider's ``/introspect`` (its own ``oauth2`` passdb); aiosmtpd asks
+  `LocalIdentityProvider.token_info` in this process and wants an SMTP scope (`SMTP_SCOPES`).
+  Passwords work as before (the passwd-file passdb only does PLAIN/LOGIN). Dovecot checks no
+  scope for a user's own mailbox: this machine's Dovecot (Debian 2.3.19.1+dfsg1-2.1+deb12u7,
+  CVE-2026-40205 backport) wants *every* scope listed in the oauth2 ``scope`` setting, so one
+  passdb cannot take both Microsoft's IMAP scope and Google's (`IMAP_SCOPES`).
+* Shared mailboxes, Microsoft's way: ``user=<shared address>`` with a token of a delegate who
+  was granted access (`MailUsers.grant_access`). Dovecot's oauth2 passdb cannot do that (it
+  sends only the token to the introspection endpoint and then requires the answer's
+  ``username`` to equal the login name), so a third passdb, Dovecot's ``checkpassword`` driver,
+  runs a small script (`SHARED_MAILBOX_CHECK`) for what the oauth2 passdb refused: it
+  introspects the token at the same provider, looks the grant up in ``ROOT/grants`` and
+  wants one of `IMAP_SCOPES`.
+* `MailUsers.disable_smtp_auth` answers SMTP AUTH of that mailbox as Exchange Online does
+  when SMTP AUTH is off (`SMTP_AUTH_DISABLED`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
 import logging
 import mailbox
 import os
@@ -20,11 +42,15 @@ import warnings
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword
 
 from mailops.demo import write_self_signed_certificate
+
+if TYPE_CHECKING:
+    from mailops.localservers.idp import LocalIdentityProvider
 
 HOST = "127.0.0.1"
 
@@ -32,6 +58,15 @@ HOST = "127.0.0.1"
 warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
 warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
 logging.getLogger("mail.log").setLevel(logging.ERROR)
+
+# The scopes a token needs (any one of them): Microsoft's per-protocol scopes, or Google's one.
+GMAIL_SCOPE = "https://mail.google.com/"
+IMAP_SCOPES = frozenset({"https://outlook.office.com/IMAP.AccessAsUser.All", GMAIL_SCOPE})
+SMTP_SCOPES = frozenset({"https://outlook.office.com/SMTP.Send", GMAIL_SCOPE})
+
+# Exchange Online's SMTP replies.
+XOAUTH2_FAILED = "535 5.7.3 Authentication unsuccessful"
+SMTP_AUTH_DISABLED = "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant."
 
 
 def free_port() -> int:
@@ -46,10 +81,20 @@ def write_certificate(directory: Path) -> tuple[Path, Path]:
 
 @dataclass
 class MailUsers:
-    """The user table both servers read: address -> password, plus the maildirs."""
+    """The user table both servers read: address -> password, plus the maildirs.
+
+    With `identity_provider` set, OAuth users (`add_oauth`), shared mailboxes and their
+    delegates (`grant_access`) and the mailboxes whose SMTP AUTH is off (`disable_smtp_auth`)
+    live here too. Addresses compare case-insensitively, except the maildir names (Dovecot
+    lowercases login names: use lowercase addresses).
+    """
 
     root: Path
     passwords: dict[str, str] = field(default_factory=dict)
+    identity_provider: LocalIdentityProvider | None = None
+    mailboxes: set[str] = field(default_factory=set)  # every address with a maildir that takes mail
+    grants: dict[str, set[str]] = field(default_factory=dict)  # shared mailbox -> delegates (lowercase)
+    smtp_auth_disabled: set[str] = field(default_factory=set)  # lowercase
 
     def add(self, address: str, password: str) -> None:
         self.passwords[address] = password
@@ -57,6 +102,57 @@ class MailUsers:
         # shared file changed twice within a second may not be re-read.
         (self.root / "users" / address).write_text(f"{address}:{{PLAIN}}{password}::::::\n", encoding="utf-8")
         self.maildir(address)
+        self.mailboxes.add(address)
+
+    def add_oauth(self, address: str) -> None:
+        """A mailbox without a password: it logs in with XOAUTH2 only, as a user of the identity provider."""
+        if self.identity_provider is None:
+            raise RuntimeError("these servers have no identity provider")
+        self.identity_provider.add_user(address)
+        self.maildir(address)
+        self.mailboxes.add(address)
+
+    def add_shared(self, address: str) -> None:
+        """A shared mailbox: no password and no sign-in of its own; delegates reach it (`grant_access`)."""
+        self.maildir(address)
+        self.mailboxes.add(address)
+        directory = self.root / "grants" / address.lower()
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o755)  # Dovecot's auth process (user dovecot) reads it
+        self.grants.setdefault(address.lower(), set())
+
+    def grant_access(self, shared_address: str, delegate_email: str) -> None:
+        """Let the tokens of `delegate_email` log in as ``user=shared_address`` (IMAP and SMTP)."""
+        if shared_address.lower() not in self.grants:
+            self.add_shared(shared_address)
+        self.grants[shared_address.lower()].add(delegate_email.lower())
+        grant = self.root / "grants" / shared_address.lower() / delegate_email.lower()
+        grant.write_text("", encoding="utf-8")
+        grant.chmod(0o644)
+
+    def revoke_access(self, shared_address: str, delegate_email: str) -> None:
+        self.grants.get(shared_address.lower(), set()).discard(delegate_email.lower())
+        (self.root / "grants" / shared_address.lower() / delegate_email.lower()).unlink(missing_ok=True)
+
+    def disable_smtp_auth(self, address: str) -> None:
+        """SMTP AUTH of `address` (any mechanism) then answers `SMTP_AUTH_DISABLED`."""
+        self.smtp_auth_disabled.add(address.lower())
+
+    def enable_smtp_auth(self, address: str) -> None:
+        self.smtp_auth_disabled.discard(address.lower())
+
+    def smtp_auth_is_disabled(self, address: str) -> bool:
+        return address.lower() in {disabled.lower() for disabled in self.smtp_auth_disabled}
+
+    def token_allows(self, login: str, token: str, scopes: frozenset[str]) -> bool:
+        """Whether `token` may log in as `login`: active, one of `scopes`, its owner's or delegated."""
+        if self.identity_provider is None:
+            return False
+        info = self.identity_provider.token_info(token)
+        if info is None or not info["active"] or not scopes & set(info["scopes"]):
+            return False
+        owner = info["username"].lower()
+        return owner == login.lower() or owner in self.grants.get(login.lower(), set())
 
     def maildir(self, address: str) -> mailbox.Maildir:
         path = self.root / "mail" / address
@@ -65,7 +161,7 @@ class MailUsers:
         return box
 
     def deliver(self, address: str, data: bytes) -> None:
-        if address not in self.passwords:
+        if address not in self.passwords and address not in self.mailboxes:
             return  # no such mailbox: silently dropped, like a catch-nothing relay
         box = self.maildir(address)
         box.add(message_from_bytes(data))
@@ -85,16 +181,100 @@ def _give_to_nobody(path: Path) -> None:
             os.chown(os.path.join(directory, name), nobody.pw_uid, nobody.pw_gid)
 
 
+# Dovecot's checkpassword passdb runs this (as user dovecot) for XOAUTH2/OAUTHBEARER logins the
+# oauth2 passdb refused: fd 3 holds "user\0token\0"; success means exec'ing argv[1] (Dovecot's
+# checkpassword-reply), exit 1 a failed login, 111 a temporary failure. Standard library only.
+SHARED_MAILBOX_CHECK = """#!/usr/bin/python3 -IS
+import json, os, ssl, sys, urllib.parse, urllib.request
+
+GRANTS, INTROSPECT, CA = {grants!r}, {introspect!r}, {ca!r}
+SCOPES = {scopes!r}
+
+
+def name_ok(name):
+    return bool(name) and "/" not in name and not name.startswith(".")
+
+
+def main():
+    with os.fdopen(3, "rb") as stream:
+        user, token = (stream.read(65536).split(b"\\0") + [b"", b""])[:2]
+    user = user.decode("utf-8", "replace").lower()
+    if not name_ok(user) or not token or not os.path.isdir(os.path.join(GRANTS, user)):
+        return 1  # not a shared mailbox: nothing for this passdb to say
+    request = urllib.request.Request(INTROSPECT, urllib.parse.urlencode({{"token": token}}).encode(), method="POST")
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({{}}), urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=CA))
+    )
+    try:
+        with opener.open(request, timeout=5) as answer:
+            info = json.load(answer)
+    except Exception as exc:
+        print("introspection failed:", exc, file=sys.stderr)
+        return 111
+    owner = str(info.get("username") or "").lower()
+    if info.get("active") is not True or not name_ok(owner):
+        return 1
+    if not os.path.exists(os.path.join(GRANTS, user, owner)):
+        return 1
+    if not set(str(info.get("scope") or "").split()) & SCOPES:
+        return 1
+    os.execv(sys.argv[1], sys.argv[1:])
+
+
+sys.exit(main())
+"""
+
+
 class Dovecot:
-    """Dovecot from Debian, configured from a temp dir, with a plain (STARTTLS) and an IMAPS port."""
+    """Dovecot from Debian, configured from a temp dir, with a plain (STARTTLS) and an IMAPS port.
+
+    With an identity provider on the user table: XOAUTH2 and OAUTHBEARER too (see the module doc).
+    """
 
     def __init__(self, root: Path, users: MailUsers, cert: Path, key: Path):
         self.root, self.users = root, users
         self.plain_port, self.tls_port = free_port(), free_port()
         self.config = root / "dovecot.conf"
-        for name in ("run", "state", "mail", "users"):
+        for name in ("run", "state", "mail", "users", "grants"):
             (root / name).mkdir(exist_ok=True)
+        (root / "grants").chmod(0o755)
         _give_to_nobody(root / "mail")
+        mechanisms, oauth_passdbs = "plain login", ""
+        provider = users.identity_provider
+        if provider is not None:
+            mechanisms = "plain login xoauth2 oauthbearer"
+            (root / "oauth2.conf.ext").write_text(
+                f"""introspection_mode = post
+introspection_url = {provider.introspection_url}
+username_attribute = username
+active_attribute = active
+active_value = true
+tls_ca_cert_file = {provider.ca_file}
+""",
+                encoding="utf-8",
+            )
+            check = root / "shared-mailbox-check"
+            check.write_text(
+                SHARED_MAILBOX_CHECK.format(
+                    grants=str(root / "grants"),
+                    introspect=provider.introspection_url,
+                    ca=str(provider.ca_file),
+                    scopes=set(IMAP_SCOPES),
+                ),
+                encoding="utf-8",
+            )
+            check.chmod(0o755)
+            oauth_passdbs = f"""passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {root}/oauth2.conf.ext
+}}
+passdb {{
+  driver = checkpassword
+  mechanisms = xoauth2 oauthbearer
+  args = {check}
+}}
+"""
         self.config.write_text(
             f"""
 base_dir = {root}/run
@@ -110,13 +290,14 @@ ssl = yes
 ssl_cert = <{cert}
 ssl_key = <{key}
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 mail_location = maildir:{root}/mail/%u
 passdb {{
   driver = passwd-file
+  mechanisms = plain login
   args = scheme=PLAIN username_format=%u {root}/users/%u
 }}
-userdb {{
+{oauth_passdbs}userdb {{
   driver = static
   args = uid=nobody gid=nogroup home={root}/mail/%u
 }}
@@ -176,10 +357,40 @@ class RejectingHandler:
     ``refused-sender*`` as sender gets 553 5.1.8, ``unknown*`` as recipient gets 550 5.1.1,
     and mail from ``reject-data*`` gets 554 5.6.0 after DATA. Mail from ``discard*`` is
     accepted and then dropped, as a server with a silent filter does.
+
+    It also adds ``AUTH XOAUTH2`` (aiosmtpd offers a handler's ``auth_<MECHANISM>`` methods):
+    a token is checked with `MailUsers.token_allows`. A failure first sends Gmail's ``334``
+    challenge (base64 JSON) and answers `XOAUTH2_FAILED` to the client's (empty) reply; with
+    `xoauth2_error_challenge` off it answers `XOAUTH2_FAILED` at once.
     """
 
     def __init__(self, users: MailUsers):
         self.users = users
+        self.xoauth2_error_challenge = True
+
+    async def auth_XOAUTH2(self, server, args: list[str]) -> AuthResult:  # noqa: N802
+        if len(args) > 1:  # the initial response, on the AUTH line
+            try:
+                blob = b"" if args[1] == "=" else base64.b64decode(args[1], validate=True)
+            except binascii.Error:
+                return AuthResult(success=False, handled=False, message="501 5.5.2 Can't decode base64")
+        else:
+            response = await server.challenge_auth("")
+            if response is MISSING:
+                return AuthResult(success=False, handled=True)  # challenge_auth has answered
+            blob = response
+        fields = dict(part.split("=", 1) for part in blob.decode("utf-8", "replace").split("\x01") if "=" in part)
+        login, auth = fields.get("user", ""), fields.get("auth", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if not login or not token or not self.users.token_allows(login, token, SMTP_SCOPES):
+            if self.xoauth2_error_challenge:
+                error = {"status": "401", "schemes": "bearer", "scope": " ".join(sorted(SMTP_SCOPES))}
+                if await server.challenge_auth(json.dumps(error)) is MISSING:
+                    return AuthResult(success=False, handled=True)
+            return AuthResult(success=False, handled=False, message=XOAUTH2_FAILED)
+        if self.users.smtp_auth_is_disabled(login):
+            return AuthResult(success=False, handled=False, message=SMTP_AUTH_DISABLED)
+        return AuthResult(success=True, auth_data=LoginPassword(login.encode(), b""))
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):  # noqa: N802
         if address.startswith("refused-sender"):
@@ -214,7 +425,7 @@ class Smtp:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key)
         self.starttls_port, self.tls_port, self.plain_port = free_port(), free_port(), free_port()
-        handler = RejectingHandler(users)
+        self.handler = handler = RejectingHandler(users)
         common = {"hostname": HOST, "authenticator": self._authenticate, "auth_required": True}
         self.controllers = [
             Controller(handler, port=self.starttls_port, tls_context=context, require_starttls=True, **common),
@@ -226,9 +437,20 @@ class Smtp:
         if isinstance(auth_data, LoginPassword):
             login, password = auth_data.login.decode(), auth_data.password.decode()
             if self.users.passwords.get(login) == password:
+                if self.users.smtp_auth_is_disabled(login):
+                    return AuthResult(success=False, handled=False, message=SMTP_AUTH_DISABLED)
                 return AuthResult(success=True)
         # handled=False makes aiosmtpd answer 535; with True the client would hang.
         return AuthResult(success=False, handled=False)
+
+    @property
+    def xoauth2_error_challenge(self) -> bool:
+        """Whether a failed XOAUTH2 gets Gmail's 334 JSON challenge before the 535 (the default)."""
+        return self.handler.xoauth2_error_challenge
+
+    @xoauth2_error_challenge.setter
+    def xoauth2_error_challenge(self, value: bool) -> None:
+        self.handler.xoauth2_error_challenge = value
 
     def start(self) -> None:
         for controller in self.controllers:

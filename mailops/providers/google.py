@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from mailops.providers.base import CredentialContext, register
-from mailops.providers.oauth import Consented, ConsentError, ConsentMethod, OAuthProvider, Show, Token
+from mailops.providers.oauth import (
+    Consented,
+    ConsentError,
+    ConsentMethod,
+    OAuthProvider,
+    Show,
+    Token,
+    consent_browser,
+)
 from mailops.spec.models import Account, GoogleApp, OAuthApps
 from mailops.transport.failures import FailureClass, TransportError
 
@@ -64,17 +72,18 @@ class GoogleProvider(OAuthProvider):
         session = https_session(context.ca_file, flow.oauth2session)
         wanted = self.consenting_identity(account)
         try:
-            credentials = flow.run_local_server(
-                host="localhost",
-                port=0,
-                open_browser=False,
-                authorization_prompt_message=f"Open this URL in a browser and sign in as {wanted}:\n{{url}}",
-                success_message="mailops has the consent; you may close this window.",
-                timeout_seconds=600,
-                login_hint=wanted,
-                prompt="consent select_account",
-                access_type="offline",
-            )
+            with consent_browser(show, wanted):
+                credentials = flow.run_local_server(
+                    host="localhost",
+                    port=0,
+                    open_browser=True,  # the consent browser: the URL goes to `show`
+                    authorization_prompt_message="",
+                    success_message="mailops has the consent; you may close this window.",
+                    timeout_seconds=600,
+                    login_hint=wanted,
+                    prompt="consent select_account",
+                    access_type="offline",
+                )
         except Exception as exc:  # noqa: BLE001 - oauthlib, requests and the loopback server raise many kinds
             raise ConsentError(f"the sign-in did not complete: {exc}") from None
         if credentials is None or not credentials.refresh_token:

@@ -12,7 +12,15 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from mailops.providers.base import CredentialContext, register
-from mailops.providers.oauth import Consented, ConsentError, ConsentMethod, OAuthProvider, Show, Token
+from mailops.providers.oauth import (
+    Consented,
+    ConsentError,
+    ConsentMethod,
+    OAuthProvider,
+    Show,
+    Token,
+    consent_browser,
+)
 from mailops.spec.models import Account, MicrosoftApp, OAuthApps
 from mailops.transport.failures import FailureClass, TransportError
 
@@ -78,13 +86,10 @@ class MicrosoftProvider(OAuthProvider):
             result = client.acquire_token_by_device_flow(flow)
         else:
             # login_hint and select_account: the browser's signed-in account is never taken silently.
-            result = client.acquire_token_interactive(
-                list(SCOPES),
-                login_hint=wanted,
-                prompt="select_account",
-                timeout=600,
-                on_before_launching_ui=lambda ui="browser", **_: show(f"Sign in as {wanted} in the browser."),
-            )
+            with consent_browser(show, wanted):
+                result = client.acquire_token_interactive(
+                    list(SCOPES), login_hint=wanted, prompt="select_account", timeout=600
+                )
         if not result or "access_token" not in result:
             raise ConsentError(f"the sign-in did not complete: {_describe(result or {})}")
         claims = result.get("id_token_claims") or {}

@@ -17,8 +17,10 @@ account ``needs_reconnect``.
 from __future__ import annotations
 
 import json
+import webbrowser
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -169,6 +171,40 @@ class OAuthProvider(AccountProvider):
                 continue
             return Credential(username=account.username or account.address, oauth_token=token.access_token)
         raise TransportError(FailureClass.TOKEN, f"the token of {account.address} kept changing under this process")
+
+
+class _ConsentBrowser(webbrowser.BaseBrowser):
+    """The "browser" msal and google-auth-oauthlib open during a consent: it hands the sign-in URL
+    to the person (the CLI prints it), which works on a server, over SSH and in a notebook.
+    Outside a consent it declines, and Python's next browser is tried."""
+
+    def __init__(self) -> None:
+        super().__init__("mailops-consent")
+        self.show: Show | None = None
+        self.identity = ""
+
+    def open(self, url: str, new: int = 0, autoraise: bool = True) -> bool:
+        if self.show is None:
+            return False
+        self.show(f"Open this address in a browser and sign in as {self.identity}:\n{url}")
+        return True
+
+
+_BROWSER: _ConsentBrowser | None = None
+
+
+@contextmanager
+def consent_browser(show: Show, identity: str) -> Iterator[None]:
+    """While this lasts, a library that opens a browser hands the URL to ``show`` instead."""
+    global _BROWSER
+    if _BROWSER is None:
+        _BROWSER = _ConsentBrowser()
+        webbrowser.register(_BROWSER.name, None, _BROWSER, preferred=True)
+    _BROWSER.show, _BROWSER.identity = show, identity
+    try:
+        yield
+    finally:
+        _BROWSER.show = None
 
 
 def _vault(context: CredentialContext) -> TokenVault:
