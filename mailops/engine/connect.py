@@ -130,11 +130,7 @@ async def _check_all(loaded: LoadedSpec, store: StateStore, settings: Settings) 
                 error_class=error.failure_class.value if error else None,
                 error=error.summary() if error else None,
             )
-            fix = ""
-            if new_status == AccountStatus.NEEDS_RECONNECT:
-                fix = f"run `mailops reconnect {address}`"
-            elif error is not None:
-                fix = error.remedy
+            fix = error.remedy.replace("ADDRESS", address) if error is not None else ""
             return CheckResult(address, new_status, error, fix)
 
         return list(await asyncio.gather(*(check(state.address, state.status) for state in store.accounts())))

@@ -14,7 +14,7 @@ from mailops.providers.base import CredentialContext, provider_for
 from mailops.settings import Settings
 from mailops.spec.models import Account
 from mailops.transport.connection import Credential, Endpoint, Timeouts
-from mailops.transport.failures import FailureClass, TransportError
+from mailops.transport.failures import OAUTH_LOGIN_REFUSED, FailureClass, TransportError
 from mailops.transport.imap import verify_imap_login, wait_for_message
 from mailops.transport.smtp import send_in_session, send_message, smtp_session
 
@@ -116,6 +116,8 @@ async def verify_account(
         if isinstance(outcome, BaseException) and not isinstance(outcome, TransportError):
             raise outcome
     first_failure = next((o for o in (imap_outcome, smtp_outcome) if isinstance(o, TransportError)), None)
+    if first_failure is not None and first_failure.failure_class is FailureClass.AUTH and credential.oauth_token:
+        first_failure = first_failure.with_remedy(OAUTH_LOGIN_REFUSED)
     test_mail = smtp_outcome if isinstance(smtp_outcome, TestMailResult) else None
     if first_failure is None and test_mail is not None:
         first_failure = test_mail.error

@@ -30,6 +30,7 @@ from mailops.transport.failures import FailureClass, TransportError
 
 if TYPE_CHECKING:
     import requests
+    from google.oauth2.credentials import Credentials
 
 SCOPES = ("https://mail.google.com/", "openid", "email")
 GOOGLE_CERTS = "https://www.googleapis.com/oauth2/v1/certs"
@@ -92,26 +93,47 @@ class GoogleProvider(OAuthProvider):
         return Consented(identity=identity, cache=credentials.to_json())
 
     def access_token(self, account: Account, context: CredentialContext, stored: str, identity: str) -> Token:
-        from google.auth.exceptions import RefreshError
+        from google.auth.exceptions import GoogleAuthError, RefreshError
         from google.auth.transport.requests import Request
-        from google.oauth2.credentials import Credentials
 
         from mailops.transport.http import https_session
 
-        credentials = Credentials.from_authorized_user_info(  # type: ignore[no-untyped-call]
-            json.loads(stored), scopes=list(SCOPES)
-        )
+        credentials = _credentials(stored)
         if credentials.valid:
             return Token(str(credentials.token), None)
         try:
-            credentials.refresh(Request(https_session(context.ca_file)))
+            credentials.refresh(Request(https_session(context.ca_file)))  # type: ignore[no-untyped-call]
         except RefreshError as exc:
             consent = context.vault.consent(account.address) if context.vault else None
             age = dt.datetime.now(dt.UTC) - consent.consented_at if consent else None
             testing = age is not None and abs(age - dt.timedelta(days=TESTING_APP_DAYS)) <= dt.timedelta(days=1)
             remedy = TESTING_APP_REMEDY if testing else REVOKED_REMEDY
             raise TransportError(FailureClass.TOKEN, str(exc), protocol="oauth", remedy=remedy) from None
-        return Token(str(credentials.token), credentials.to_json())
+        except GoogleAuthError as exc:  # the token endpoint cannot be reached: the grant may be fine
+            raise TransportError(FailureClass.CONNECT, f"Google token endpoint: {exc}", protocol="oauth") from None
+        return Token(str(credentials.token), credentials.to_json())  # type: ignore[no-untyped-call]
+
+
+def _credentials(stored: str) -> Credentials:
+    """The stored credentials, with the token endpoint they came from.
+
+    ``Credentials.from_authorized_user_info`` would send every refresh to Google's
+    default endpoint, whatever the client JSON named.
+    """
+    from google.oauth2.credentials import Credentials
+
+    info = json.loads(stored)
+    expiry = info.get("expiry")
+    return Credentials(  # type: ignore[no-untyped-call]
+        token=info.get("token"),
+        refresh_token=info.get("refresh_token"),
+        token_uri=info.get("token_uri"),
+        client_id=info.get("client_id"),
+        client_secret=info.get("client_secret"),
+        scopes=info.get("scopes"),
+        # google-auth writes naive UTC with a Z; it compares naive UTC.
+        expiry=dt.datetime.fromisoformat(expiry.removesuffix("Z")).replace(tzinfo=None) if expiry else None,
+    )
 
 
 def _app_of(apps: OAuthApps) -> GoogleApp:

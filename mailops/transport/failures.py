@@ -90,6 +90,12 @@ REMEDIES: dict[FailureClass, str] = {
     ),
 }
 
+OAUTH_LOGIN_REFUSED = (
+    "The server refused the OAuth token. Check that IMAP and SMTP AUTH are enabled for the mailbox "
+    "(Microsoft 365: admin center → the user → Mail → Email apps) and that the app has the IMAP and SMTP "
+    "permissions; if the grant was revoked, run `mailops reconnect ADDRESS`."
+)
+
 NO_STARTTLS_REMEDY = (
     "The server does not offer STARTTLS on this port, so the login would go unencrypted; mailops "
     "refuses that. Use `encryption: ssl` with the provider's implicit-TLS port (IMAP 993, SMTP 465), "
@@ -124,6 +130,17 @@ class TransportError(MailopsError):
     @property
     def remedy(self) -> str:
         return self._remedy or REMEDIES[self.failure_class]
+
+    def with_remedy(self, remedy: str) -> TransportError:
+        """The same failure, with a remedy that knows more about the situation than the class does."""
+        return TransportError(
+            self.failure_class,
+            self.detail,
+            protocol=self.protocol,
+            smtp_code=self.smtp_code,
+            enhanced_code=self.enhanced_code,
+            remedy=remedy,
+        )
 
     def summary(self) -> str:
         where = f"{self.protocol.upper()} " if self.protocol else ""
