@@ -1,9 +1,11 @@
 """`mailops demo`: the whole job against an embedded mail server, on a fresh machine.
 
-It starts mail-devel (in-memory IMAP + SMTP) on 127.0.0.1, points a temporary copy
-of the example config at it, and runs the real commands one after another:
-validate, plan, apply, accounts, a round-trip test mail, and a final plan that must
-say "No changes.". Nothing outside 127.0.0.1 is contacted.
+It starts a local identity provider (standing in for Microsoft Entra ID) and mail-devel
+(in-memory IMAP + SMTP, taught XOAUTH2 against that provider) on 127.0.0.1, points a
+temporary copy of the example config at them, and runs the real commands one after
+another: validate, plan, apply, connect (the first Microsoft account consents by device
+code, which the demo approves itself), accounts, a round-trip test mail, check, and a
+final plan that must say "No changes.". Nothing outside 127.0.0.1 is contacted.
 """
 
 from __future__ import annotations
@@ -82,15 +84,21 @@ class EmbeddedMailServer:
 
 
 @contextmanager
-def embedded_mail_server(directory: Path) -> Iterator[EmbeddedMailServer]:
-    cert, key = write_self_signed_certificate(directory)
+def embedded_mail_server(
+    directory: Path, cert: Path, key: Path, introspection_url: str
+) -> Iterator[EmbeddedMailServer]:
+    """mail-devel with XOAUTH2, checking tokens at ``introspection_url`` (trusting ``cert``)."""
     server = EmbeddedMailServer(free_port(), free_port(), secrets.token_urlsafe(16), cert)
     log = (directory / "mail-devel.log").open("wb")
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "mail_devel",
+            "mailops.localservers.mailserver",
+            "--oauth-introspect",
+            introspection_url,
+            "--oauth-ca",
+            str(cert),
             "--host",
             HOST,
             "--multi-user",
@@ -142,10 +150,16 @@ def _wait_until_ready(server: EmbeddedMailServer, process: subprocess.Popen[byte
             time.sleep(0.1)
 
 
-def point_config_at(source: Path, target: Path, server: EmbeddedMailServer) -> list[str]:
-    """Copy the config and make every account a manual one on the embedded server.
+DEMO_CLIENT_ID = "mailops-demo"
 
-    Comments and order survive (ruamel round trip). Returns the account addresses.
+
+def point_config_at(source: Path, target: Path, server: EmbeddedMailServer, authority: str) -> tuple[str, list[str]]:
+    """Copy the config and point every account at the embedded server.
+
+    The first Microsoft account stays an OAuth account of the app at ``authority`` (the
+    local identity provider); the others become manual accounts with the server's
+    password. Comments and order survive (ruamel round trip). Returns the OAuth
+    account's address and the addresses of all accounts.
     """
     from mailops.spec.yamldoc import round_trip_yaml
 
@@ -153,21 +167,27 @@ def point_config_at(source: Path, target: Path, server: EmbeddedMailServer) -> l
     yaml = round_trip_yaml()
     accounts_path, defaults_path = target / "accounts.yaml", target / "defaults.yaml"
     accounts = yaml.load(accounts_path.read_text(encoding="utf-8"))
+    oauth = next(
+        str(a["address"]) for a in accounts["accounts"] if a["provider"] == "microsoft" and "delegate" not in a
+    )
     for account in accounts["accounts"]:
+        account["imap"] = {"host": HOST, "port": server.imap_port, "encryption": "none"}
+        account["smtp"] = {"host": HOST, "port": server.smtp_port, "encryption": "starttls"}
+        if str(account["address"]) == oauth:
+            continue
         account["provider"] = "manual"
         for oauth_only in ("delegate", "aliases"):
             account.pop(oauth_only, None)
         account.setdefault("display_name", account["address"].split("@")[0])
         account["username"] = account["address"]
         account["password"] = {"env": PASSWORD_ENV}
-        account["imap"] = {"host": HOST, "port": server.imap_port, "encryption": "none"}
-        account["smtp"] = {"host": HOST, "port": server.smtp_port, "encryption": "starttls"}
     _dump(yaml, accounts, accounts_path)
     defaults = yaml.load(defaults_path.read_text(encoding="utf-8"))
     # The embedded server offers no IMAP TLS; SMTP still runs with STARTTLS.
     defaults["policies"]["require_encryption"] = False
+    defaults["oauth"]["microsoft"] = {"client_id": DEMO_CLIENT_ID, "tenant": "organizations", "authority": authority}
     _dump(yaml, defaults, defaults_path)
-    return [str(account["address"]) for account in accounts["accounts"]]
+    return oauth, [str(account["address"]) for account in accounts["accounts"]]
 
 
 def _dump(yaml: Any, document: Any, path: Path) -> None:
@@ -181,38 +201,83 @@ Echo = Callable[[str], None]
 
 def run_demo(config_dir: Path, echo: Echo = print) -> int:
     """Run the demo; 0 when every step did what it should."""
+    from mailops.localservers.idp import LocalIdentityProvider
+    from mailops.state.tokens import make_key
+
     workdir = Path(tempfile.mkdtemp(prefix="mailops-demo-"))
+    workdir.chmod(0o700)
     try:
-        echo(f"Starting an embedded mail server on {HOST} …")
-        with embedded_mail_server(workdir) as server:
-            echo(f"  IMAP on port {server.imap_port}, SMTP with STARTTLS on port {server.smtp_port}")
+        cert, key = write_self_signed_certificate(workdir)
+        echo(f"Starting a local identity provider and an embedded mail server on {HOST} …")
+        with (
+            LocalIdentityProvider(cert, key) as identity_provider,
+            embedded_mail_server(workdir, cert, key, identity_provider.introspection_url) as server,
+        ):
+            identity_provider.device_interval = 1
+            identity_provider.add_client(DEMO_CLIENT_ID)
+            echo(f"  identity provider at {identity_provider.base_url} (standing in for Microsoft Entra ID)")
+            echo(f"  IMAP on port {server.imap_port}, SMTP with STARTTLS on port {server.smtp_port}, both with XOAUTH2")
             demo_config = workdir / "config"
-            addresses = point_config_at(config_dir, demo_config, server)
-            echo(f"Copied {config_dir} to {demo_config}; its {len(addresses)} accounts now use the embedded server.\n")
+            oauth, addresses = point_config_at(config_dir, demo_config, server, identity_provider.base_url)
+            identity_provider.add_user(oauth)
+            echo(
+                f"Copied {config_dir} to {demo_config}: {oauth} connects by OAuth, the other "
+                f"{len(addresses) - 1} accounts log in with the server's password.\n"
+            )
             env = {
                 **os.environ,
                 PASSWORD_ENV: server.password,
                 "MAILOPS_CONFIG_DIR": str(demo_config),
                 "MAILOPS_STATE_URL": f"sqlite:///{workdir / 'state.db'}",
                 "MAILOPS_CA_FILE": str(server.cert),
+                "MAILOPS_SECRET_KEY": make_key(),
                 "COLUMNS": os.environ.get("COLUMNS", "120"),
             }
             steps: list[tuple[list[str], set[int]]] = [
                 (["validate"], {0}),
                 (["plan", "--detailed-exitcode"], {2}),
                 (["apply", "--auto-approve"], {0}),
+                (["connect", oauth, "--device-code"], {0}),
                 (["accounts"], {0}),
-                (["test-mail", addresses[0], "--wait"], {0}),
+                (["test-mail", oauth, "--wait"], {0}),
+                (["check"], {0}),
                 (["plan", "--detailed-exitcode"], {0}),
             ]
             for arguments, expected in steps:
                 echo(f"$ mailops {' '.join(arguments)}")
-                result = subprocess.run([sys.executable, "-m", "mailops", *arguments], env=env, cwd=workdir)
+                command = [sys.executable, "-m", "mailops", *arguments]
+                if arguments[0] == "connect":
+                    returncode = _connect_approving(command, env, workdir, identity_provider, oauth, echo)
+                else:
+                    returncode = subprocess.run(command, env=env, cwd=workdir).returncode
                 echo("")
-                if result.returncode not in expected:
-                    echo(f"The demo stopped: `mailops {arguments[0]}` exited {result.returncode}.")
+                if returncode not in expected:
+                    echo(f"The demo stopped: `mailops {arguments[0]}` exited {returncode}.")
                     return 1
-        echo("Demo complete: every account was verified and sent its test mail; the final plan has no changes.")
+        echo(
+            "Demo complete: every account was verified and sent its test mail, the OAuth account logs in "
+            "with XOAUTH2, and the final plan has no changes."
+        )
         return 0
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _connect_approving(
+    command: list[str], env: dict[str, str], cwd: Path, identity_provider: Any, address: str, echo: Echo
+) -> int:
+    """Run `mailops connect` and play the person: approve the device code it shows, as ``address``."""
+    import re
+
+    process = subprocess.Popen(command, env=env, cwd=cwd, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    for line in process.stderr:
+        echo(line.rstrip("\n"))
+        code = re.search(r"enter the code (\S+)", line)
+        if code:
+            echo(f"(The demo approves code {code.group(1)} itself, as {address} signing in at the identity provider.)")
+            identity_provider.approve_device_code(code.group(1), address)
+            break
+    for line in process.stderr:
+        echo(line.rstrip("\n"))
+    return process.wait()

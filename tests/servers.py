@@ -26,9 +26,6 @@ Dovecot OAUTHBEARER) with the provider's access tokens, as Outlook and Gmail do:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
 import mailbox
 import os
@@ -45,9 +42,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from mailops.demo import write_self_signed_certificate
+from mailops.localservers import xoauth2
 
 if TYPE_CHECKING:
     from mailops.localservers.idp import LocalIdentityProvider
@@ -65,7 +63,7 @@ IMAP_SCOPES = frozenset({"https://outlook.office.com/IMAP.AccessAsUser.All", GMA
 SMTP_SCOPES = frozenset({"https://outlook.office.com/SMTP.Send", GMAIL_SCOPE})
 
 # Exchange Online's SMTP replies.
-XOAUTH2_FAILED = "535 5.7.3 Authentication unsuccessful"
+XOAUTH2_FAILED = xoauth2.REFUSED
 SMTP_AUTH_DISABLED = "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant."
 
 
@@ -369,28 +367,16 @@ class RejectingHandler:
         self.xoauth2_error_challenge = True
 
     async def auth_XOAUTH2(self, server, args: list[str]) -> AuthResult:  # noqa: N802
-        if len(args) > 1:  # the initial response, on the AUTH line
-            try:
-                blob = b"" if args[1] == "=" else base64.b64decode(args[1], validate=True)
-            except binascii.Error:
-                return AuthResult(success=False, handled=False, message="501 5.5.2 Can't decode base64")
-        else:
-            response = await server.challenge_auth("")
-            if response is MISSING:
-                return AuthResult(success=False, handled=True)  # challenge_auth has answered
-            blob = response
-        fields = dict(part.split("=", 1) for part in blob.decode("utf-8", "replace").split("\x01") if "=" in part)
-        login, auth = fields.get("user", ""), fields.get("auth", "")
-        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        if not login or not token or not self.users.token_allows(login, token, SMTP_SCOPES):
-            if self.xoauth2_error_challenge:
-                error = {"status": "401", "schemes": "bearer", "scope": " ".join(sorted(SMTP_SCOPES))}
-                if await server.challenge_auth(json.dumps(error)) is MISSING:
-                    return AuthResult(success=False, handled=True)
-            return AuthResult(success=False, handled=False, message=XOAUTH2_FAILED)
-        if self.users.smtp_auth_is_disabled(login):
-            return AuthResult(success=False, handled=False, message=SMTP_AUTH_DISABLED)
-        return AuthResult(success=True, auth_data=LoginPassword(login.encode(), b""))
+        async def check(login: str, token: str) -> str | None:
+            if not self.users.token_allows(login, token, SMTP_SCOPES):
+                return XOAUTH2_FAILED
+            if self.users.smtp_auth_is_disabled(login):
+                return SMTP_AUTH_DISABLED
+            return None
+
+        return await xoauth2.authenticate(
+            server, args, check, error_challenge=self.xoauth2_error_challenge, scope=" ".join(sorted(SMTP_SCOPES))
+        )
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):  # noqa: N802
         if address.startswith("refused-sender"):

@@ -120,6 +120,9 @@ def test_demo_runs_end_to_end_on_the_embedded_server(tmp_path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Apply complete: 5 account(s) done." in result.stdout
     assert "and arrived in the inbox" in result.stdout
+    # The OAuth account consents by device code and then logs in with XOAUTH2.
+    assert "support@example.com is connected: IMAP and SMTP log in with XOAUTH2" in result.stdout
+    assert "5 of 5 account(s) connected." in result.stdout
     assert result.stdout.rstrip().endswith("the final plan has no changes.")
     assert "No changes. The live state matches the spec." in result.stdout
 
