@@ -370,3 +370,27 @@ def test_a_google_token_that_dies_a_week_after_consent_points_at_testing_apps(
     assert f"`mailops reconnect {address}`" in result["fix"]
     state = store(oauth_env).account(address)
     assert state.last_error_class == "token"
+
+
+def test_a_connected_account_is_applied_like_a_manual_one_and_accounts_share_one_cache(
+    oauth_env, mail_servers, idp, new_oauth_account
+) -> None:
+    first, second = new_oauth_account(), new_oauth_account()
+    write_spec(oauth_env, idp, account_yaml(mail_servers, first) + account_yaml(mail_servers, second))
+    assert connect(first, Person(idp, first)).status == "connected"
+    assert connect(second, Person(idp, second)).status == "connected"
+    with sqlite3.connect(oauth_env / "state.db") as connection:
+        assert connection.execute("SELECT count(*) FROM token_caches").fetchone() == (1,)  # one app, one cache
+    # A connection change is verified again, with XOAUTH2, and sends a new test mail.
+    tls_port = mail_servers.smtp.tls_port
+    changed = account_yaml(mail_servers, first).replace(
+        f"port: {mail_servers.smtp.starttls_port}, encryption: starttls", f"port: {tls_port}, encryption: ssl"
+    )
+    write_spec(oauth_env, idp, changed + account_yaml(mail_servers, second))
+    planned = run("plan")
+    assert f"~ {first.lower()} (microsoft)" in planned.stdout
+    assert "(verify IMAP and SMTP login, send test mail)" in planned.stdout
+    applied = run("apply", "--auto-approve")
+    assert applied.exit_code == 0, applied.output
+    assert len(mail_servers.users.messages(first)) == 2
+    assert run("plan", "--detailed-exitcode").exit_code == 0
