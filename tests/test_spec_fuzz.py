@@ -63,10 +63,11 @@ from hypothesis import currently_in_test_context, event, given, note
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from mailops.engine.plan import Plan, format_plan, plan_for
+from mailops.engine.plan import Plan, plan_for
 from mailops.errors import SpecError
 from mailops.spec import LoadedSpec, load_spec
 from mailops.state import read_live_state
+from mailops.views.plan import format_plan
 from tests.conftest import EXAMPLE_CONFIG
 
 SPEC_FILES = ("accounts.yaml", "defaults.yaml")

@@ -31,7 +31,7 @@ def accounts(
         return
     from rich.console import Console
 
-    from mailops.cli.views import Column, records
+    from mailops.views.tables import Column, records
 
     console = Console(highlight=False)
     table_rows = []

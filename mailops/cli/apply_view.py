@@ -10,9 +10,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mailops.cli.common import fail
-from mailops.cli.views import Column, records
 from mailops.engine.apply import EXIT_INTERRUPTED, AccountOutcome, ApplyHooks, ApplyReport, ApplyResult
-from mailops.engine.plan import SYMBOLS, Plan, format_plan
+from mailops.engine.plan import SYMBOLS, Plan
+from mailops.views.plan import format_plan
+from mailops.views.tables import Column, records
 
 
 class TerminalHooks(ApplyHooks):

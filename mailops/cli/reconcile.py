@@ -34,7 +34,8 @@ def plan(
     out: Path | None = typer.Option(None, "--out", help="Save the plan, for `mailops apply FILE`."),
 ) -> None:
     """Show what apply would change: + create, ~ update, - delete, ! needs action."""
-    from mailops.engine.plan import format_plan, plan_for
+    from mailops.engine.plan import plan_for
+    from mailops.views.plan import format_plan
 
     settings = settings_of(ctx, config_dir)
     loaded = load_spec_or_exit(settings, as_json=as_json)

@@ -25,7 +25,7 @@ def validate(
     from rich.console import Console
     from rich.text import Text
 
-    from mailops.cli.views import Column, records
+    from mailops.views.tables import Column, records
 
     console = Console(highlight=False)
     for note in loaded.notes:
