@@ -10,9 +10,7 @@ final plan that must say "No changes.". Nothing outside 127.0.0.1 is contacted.
 
 from __future__ import annotations
 
-import datetime as dt
 import io
-import ipaddress
 import os
 import secrets
 import shutil
@@ -28,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mailops.fileio import atomic_write
+from mailops.localservers.certificates import write_self_signed_certificate
 
 HOST = "127.0.0.1"
 PASSWORD_ENV = "MAILOPS_DEMO_PASSWORD"
@@ -37,40 +36,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
-
-
-def write_self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    """A certificate for localhost and 127.0.0.1 (the local servers' TLS); returns (cert, key)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    atomic_write(key_path, private, mode=0o600)
-    return cert_path, key_path
 
 
 @dataclass(frozen=True)

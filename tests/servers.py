@@ -44,8 +44,8 @@ from typing import TYPE_CHECKING
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from mailops.demo import write_self_signed_certificate
 from mailops.localservers import xoauth2
+from mailops.localservers.certificates import write_self_signed_certificate
 
 if TYPE_CHECKING:
     from mailops.localservers.idp import LocalIdentityProvider

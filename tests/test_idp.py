@@ -28,7 +28,8 @@ from google.oauth2 import id_token
 from google.oauth2.credentials import Credentials
 from google_auth_oauthlib.flow import Flow, InstalledAppFlow
 
-from mailops.demo import free_port, write_self_signed_certificate
+from mailops.demo import free_port
+from mailops.localservers.certificates import write_self_signed_certificate
 from mailops.localservers.idp import DEVICE_CODE_GRANT, LocalIdentityProvider, read_form_post
 
 IMAP = "https://outlook.office.com/IMAP.AccessAsUser.All"

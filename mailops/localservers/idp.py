@@ -648,25 +648,12 @@ class LocalIdentityProvider:
     # --- signing ---
 
     def _make_signing_key(self) -> None:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-        from cryptography.x509.oid import NameOID
+        from cryptography.hazmat.primitives import serialization
         from google.auth import crypt
 
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailops local identity provider signing key")])
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=30))
-            .sign(key, hashes.SHA256())
-        )
+        from mailops.localservers.certificates import self_signed
+
+        key, cert = self_signed("mailops local identity provider signing key")
         der = cert.public_bytes(serialization.Encoding.DER)
         self._kid = _b64url(hashlib.sha1(der).digest())  # Entra's kid is the certificate's x5t
         self._cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
