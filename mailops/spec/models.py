@@ -379,11 +379,23 @@ class TestMailPolicy(SpecModel):
     )
 
 
+class OutboxPolicy(SpecModel):
+    keep_bodies_days: Annotated[
+        int, Field(ge=0, description="Days the outbox keeps a sent mail whole, for `outbox resend`; 0 keeps none.")
+    ] = 0
+
+
 class Policies(SpecModel):
     require_encryption: bool = True
     allow_delete: bool = False
     max_delete_fraction: Annotated[float, Field(ge=0, le=1)] = 0.34
     test_mail: TestMailPolicy = TestMailPolicy()
+    outbox: OutboxPolicy = OutboxPolicy()
+    cli_user_is_admin: bool = Field(
+        False,
+        description="Without --as / MAILOPS_USER the command line acts as an administrator (sees every account); "
+        "otherwise it must be told who acts.",
+    )
 
 
 class AccountsFile(SpecModel):

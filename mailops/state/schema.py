@@ -11,9 +11,9 @@ from enum import Enum
 from mailops.errors import MailopsError
 
 # The migrations in migrations/versions, oldest first; a test keeps the two in step.
-KNOWN_REVISIONS: tuple[str, ...] = ("0001", "0002")
+KNOWN_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003")
 SCHEMA_REVISION = KNOWN_REVISIONS[-1]
-MAILOPS_TABLES = frozenset({"accounts", "apply_lock", "alembic_version", "token_caches", "consents"})
+MAILOPS_TABLES = frozenset({"accounts", "apply_lock", "alembic_version", "token_caches", "consents", "outbox"})
 
 
 class StateError(MailopsError):

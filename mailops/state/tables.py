@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -69,3 +69,40 @@ class ConsentRow(Base):
     identity: Mapped[str] = mapped_column(String(320))  # the account the token belongs to
     cache: Mapped[str] = mapped_column(String(400))  # TokenCacheRow.name
     consented_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OutboxRow(Base):
+    """One attempt to send a mail: written `queued` before it is sent, then `sent` or `failed`.
+
+    To, CC and BCC are kept apart, as the outbox log shows them. ``raw`` holds the whole
+    message only while `policies.outbox.keep_bodies_days` allows (for `outbox resend`).
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_status", "status"), Index("ix_outbox_account_time", "account", "created_at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    source: Mapped[str] = mapped_column(String(20))  # "mailops", or "import" for another system's log
+    account: Mapped[str] = mapped_column(String(320))  # lower-cased
+    project: Mapped[str | None] = mapped_column(String(100), default=None)
+    acting_user: Mapped[str | None] = mapped_column(String(200), default=None)
+    sender: Mapped[str] = mapped_column(String(320))
+    sender_name: Mapped[str] = mapped_column(String(200), default="")
+    to_addresses: Mapped[list[str]] = mapped_column(JSON)
+    cc_addresses: Mapped[list[str]] = mapped_column(JSON)
+    bcc_addresses: Mapped[list[str]] = mapped_column(JSON)
+    subject: Mapped[str] = mapped_column(Text)
+    preview: Mapped[str] = mapped_column(Text, default="")
+    message_id: Mapped[str] = mapped_column(String(250))
+    status: Mapped[str] = mapped_column(String(10))  # queued | sent | failed
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    retry_of: Mapped[int | None] = mapped_column(Integer, default=None)  # the attempt this one repeats
+    reply: Mapped[str | None] = mapped_column(Text, default=None)  # the server's text
+    smtp_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    enhanced_code: Mapped[str | None] = mapped_column(String(20), default=None)
+    error_class: Mapped[str | None] = mapped_column(String(40), default=None)
+    remedy: Mapped[str | None] = mapped_column(Text, default=None)
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    raw_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)

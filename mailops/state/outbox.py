@@ -1,0 +1,242 @@
+"""The outbox log in the state store: every attempt to send a mail, as a read-only view and its queries.
+
+An attempt is written `queued` before a byte goes to the server, then updated to
+`sent` or `failed`; a process that dies in between leaves `queued` rows, which
+`mailops outbox retry` sends again (delivery is at least once). Writes come in batches
+(one transaction for many rows), so that logging keeps up with sending.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select, update
+
+from mailops.state.accounts import aware, utcnow
+from mailops.state.tables import OutboxRow
+
+if TYPE_CHECKING:
+    from mailops.state.store import StateStore
+
+
+class OutboxStatus(StrEnum):
+    QUEUED = "queued"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class NewAttempt:
+    """What is known of an attempt before it is sent."""
+
+    account: str
+    sender: str
+    sender_name: str
+    to: Sequence[str]
+    cc: Sequence[str]
+    bcc: Sequence[str]
+    subject: str
+    preview: str
+    message_id: str
+    project: str | None = None
+    acting_user: str | None = None
+    attempt: int = 1
+    retry_of: int | None = None
+    raw: bytes | None = None  # the whole message, kept for resend only while the policy allows
+    raw_expires_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended."""
+
+    status: OutboxStatus
+    reply: str | None = None
+    smtp_code: int | None = None
+    enhanced_code: str | None = None
+    error_class: str | None = None
+    remedy: str | None = None
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    id: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    source: str
+    account: str
+    project: str | None
+    acting_user: str | None
+    sender: str
+    sender_name: str
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    bcc: tuple[str, ...]
+    subject: str
+    preview: str
+    message_id: str
+    status: str
+    attempt: int
+    retry_of: int | None
+    reply: str | None
+    smtp_code: int | None
+    enhanced_code: str | None
+    error_class: str | None
+    remedy: str | None
+    has_raw: bool = field(default=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+def _view(row: OutboxRow) -> OutboxEntry:
+    return OutboxEntry(
+        id=row.id,
+        created_at=aware(row.created_at),
+        updated_at=aware(row.updated_at),
+        source=row.source,
+        account=row.account,
+        project=row.project,
+        acting_user=row.acting_user,
+        sender=row.sender,
+        sender_name=row.sender_name,
+        to=tuple(row.to_addresses),
+        cc=tuple(row.cc_addresses),
+        bcc=tuple(row.bcc_addresses),
+        subject=row.subject,
+        preview=row.preview,
+        message_id=row.message_id,
+        status=row.status,
+        attempt=row.attempt,
+        retry_of=row.retry_of,
+        reply=row.reply,
+        smtp_code=row.smtp_code,
+        enhanced_code=row.enhanced_code,
+        error_class=row.error_class,
+        remedy=row.remedy,
+        has_raw=row.raw is not None,
+    )
+
+
+class Outbox:
+    """The outbox log of one state store."""
+
+    def __init__(self, store: StateStore):
+        self._store = store
+
+    def queue(self, attempts: Sequence[NewAttempt], *, source: str = "mailops") -> list[int]:
+        """Write ``attempts`` as `queued`, in one transaction; their ids, in order."""
+        if not attempts or not self._store.exists:
+            return []
+        now = utcnow()
+        rows = [
+            OutboxRow(
+                created_at=now,
+                updated_at=now,
+                source=source,
+                account=attempt.account.lower(),
+                project=attempt.project,
+                acting_user=attempt.acting_user,
+                sender=attempt.sender,
+                sender_name=attempt.sender_name,
+                to_addresses=list(attempt.to),
+                cc_addresses=list(attempt.cc),
+                bcc_addresses=list(attempt.bcc),
+                subject=attempt.subject,
+                preview=attempt.preview,
+                message_id=attempt.message_id,
+                status=OutboxStatus.QUEUED.value,
+                attempt=attempt.attempt,
+                retry_of=attempt.retry_of,
+                raw=attempt.raw,
+                raw_expires_at=attempt.raw_expires_at,
+            )
+            for attempt in attempts
+        ]
+        with self._store.session() as session:
+            session.add_all(rows)
+            session.flush()
+            return [row.id for row in rows]
+
+    def finish(self, outcomes: Iterable[tuple[int, Outcome]]) -> None:
+        """Record how attempts ended, in one transaction."""
+        now = utcnow()
+        with self._store.session() as session:
+            for entry_id, outcome in outcomes:
+                session.execute(
+                    update(OutboxRow)
+                    .where(OutboxRow.id == entry_id)
+                    .values(
+                        status=outcome.status.value,
+                        updated_at=now,
+                        reply=outcome.reply,
+                        smtp_code=outcome.smtp_code,
+                        enhanced_code=outcome.enhanced_code,
+                        error_class=outcome.error_class,
+                        remedy=outcome.remedy,
+                    )
+                )
+
+    def entries(
+        self,
+        *,
+        accounts: set[str] | None = None,
+        status: str | None = None,
+        account: str | None = None,
+        project: str | None = None,
+        error_class: str | None = None,
+        since: dt.datetime | None = None,
+        limit: int | None = None,
+    ) -> list[OutboxEntry]:
+        """The attempts, newest first; ``accounts`` (lower-cased) limits them to what the acting user may see."""
+        if not self._store.exists:
+            return []
+        query = select(OutboxRow).order_by(OutboxRow.id.desc())
+        if accounts is not None:
+            query = query.where(OutboxRow.account.in_(sorted(accounts)))
+        if status is not None:
+            query = query.where(OutboxRow.status == status)
+        if account is not None:
+            query = query.where(OutboxRow.account == account.lower())
+        if project is not None:
+            query = query.where(OutboxRow.project == project)
+        if error_class is not None:
+            query = query.where(OutboxRow.error_class == error_class)
+        if since is not None:
+            query = query.where(OutboxRow.created_at >= since)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._store.session() as session:
+            return [_view(row) for row in session.scalars(query)]
+
+    def entry(self, entry_id: int) -> OutboxEntry | None:
+        if not self._store.exists:
+            return None
+        with self._store.session() as session:
+            row = session.get(OutboxRow, entry_id)
+            return _view(row) if row is not None else None
+
+    def raw(self, entry_id: int) -> bytes | None:
+        """The whole message of an attempt, while the policy keeps it."""
+        with self._store.session() as session:
+            row = session.get(OutboxRow, entry_id)
+            if row is None or row.raw is None:
+                return None
+            expires = aware(row.raw_expires_at)
+            return row.raw if expires is None or expires > utcnow() else None
+
+    def forget_expired_bodies(self) -> int:
+        """Drop the kept messages whose time is up; how many."""
+        if not self._store.exists:
+            return 0
+        with self._store.session() as session:
+            result = session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.raw.is_not(None), OutboxRow.raw_expires_at < utcnow())
+                .values(raw=None, raw_expires_at=None)
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
