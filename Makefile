@@ -42,7 +42,7 @@ system-deps:
 
 bench: $(STAMP) system-deps
 	@missed=""; \
-	for name in cli_startup plan apply_concurrency; do \
+	for name in cli_startup plan apply_concurrency outbox_classify; do \
 		echo "$(BIN)/python benchmarks/$$name.py"; \
 		$(BIN)/python benchmarks/$$name.py || missed="$$missed $$name"; \
 	done; \

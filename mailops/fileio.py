@@ -90,6 +90,15 @@ def decode_utf8(data: bytes) -> str:
         raise NotUtf8Error(*line_and_column(before, len(before)), data[exc.start]) from None
 
 
+def read_text(path: Path | str, *, limit: int, what: str = "file") -> str:
+    """The UTF-8 text of the regular file ``path`` (see :func:`read_bytes`), else :class:`FileReadError`;
+    bytes that are not UTF-8 are located as ``path:line:column``."""
+    try:
+        return decode_utf8(read_bytes(path, limit=limit, what=what))
+    except NotUtf8Error as exc:
+        raise FileReadError(f"{path}:{exc.line}:{exc.column}: {what} is {exc}") from None
+
+
 def regular_file_problem(path: Path | str) -> str | None:
     """Why ``path`` is not a readable regular file ("not found", "is a directory", ...), or None."""
     try:

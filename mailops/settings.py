@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mailops.errors import MailopsError
-from mailops.fileio import FileReadError, NotUtf8Error, decode_utf8, read_bytes, regular_file_problem
+from mailops.fileio import FileReadError, read_bytes, read_text, regular_file_problem
 
 DEFAULT_STATE_URL = "sqlite:///.mailops/state.db"
 ENV_FILE = ".env"
@@ -130,11 +130,9 @@ def _check_env_file(path: Path) -> None:
     from dotenv.parser import parse_stream
 
     try:
-        text = decode_utf8(read_bytes(path, limit=MAX_ENV_FILE_BYTES, what="settings file"))
+        text = read_text(path, limit=MAX_ENV_FILE_BYTES, what="settings file")
     except FileReadError as exc:
         raise SettingsError(str(exc)) from None
-    except NotUtf8Error as exc:
-        raise SettingsError(f"{path}:{exc.line}:{exc.column}: {exc}") from None
     for binding in parse_stream(io.StringIO(text)):
         if binding.error:
             raise SettingsError(

@@ -112,7 +112,7 @@ def test_a_dotenv_that_is_not_utf8_is_one_line(write_config, tmp_path: Path) -> 
     (tmp_path / ".env").write_bytes(b"MAILOPS_USER=J\xf6rg\n")
     result = run("validate", "-c", config)
     assert result.exit_code == 1
-    assert result.stderr == "Error: .env:1:15: not valid UTF-8 (byte 0xf6); save the file as UTF-8\n"
+    assert result.stderr == "Error: .env:1:15: settings file is not valid UTF-8 (byte 0xf6); save the file as UTF-8\n"
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,414 @@
+"""A send request becomes the message the spec describes: sender, copies, greeting, signature, template.
+
+Every setting of "Standard Einstellung E-Mail (bei Versand von E-Mails)" has its effect
+here, and :attr:`Composed.explanation` says which setting decided what (``send --explain``).
+Nothing from the request reaches a header unchecked: addresses are validated and made
+canonical, and a subject, name or file name with a control character is refused.
+Whether the sending account is live and connected is for the caller to check.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import mimetypes
+import re
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, formataddr, make_msgid
+from pathlib import Path
+from typing import Literal
+
+from pydantic_core import PydanticCustomError
+
+from mailops.compose.htmlbody import html_to_text, inline_image_names, text_to_html
+from mailops.compose.personal import FIELD_OF, render, values_of, variables_in
+from mailops.errors import MailopsError, quoted
+from mailops.fileio import FileReadError, MiB, NotUtf8Error, decode_utf8, read_bytes
+from mailops.spec.checks import MAX_TEMPLATE_BYTES
+from mailops.spec.models import CONTENT_PLACEHOLDER, Account, Employee, Spec, canonical_address, single_line
+
+MAX_ATTACHMENT_BYTES = 25 * MiB
+PREVIEW_CHARACTERS = 200
+
+Failure = Literal[
+    "no_recipient",
+    "file_access",
+    "file_open",
+    "unknown_project",
+    "unknown_employee",
+    "missing_employee",
+    "invalid_address",
+    "invalid_header",
+]
+
+
+class ComposeError(MailopsError):
+    """The request cannot become a mail; ``failure`` says which kind of problem it is.
+
+    ``account`` is the account that would have sent, once that was decided (a failed
+    mail is logged under it), else None.
+    """
+
+    def __init__(self, failure: Failure, message: str, *, account: Account | None = None):
+        super().__init__(message)
+        self.failure: Failure = failure
+        self.account = account
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    to: tuple[str, ...]
+    subject: str
+    body: str  # text, or HTML when html=True
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
+    html: bool = False
+    attachments: tuple[Path, ...] = ()
+    project: str | None = None  # a project / sales channel code from the spec's `projects:`
+    acting_user: str | None = None  # an employee key of the spec's `employees:` (the --as user)
+
+
+@dataclass(frozen=True)
+class Composed:
+    account: Account  # the spec account that sends
+    sender: str  # envelope and From address (the account's address)
+    sender_name: str
+    to: tuple[str, ...]  # after merging defaults and removing duplicates
+    cc: tuple[str, ...]
+    bcc: tuple[str, ...]
+    recipients: tuple[str, ...]  # the envelope recipients: to + cc + bcc
+    message: EmailMessage  # ready to send: Bcc is not in its headers
+    message_id: str
+    project: str | None
+    preview: str  # the first 200 characters of the text body
+    explanation: tuple[tuple[str, str], ...]  # (what, how it was decided), for `send --explain`
+
+
+Notes = list[tuple[str, str]]
+_Part = tuple[str, bytes, tuple[str, str]]  # file name, content, (maintype, subtype)
+
+
+def compose(spec: Spec, request: SendRequest, *, config_dir: Path, now: dt.datetime | None = None) -> Composed:
+    """The mail ``request`` asks for, as the spec describes it; :class:`ComposeError` when it cannot be made."""
+    notes: Notes = []
+    account, sender_name = _sender(spec, request.project, notes)
+    try:
+        return _compose_for(account, sender_name, spec, request, config_dir, now, notes)
+    except ComposeError as exc:
+        exc.account = account
+        raise
+
+
+def _compose_for(
+    account: Account,
+    sender_name: str,
+    spec: Spec,
+    request: SendRequest,
+    config_dir: Path,
+    now: dt.datetime | None,
+    notes: Notes,
+) -> Composed:
+    sender = account.address
+    sender_name = _header_text("sender name", sender_name)
+    subject = _header_text("subject", request.subject)
+    to, cc, bcc = _recipients(spec, request, sender, notes)
+
+    employee = _employee(spec, request.acting_user)
+    greeting = _personal_text("greeting", spec.defaults.greeting, "from the defaults", employee, notes)
+    if account.signature:
+        signature_text, origin = account.signature, "the account's own"
+    else:
+        signature_text, origin = spec.defaults.signature, "from the defaults"
+    signature = _personal_text("signature", signature_text, origin, employee, notes)
+
+    body = _unix_lines(request.body)
+    closing = [part for part in (greeting, signature) if part]
+    template = _template(spec, config_dir, notes)
+    markup: str | None = None
+    if request.html:
+        markup = body + "".join(f"\n<p>{text_to_html(part)}</p>" for part in closing)
+    elif template is not None:
+        markup = text_to_html("\n\n".join(part for part in (body, *closing) if part))
+    if markup is not None and template is not None:
+        markup = template.text.replace(CONTENT_PLACEHOLDER, markup)
+    if markup is None:
+        text = "\n\n".join(part for part in (body, *closing) if part)
+        images: list[_Part] = []
+    else:
+        text = html_to_text(markup)
+        notes.append(("text part", "generated from the HTML by inscriptis"))
+        images = _inline_images(markup, template, notes)
+    attachments = [_attachment(path, notes) for path in request.attachments]
+
+    message = EmailMessage(policy=SMTP)
+    message["From"] = formataddr((sender_name, sender))
+    message["To"] = ", ".join(to)
+    if cc:
+        message["Cc"] = ", ".join(cc)
+    message["Subject"] = subject
+    message["Date"] = format_datetime(_aware(now or dt.datetime.now(dt.UTC)))
+    message_id = make_msgid(domain=sender.rpartition("@")[2])
+    message["Message-ID"] = message_id
+    message["X-Mailer"] = "mailops"
+    message.set_content(text, cte=_transfer_encoding(text))
+    if markup is not None:
+        message.add_alternative(markup, subtype="html", cte=_transfer_encoding(markup))
+        html_part = next(part for part in message.iter_parts() if part.get_content_type() == "text/html")
+        for name, data, (maintype, subtype) in images:
+            html_part.add_related(
+                data, maintype=maintype, subtype=subtype, cid=f"<{name}>", filename=name, disposition="inline"
+            )
+    for filename, data, (maintype, subtype) in attachments:
+        message.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
+
+    return Composed(
+        account=account,
+        sender=sender,
+        sender_name=sender_name,
+        to=to,
+        cc=cc,
+        bcc=bcc,
+        recipients=to + cc + bcc,
+        message=message,
+        message_id=message_id,
+        project=request.project,
+        preview=text[:PREVIEW_CHARACTERS],
+        explanation=tuple(notes),
+    )
+
+
+# --- sender -------------------------------------------------------------------------
+
+
+def _sender(spec: Spec, project: str | None, notes: Notes) -> tuple[Account, str]:
+    """The sending account and its name: the project's link wins over the defaults."""
+    link = None
+    if project is not None:
+        link = spec.projects.get(project)
+        if link is None:
+            known = ", ".join(sorted(spec.projects)) or "none"
+            raise ComposeError(
+                "unknown_project", f"unknown project {quoted(project)}; the spec's `projects:` declares {known}"
+            )
+        address = link.email
+        notes.append(("account", f"project {project} links {address}"))
+    else:
+        address = spec.defaults.email
+        notes.append(("account", f"{address} from the defaults (no project given)"))
+    account = spec.account(address)
+    if account is None:  # the spec loader makes sure every link and the defaults name an account
+        raise MailopsError(f"{address} is not an account of the spec")
+
+    if link is not None and link.sender_name:
+        notes.append(("sender name", f"from the link of project {project}"))
+        return account, link.sender_name
+    if spec.defaults.sender_name:
+        why = f"; the link of project {project} names none" if project is not None else ""
+        notes.append(("sender name", f"from the defaults{why}"))
+        return account, spec.defaults.sender_name
+    notes.append(("sender name", "the account's display name"))
+    return account, account.display_name or ""
+
+
+def _header_text(what: str, value: str) -> str:
+    try:
+        return single_line(value)
+    except PydanticCustomError as exc:
+        raise ComposeError("invalid_header", f"the {what} {quoted(value)} is refused: {exc.message()}") from None
+
+
+# --- recipients ---------------------------------------------------------------------
+
+
+def _address(value: str, field: str) -> str:
+    try:
+        return canonical_address(single_line(value.strip()))
+    except PydanticCustomError as exc:
+        raise ComposeError("invalid_address", f"{field} address {quoted(value)}: {exc.message()}") from None
+
+
+def _recipients(
+    spec: Spec, request: SendRequest, sender: str, notes: Notes
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """To, CC and BCC: the defaults' copies added, each address once (in its first list), no copy to the sender."""
+    if not request.to:
+        raise ComposeError("no_recipient", "You must provide at least one recipient email address")
+    defaults = spec.defaults
+    default_bcc = [defaults.bcc] if defaults.bcc is not None else []
+    lists: dict[str, list[tuple[str, bool]]] = {  # field -> (address, from the defaults)
+        "To": [(_address(value, "To"), False) for value in request.to],
+        "Cc": [(_address(value, "Cc"), False) for value in request.cc] + [(a, True) for a in defaults.cc],
+        "Bcc": [(_address(value, "Bcc"), False) for value in request.bcc] + [(a, True) for a in default_bcc],
+    }
+    for field, defaults_list in (("cc", defaults.cc), ("bcc", default_bcc)):
+        if not defaults_list:
+            notes.append((field, "none in the defaults"))
+    seen: dict[str, str] = {}
+    kept: dict[str, list[str]] = {"To": [], "Cc": [], "Bcc": []}
+    sender_key = sender.lower()
+    for field, entries in lists.items():
+        for address, from_defaults in entries:
+            key = address.lower()
+            if key in seen:
+                where = f"already in {seen[key]}" if seen[key] != field else "given twice"
+                notes.append(("removed", f"{address} from {field}: {where}"))
+                continue
+            if field != "To" and key == sender_key:
+                notes.append(("removed", f"{address}: the sender gets no copy of its own"))
+                continue
+            if from_defaults:
+                notes.append((field.lower(), f"{address} from the defaults"))
+            seen[key] = field
+            kept[field].append(address)
+    return tuple(kept["To"]), tuple(kept["Cc"]), tuple(kept["Bcc"])
+
+
+# --- greeting and signature ---------------------------------------------------------
+
+
+def _employee(spec: Spec, acting_user: str | None) -> tuple[str, Employee] | None:
+    if acting_user is None:
+        return None
+    employee = spec.employees.get(acting_user)
+    if employee is None:
+        known = ", ".join(sorted(spec.employees)) or "none"
+        raise ComposeError(
+            "unknown_employee", f"unknown employee {quoted(acting_user)}; the spec's `employees:` declares {known}"
+        )
+    return acting_user, employee
+
+
+def _personal_text(what: str, text: str, origin: str, employee: tuple[str, Employee] | None, notes: Notes) -> str:
+    if not text.strip():
+        notes.append(
+            (
+                what,
+                "none: neither the account nor the defaults have one"
+                if what == "signature"
+                else "none in the defaults",
+            )
+        )
+        return ""
+    variables = variables_in(text)
+    if not variables:
+        notes.append((what, f"{origin}, without variables"))
+        return text.strip("\n")
+    if employee is None:
+        raise ComposeError(
+            "missing_employee",
+            f"the {what} ({origin}) uses {{{variables[0]}}}, which needs the acting employee: "
+            "pass --as EMPLOYEE or set MAILOPS_USER",
+        )
+    key, person = employee
+    rendered = render(text, values_of(person))
+    notes.append((what, f"{origin}, for employee {key}"))
+    for line, names in rendered.dropped:
+        lacking = " or ".join(FIELD_OF[name] for name in names)
+        notes.append((what, f"line {quoted(line)} dropped: employee {key} has no {lacking}"))
+    return rendered.text
+
+
+def _unix_lines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+# --- template, inline images, attachments -------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Template:
+    relative: str  # as the defaults name it
+    path: Path
+    text: str
+
+
+def _template(spec: Spec, config_dir: Path, notes: Notes) -> _Template | None:
+    relative = spec.defaults.html_template
+    if relative is None:
+        notes.append(("template", "none in the defaults"))
+        return None
+    path = config_dir / relative
+    data = _read(path, "HTML template", MAX_TEMPLATE_BYTES)
+    try:
+        text = decode_utf8(data)
+    except NotUtf8Error as exc:
+        raise ComposeError(
+            "file_open", f"File Error: Could not open file {path} (HTML template): {exc.line}:{exc.column}: {exc}"
+        ) from None
+    if CONTENT_PLACEHOLDER not in text:
+        raise ComposeError(
+            "file_open", f"File Error: the HTML template {path} has no {CONTENT_PLACEHOLDER} for the mail's content"
+        )
+    notes.append(("template", relative))
+    return _Template(relative, path, _unix_lines(text))
+
+
+# A cid: name is looked up as a file next to the template: a plain file name, no path.
+_IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@-]*")
+
+
+def _inline_images(markup: str, template: _Template | None, notes: Notes) -> list[_Part]:
+    images: list[_Part] = []
+    for name in inline_image_names(markup):
+        if not _IMAGE_NAME.fullmatch(name):
+            raise ComposeError(
+                "file_access",
+                f"Could not access file {quoted(name)} (inline image cid:{name}): "
+                "an inline image is a plain file name next to the HTML template, without a path",
+            )
+        if template is None:
+            raise ComposeError(
+                "file_access",
+                f"Could not access file {name} (inline image cid:{name}): inline images are files next to "
+                "the HTML template, and the defaults name no `html_template`",
+            )
+        path = template.path.parent / name
+        images.append((name, _read(path, "inline image", MAX_ATTACHMENT_BYTES), _mime_type(name)))
+        notes.append(("inline image", f"cid:{name} from {Path(template.relative).parent / name}"))
+    return images
+
+
+def _attachment(path: Path, notes: Notes) -> _Part:
+    filename = path.name
+    try:
+        single_line(filename)
+    except PydanticCustomError as exc:
+        raise ComposeError(
+            "invalid_header", f"the attachment's file name {quoted(filename)} is refused: {exc.message()}"
+        ) from None
+    data = _read(path, "attachment", MAX_ATTACHMENT_BYTES)
+    mime_type = _mime_type(filename)
+    notes.append(("attachment", f"{filename} ({'/'.join(mime_type)}, {len(data)} bytes)"))
+    return filename, data, mime_type
+
+
+def _read(path: Path, what: str, limit: int) -> bytes:
+    try:
+        return read_bytes(path, limit=limit, what=what)
+    except FileReadError as exc:
+        if exc.missing:
+            raise ComposeError("file_access", f"Could not access file {path} ({what}): not found") from None
+        raise ComposeError("file_open", f"File Error: Could not open file {path}: {exc}") from None
+
+
+def _mime_type(filename: str) -> tuple[str, str]:
+    guessed, encoding = mimetypes.guess_type(filename, strict=False)
+    if guessed is None or encoding is not None:  # `.tar.gz` is gzip data, whatever is inside
+        guessed = {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz"}.get(
+            encoding or "", "application/octet-stream"
+        )
+    maintype, _, subtype = guessed.partition("/")
+    return maintype, subtype
+
+
+# --- headers and parts --------------------------------------------------------------
+
+
+def _aware(moment: dt.datetime) -> dt.datetime:
+    return moment if moment.tzinfo is not None else moment.astimezone()
+
+
+def _transfer_encoding(text: str) -> str | None:
+    """Quoted-printable for non-ASCII text, so that no server needs 8BITMIME; else as the email package decides."""
+    return None if text.isascii() else "quoted-printable"
