@@ -354,7 +354,10 @@ class RejectingHandler:
 
     ``refused-sender*`` as sender gets 553 5.1.8, ``unknown*`` as recipient gets 550 5.1.1,
     and mail from ``reject-data*`` gets 554 5.6.0 after DATA. Mail from ``discard*`` is
-    accepted and then dropped, as a server with a silent filter does.
+    accepted and then dropped, as a server with a silent filter does. ``sender_faults``
+    turns on a fault for one sender: ``refuse`` (553 5.1.8), and after DATA ``spam``
+    (554 5.7.1), ``too-large`` (552 5.3.4) or ``drop`` (the connection lost). A recipient ``greylist*`` gets
+    451 4.7.1 the first time each message is offered to it, and is accepted the next.
 
     It also adds ``AUTH XOAUTH2`` (aiosmtpd offers a handler's ``auth_<MECHANISM>`` methods):
     a token is checked with `MailUsers.token_allows`. A failure first sends Gmail's ``334``
@@ -365,6 +368,9 @@ class RejectingHandler:
     def __init__(self, users: MailUsers):
         self.users = users
         self.xoauth2_error_challenge = True
+        self.greylisted: set[tuple[str, str]] = set()  # (recipient, sender) offered once already
+        # sender -> "refuse" | "spam" | "too-large" | "drop": faults a test turns on after apply's test mail
+        self.sender_faults: dict[str, str] = {}
 
     async def auth_XOAUTH2(self, server, args: list[str]) -> AuthResult:  # noqa: N802
         async def check(login: str, token: str) -> str | None:
@@ -379,7 +385,7 @@ class RejectingHandler:
         )
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):  # noqa: N802
-        if address.startswith("refused-sender"):
+        if address.startswith("refused-sender") or self.sender_faults.get(address) == "refuse":
             return "553 5.1.8 Sender address rejected: not owned by user"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -388,6 +394,9 @@ class RejectingHandler:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
         if address.startswith("unknown"):
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        if address.startswith("greylist") and (address, envelope.mail_from) not in self.greylisted:
+            self.greylisted.add((address, envelope.mail_from))
+            return "451 4.7.1 Greylisted, please try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -398,6 +407,14 @@ class RejectingHandler:
             await asyncio.sleep(1.5)
         if envelope.mail_from.startswith("discard"):
             return "250 Message accepted for delivery"
+        fault = self.sender_faults.get(envelope.mail_from)
+        if fault == "spam":
+            return "554 5.7.1 Message rejected as spam by Content Filtering"
+        if fault == "too-large":
+            return "552 5.3.4 Message size exceeds fixed maximum message size"
+        if fault == "drop":
+            server.transport.close()  # the connection is gone before the reply
+            return "250 never seen"
         for recipient in envelope.rcpt_tos:
             self.users.deliver(recipient, envelope.original_content or envelope.content)
         return "250 Message accepted for delivery"

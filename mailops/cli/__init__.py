@@ -9,6 +9,7 @@ imported in the order `mailops --help` lists their commands.
 from mailops.cli import spec  # noqa: F401 - each module registers its commands
 from mailops.cli import reconcile  # noqa: F401
 from mailops.cli import accounts  # noqa: F401
+from mailops.cli import outbox  # noqa: F401
 from mailops.cli import oauth  # noqa: F401
 from mailops.cli import demo  # noqa: F401
 from mailops.cli.app import app

@@ -9,6 +9,8 @@ An attempt is written `queued` before a byte goes to the server, then updated to
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -46,13 +48,13 @@ class NewAttempt:
     acting_user: str | None = None
     attempt: int = 1
     retry_of: int | None = None
-    raw: bytes | None = None  # the whole message, kept for resend only while the policy allows
-    raw_expires_at: dt.datetime | None = None
+    raw: bytes | None = None  # the whole message: needed until it is sent, kept after only by policy
+    raw_expires_at: dt.datetime | None = None  # until when the policy keeps it after sending
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """How an attempt ended."""
+    """How an attempt ended; ``retry_later``: a passing failure, kept whole for `outbox retry`."""
 
     status: OutboxStatus
     reply: str | None = None
@@ -60,6 +62,48 @@ class Outcome:
     enhanced_code: str | None = None
     error_class: str | None = None
     remedy: str | None = None
+    retry_later: bool = False
+
+
+@dataclass(frozen=True)
+class ImportedAttempt:
+    """A finished attempt from another system's outbox log; ``key`` tells one row from another."""
+
+    key: str
+    created_at: dt.datetime
+    sender: str
+    to: Sequence[str]
+    cc: Sequence[str]
+    bcc: Sequence[str]
+    subject: str
+    status: OutboxStatus
+    reply: str | None = None
+    smtp_code: int | None = None
+    enhanced_code: str | None = None
+    error_class: str | None = None
+    remedy: str | None = None
+
+
+IMPORTED = "import"
+OWNER = f"{socket.gethostname()} {os.getpid()}"
+ORPHANED_AFTER = dt.timedelta(hours=1)
+
+
+def _abandoned(owner: str | None, updated_at: dt.datetime, now: dt.datetime) -> bool:
+    """A queued attempt whose sender is gone: a process of this host that no longer runs, or one
+    elsewhere that has been silent for an hour."""
+    host, _, pid = (owner or "").rpartition(" ")
+    if host != socket.gethostname() or not pid.isdigit():
+        return now - updated_at > ORPHANED_AFTER
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
 
 
 @dataclass(frozen=True)
@@ -154,6 +198,7 @@ class Outbox:
                 retry_of=attempt.retry_of,
                 raw=attempt.raw,
                 raw_expires_at=attempt.raw_expires_at,
+                owner=OWNER,
             )
             for attempt in attempts
         ]
@@ -163,23 +208,95 @@ class Outbox:
             return [row.id for row in rows]
 
     def finish(self, outcomes: Iterable[tuple[int, Outcome]]) -> None:
-        """Record how attempts ended, in one transaction."""
+        """Record how attempts ended, in one transaction.
+
+        The whole message is dropped once it needs no further try, unless the policy
+        keeps it (its ``raw_expires_at``).
+        """
         now = utcnow()
         with self._store.session() as session:
             for entry_id, outcome in outcomes:
-                session.execute(
-                    update(OutboxRow)
-                    .where(OutboxRow.id == entry_id)
-                    .values(
-                        status=outcome.status.value,
+                values: dict[str, Any] = {
+                    "status": outcome.status.value,
+                    "updated_at": now,
+                    "owner": None,
+                    "reply": outcome.reply,
+                    "smtp_code": outcome.smtp_code,
+                    "enhanced_code": outcome.enhanced_code,
+                    "error_class": outcome.error_class,
+                    "remedy": outcome.remedy,
+                }
+                row = update(OutboxRow).where(OutboxRow.id == entry_id)
+                session.execute(row.values(**values))
+                if not outcome.retry_later:
+                    session.execute(row.where(OutboxRow.raw_expires_at.is_(None)).values(raw=None))
+
+    def record_imported(self, attempts: Sequence[ImportedAttempt]) -> int:
+        """Add another system's finished attempts, marked as imported, in one transaction; how many
+        were new (a row imported before, by its ``key``, is not added again)."""
+        if not attempts:
+            return 0
+        keys = [attempt.key for attempt in attempts]
+        with self._store.session() as session:
+            known: set[str] = set()
+            for start in range(0, len(keys), 500):  # SQLite's bound on query parameters
+                chunk = keys[start : start + 500]
+                query = select(OutboxRow.message_id).where(
+                    OutboxRow.source == IMPORTED, OutboxRow.message_id.in_(chunk)
+                )
+                known.update(session.scalars(query))
+            now = utcnow()
+            rows = []
+            for attempt in attempts:
+                if attempt.key in known:
+                    continue
+                known.add(attempt.key)
+                rows.append(
+                    OutboxRow(
+                        created_at=attempt.created_at,
                         updated_at=now,
-                        reply=outcome.reply,
-                        smtp_code=outcome.smtp_code,
-                        enhanced_code=outcome.enhanced_code,
-                        error_class=outcome.error_class,
-                        remedy=outcome.remedy,
+                        source=IMPORTED,
+                        account=attempt.sender.lower(),
+                        sender=attempt.sender,
+                        sender_name="",
+                        to_addresses=list(attempt.to),
+                        cc_addresses=list(attempt.cc),
+                        bcc_addresses=list(attempt.bcc),
+                        subject=attempt.subject,
+                        preview="",
+                        message_id=attempt.key,
+                        status=attempt.status.value,
+                        reply=attempt.reply,
+                        smtp_code=attempt.smtp_code,
+                        enhanced_code=attempt.enhanced_code,
+                        error_class=attempt.error_class,
+                        remedy=attempt.remedy,
                     )
                 )
+            session.add_all(rows)
+            return len(rows)
+
+    def orphans(self) -> list[OutboxEntry]:
+        """Attempts left behind: queued by a process that is gone (or silent for an hour), and
+        failed ones that are worth another try and not tried again yet. Oldest first."""
+        if not self._store.exists:
+            return []
+        retried = select(OutboxRow.retry_of).where(OutboxRow.retry_of.is_not(None))
+        query = (
+            select(OutboxRow)
+            .where(OutboxRow.raw.is_not(None), OutboxRow.id.not_in(retried))
+            .where(OutboxRow.status.in_([OutboxStatus.QUEUED.value, OutboxStatus.FAILED.value]))
+            .order_by(OutboxRow.id)
+        )
+        now = utcnow()
+        with self._store.session() as session:
+            rows = list(session.scalars(query))
+            left = [
+                row
+                for row in rows
+                if row.status == OutboxStatus.FAILED.value or _abandoned(row.owner, aware(row.updated_at), now)
+            ]
+            return [_view(row) for row in left]
 
     def entries(
         self,

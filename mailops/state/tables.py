@@ -75,7 +75,8 @@ class OutboxRow(Base):
     """One attempt to send a mail: written `queued` before it is sent, then `sent` or `failed`.
 
     To, CC and BCC are kept apart, as the outbox log shows them. ``raw`` holds the whole
-    message only while `policies.outbox.keep_bodies_days` allows (for `outbox resend`).
+    message while it may still be sent (queued, or failed for a passing reason), and
+    after that only while `policies.outbox.keep_bodies_days` allows (for `outbox resend`).
     """
 
     __tablename__ = "outbox"
@@ -106,3 +107,4 @@ class OutboxRow(Base):
     remedy: Mapped[str | None] = mapped_column(Text, default=None)
     raw: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
     raw_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    owner: Mapped[str | None] = mapped_column(String(250), default=None)  # "host pid" of the process sending it

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from email.message import EmailMessage
 from pathlib import Path
@@ -57,13 +57,22 @@ async def send_message(
         await send_in_session(client, message)
 
 
-async def send_in_session(client: aiosmtplib.SMTP, message: EmailMessage) -> None:
-    """Send on an open session; a recipient refused while others were accepted still counts as a failure."""
+async def send_in_session(
+    client: aiosmtplib.SMTP,
+    message: EmailMessage,
+    *,
+    sender: str | None = None,
+    recipients: Sequence[str] | None = None,
+) -> str:
+    """Send on an open session; the server's reply. A recipient refused while others were
+    accepted still counts as a failure. ``recipients`` is the envelope (with BCC, which the
+    headers do not show); without it the headers decide."""
     try:
-        refused, _response = await client.send_message(message)
+        refused, response = await client.send_message(message, sender=sender, recipients=recipients)
     except aiosmtplib.SMTPException as exc:
         raise classify(exc, "smtp") from None
     if refused:
         text = "; ".join(f"{address}: {code} {reply}" for address, (code, reply) in refused.items())
         first_code = next(iter(refused.values()))[0]
         raise TransportError(FailureClass.RECIPIENT_REFUSED, text, protocol="smtp", smtp_code=first_code)
+    return str(response)

@@ -26,10 +26,14 @@ class Column:
 
 
 def records(console: Console, title: str, columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> RenderableType:
-    """A table when it fits ``console``, else one block per row."""
+    """A table when it fits ``console``, else one block per row. A value's lines are its own
+    (``\\n``); any other control character is shown escaped, never sent to the terminal."""
     from rich.table import Table
     from rich.text import Text
 
+    from mailops.errors import printable
+
+    rows = [["\n".join(printable(line) for line in value.split("\n")) for value in row] for row in rows]
     widths = [max([len(column.title)] + [_widest_line(row[i]) for row in rows]) for i, column in enumerate(columns)]
     needed = sum(w if c.key else min(w, _READABLE) for w, c in zip(widths, columns, strict=True))
     needed += 3 * len(columns) + 1  # borders and padding

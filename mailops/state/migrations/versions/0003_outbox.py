@@ -41,6 +41,7 @@ def upgrade() -> None:
         sa.Column("remedy", sa.Text(), nullable=True),
         sa.Column("raw", sa.LargeBinary(), nullable=True),
         sa.Column("raw_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("owner", sa.String(250), nullable=True),
     )
     op.create_index("ix_outbox_status", "outbox", ["status"])
     op.create_index("ix_outbox_account_time", "outbox", ["account", "created_at"])

@@ -1,0 +1,122 @@
+"""Batch files for `mailops send --batch`: one mail per row of a CSV or JSON Lines file.
+
+Columns (CSV header or JSON keys): `to` (required), `cc`, `bcc` (several addresses
+separated by `;` or `,`), `subject` (required), `body` (required), `html` (true/false),
+`project`, `attach` (paths separated by `;`, relative to the batch file). Every other
+column is a merge field: `{name}` in the subject or body becomes the row's value
+(`{{` and `}}` write braces). A bad row is refused with its line number, and nothing
+of the batch is sent.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from mailops.compose import SendRequest
+from mailops.errors import MailopsError
+from mailops.fileio import FileReadError, read_text
+
+MAX_BATCH_BYTES = 256 * 1024 * 1024
+KNOWN = frozenset({"to", "cc", "bcc", "subject", "body", "html", "project", "attach"})
+_FIELD = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+_SPLIT = re.compile(r"[;,]")
+
+
+class BatchError(MailopsError):
+    """The batch file cannot be sent as it is; nothing of it was sent."""
+
+
+def read_batch(path: Path) -> list[SendRequest]:
+    """The mails of a batch file, or :class:`BatchError` naming the file and line."""
+    try:
+        text = read_text(path, limit=MAX_BATCH_BYTES, what="batch file")
+    except FileReadError as exc:
+        raise BatchError(str(exc)) from None
+    rows = _jsonl(path, text) if path.suffix.lower() in (".jsonl", ".ndjson") else _csv(path, text)
+    if not rows:
+        raise BatchError(f"{path}: no mails in the batch")
+    return [_request(path, line, row) for line, row in rows]
+
+
+def _csv(path: Path, text: str) -> list[tuple[int, dict[str, str]]]:
+    try:
+        dialect = csv.Sniffer().sniff(text[:8192], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.DictReader(io.StringIO(text), dialect=dialect)
+    rows = []
+    try:
+        for row in reader:
+            if None in row:
+                raise BatchError(f"{path}:{reader.line_num}: more values than the header has columns")
+            rows.append((reader.line_num, {str(key).strip().lower(): value or "" for key, value in row.items()}))
+    except csv.Error as exc:
+        raise BatchError(f"{path}:{reader.line_num}: {exc}") from None
+    return rows
+
+
+def _jsonl(path: Path, text: str) -> list[tuple[int, dict[str, str]]]:
+    rows = []
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            value = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise BatchError(f"{path}:{line}: not a JSON object: {exc}") from None
+        if not isinstance(value, dict):
+            raise BatchError(f"{path}:{line}: expected a JSON object per line")
+        rows.append((line, {str(key).lower(): _text(item) for key, item in value.items()}))
+    return rows
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return ";".join(str(item) for item in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+def _request(path: Path, line: int, row: dict[str, str]) -> SendRequest:
+    for required in ("to", "subject", "body"):
+        if not row.get(required, "").strip():
+            raise BatchError(f"{path}:{line}: `{required}` is empty")
+    fields = {key: value for key, value in row.items() if key not in KNOWN}
+    html = row.get("html", "").strip().lower()
+    if html not in ("", "true", "false", "yes", "no", "1", "0"):
+        raise BatchError(f"{path}:{line}: `html` is {html!r}; write true or false")
+    return SendRequest(
+        to=_addresses(row.get("to", "")),
+        cc=_addresses(row.get("cc", "")),
+        bcc=_addresses(row.get("bcc", "")),
+        subject=_merge(path, line, "subject", row["subject"], fields),
+        body=_merge(path, line, "body", row["body"], fields),
+        html=html in ("true", "yes", "1"),
+        attachments=tuple(path.parent / item.strip() for item in row.get("attach", "").split(";") if item.strip()),
+        project=row.get("project", "").strip() or None,
+    )
+
+
+def _addresses(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in _SPLIT.split(value) if item.strip())
+
+
+def _merge(path: Path, line: int, column: str, template: str, fields: dict[str, str]) -> str:
+    """``{name}`` replaced by the row's value; no attribute or index lookups, unlike str.format."""
+
+    def value(match: re.Match[str]) -> str:
+        whole, name = match.group(0), match.group(1)
+        if whole in ("{{", "}}"):
+            return whole[0]
+        key = (name or "").strip().lower()
+        if key not in fields:
+            raise BatchError(f"{path}:{line}: `{column}` uses {{{name}}}, which is no column of the batch")
+        return fields[key]
+
+    return _FIELD.sub(value, template)

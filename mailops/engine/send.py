@@ -1,0 +1,397 @@
+"""Sending mail through the right account, with every attempt in the outbox log.
+
+The order of things, for one mail or a batch:
+
+1. compose each mail from the spec (sender, signature, CC/BCC, template);
+2. refuse what may not go out: an account that is not live and connected, or one the
+   acting user may not send from;
+3. write every attempt `queued` (one transaction per chunk) before a byte is sent;
+4. send: one SMTP session per account, accounts concurrently (bounded), each
+   account's mails in order; a temporary failure (4xx, a dropped connection, a timeout)
+   is tried again after a growing pause, each try a new attempt linked to the one
+   before; a permanent one (5xx) is not;
+5. record how each attempt ended, with its classified error and remedy.
+
+A mail that cannot even be composed for a reason the seed's log knows (no recipient, an
+attachment that is missing or unreadable) is logged `failed` with nothing sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from email.message import EmailMessage
+from email.utils import make_msgid
+
+from mailops.compose import Composed, ComposeError, SendRequest, compose
+from mailops.engine.credentials import credential_context
+from mailops.engine.verify import endpoints, timeouts_of
+from mailops.engine.visibility import Actor, NotAllowed, visible_addresses
+from mailops.errors import MailopsError
+from mailops.providers.base import CredentialContext, provider_for
+from mailops.settings import Settings
+from mailops.spec import LoadedSpec
+from mailops.state.accounts import AccountStatus
+from mailops.state.outbox import NewAttempt, Outbox, OutboxEntry, OutboxStatus, Outcome
+from mailops.state.store import StateStore
+from mailops.transport.failures import FailureClass, TransportError
+from mailops.transport.smtp import send_in_session, smtp_session
+
+MAX_ATTEMPTS = 3
+FIRST_PAUSE = 1.0  # seconds before the second try; doubled for each further one
+CHUNK = 200  # attempts queued, and outcomes recorded, per transaction
+# Composing failures the seed's log knows: logged as failed attempts, nothing sent.
+LOGGED_COMPOSE_FAILURES = frozenset({"no_recipient", "file_access", "file_open"})
+
+
+@dataclass(frozen=True)
+class SendResult:
+    entry_id: int | None  # the outbox entry of the last attempt (None for a dry run)
+    composed: Composed | None
+    status: str  # sent | failed | dry-run
+    attempts: int = 0
+    reply: str | None = None
+    smtp_code: int | None = None
+    enhanced_code: str | None = None
+    error_class: str | None = None
+    remedy: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (OutboxStatus.SENT, "dry-run")
+
+
+@dataclass
+class _Job:
+    """One mail on its way; a retry updates it to the new attempt's entry."""
+
+    composed: Composed
+    entry_id: int
+    actor: Actor
+    expires: dt.datetime | None  # until when the outbox keeps the whole message
+    attempt: int = 1
+    result: SendResult | None = None
+
+
+def send_mails(
+    loaded: LoadedSpec,
+    store: StateStore,
+    settings: Settings,
+    actor: Actor,
+    requests: Sequence[SendRequest],
+    *,
+    dry_run: bool = False,
+) -> list[SendResult]:
+    """Compose, check, log and send ``requests``; one result per request, in order."""
+    outbox = Outbox(store)
+    composed: list[Composed | SendResult] = []
+    for request in requests:
+        try:
+            mail = compose(loaded.spec, replace(request, acting_user=actor.user), config_dir=loaded.config_dir)
+        except ComposeError as error:
+            if error.failure not in LOGGED_COMPOSE_FAILURES or dry_run:
+                raise
+            composed.append(_log_compose_failure(loaded, outbox, actor, request, error))
+            continue
+        _check_may_send(loaded, store, actor, mail)
+        composed.append(mail)
+    if dry_run:
+        return [c if isinstance(c, SendResult) else SendResult(None, c, "dry-run") for c in composed]
+    mails = [c for c in composed if isinstance(c, Composed)]
+    jobs = _queue(loaded, outbox, actor, mails)
+    asyncio.run(_deliver(loaded, store, settings, outbox, jobs))
+    by_mail = {id(job.composed): job.result for job in jobs}
+    return [c if isinstance(c, SendResult) else _required(by_mail[id(c)]) for c in composed]
+
+
+def _required(result: SendResult | None) -> SendResult:
+    assert result is not None  # every queued job ends with a result
+    return result
+
+
+def _check_may_send(loaded: LoadedSpec, store: StateStore, actor: Actor, mail: Composed) -> None:
+    account = mail.account
+    if not actor.may_see(account.visible_to):
+        raise NotAllowed(f"{actor.user} may not send from {account.address} (it is not in its visible_to)")
+    live = store.account(account.address)
+    if live is None:
+        raise MailopsError(f"{account.address} is not applied yet; run `mailops apply` first")
+    if live.status != AccountStatus.CONNECTED:
+        raise MailopsError(
+            f"{account.address} is {live.status.replace('_', ' ')}, not connected; `mailops check` says what it needs"
+        )
+
+
+def _log_compose_failure(
+    loaded: LoadedSpec, outbox: Outbox, actor: Actor, request: SendRequest, error: ComposeError
+) -> SendResult:
+    """The seed logs a mail that could not be built (no recipient, a missing attachment) as failed."""
+    from mailops.outbox.classify import remedy  # pandas: paid only when something fails
+
+    account = getattr(error, "account", None)
+    sender = account.address if account is not None else loaded.spec.defaults.email
+    domain = sender.partition("@")[2] or "localhost"
+    attempt = NewAttempt(
+        account=sender,
+        sender=sender,
+        sender_name="",
+        to=request.to,
+        cc=request.cc,
+        bcc=request.bcc,
+        subject=request.subject,
+        preview=request.body[:200],
+        message_id=make_msgid(domain=domain),
+        project=request.project,
+        acting_user=actor.user,
+    )
+    [entry_id] = outbox.queue([attempt])
+    help = remedy(error.failure)
+    outbox.finish([(entry_id, Outcome(OutboxStatus.FAILED, str(error), None, None, error.failure, help.long))])
+    return SendResult(entry_id, None, OutboxStatus.FAILED.value, 0, str(error), None, None, error.failure, help.long)
+
+
+def _queue(loaded: LoadedSpec, outbox: Outbox, actor: Actor, mails: Sequence[Composed]) -> list[_Job]:
+    keep_days = loaded.spec.policies.outbox.keep_bodies_days
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(days=keep_days) if keep_days else None
+    jobs: list[_Job] = []
+    for start in range(0, len(mails), CHUNK):
+        chunk = mails[start : start + CHUNK]
+        ids = outbox.queue([_attempt(mail, actor, expires) for mail in chunk])
+        jobs += [_Job(mail, entry_id, actor, expires) for mail, entry_id in zip(chunk, ids, strict=True)]
+    return jobs
+
+
+def _attempt(
+    mail: Composed, actor: Actor, expires: dt.datetime | None, *, attempt: int = 1, retry_of: int | None = None
+) -> NewAttempt:
+    return NewAttempt(
+        account=mail.account.address,
+        sender=mail.sender,
+        sender_name=mail.sender_name,
+        to=mail.to,
+        cc=mail.cc,
+        bcc=mail.bcc,
+        subject=str(mail.message["Subject"] or ""),
+        preview=mail.preview,
+        message_id=mail.message_id,
+        project=mail.project,
+        acting_user=actor.user,
+        attempt=attempt,
+        retry_of=retry_of,
+        raw=mail.message.as_bytes(),  # until it is sent; after that only while the policy keeps it
+        raw_expires_at=expires,
+    )
+
+
+class _Recorder:
+    """Collects outcomes and writes them in chunks (one transaction each)."""
+
+    def __init__(self, outbox: Outbox):
+        self.outbox = outbox
+        self.pending: list[tuple[int, Outcome]] = []
+
+    def add(self, entry_id: int, outcome: Outcome) -> None:
+        self.pending.append((entry_id, outcome))
+        if len(self.pending) >= CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            pending, self.pending = self.pending, []
+            self.outbox.finish(pending)
+
+
+async def _deliver(loaded: LoadedSpec, store: StateStore, settings: Settings, outbox: Outbox, jobs: list[_Job]) -> None:
+    context = credential_context(loaded, settings, store)
+    by_account: dict[str, list[_Job]] = defaultdict(list)
+    for job in jobs:
+        by_account[job.composed.account.address.lower()].append(job)
+    recorder = _Recorder(outbox)
+    semaphore = asyncio.Semaphore(settings.concurrency)
+    with ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="mailops-send") as executor:
+
+        async def account_worker(account_jobs: list[_Job]) -> None:
+            async with semaphore:
+                await _send_account(account_jobs, context, settings, outbox, recorder, executor)
+
+        try:
+            await asyncio.gather(*(account_worker(group) for group in by_account.values()))
+        finally:
+            recorder.flush()
+
+
+async def _send_account(
+    jobs: list[_Job],
+    context: CredentialContext,
+    settings: Settings,
+    outbox: Outbox,
+    recorder: _Recorder,
+    executor: ThreadPoolExecutor,
+) -> None:
+    """One account's mails over one SMTP session, reconnecting after a failure that ended it."""
+    account = jobs[0].composed.account
+    _imap, smtp = endpoints(account)
+    timeouts = timeouts_of(settings)
+    loop = asyncio.get_running_loop()
+    provider = provider_for(account.provider)
+    pending = list(jobs)
+    pause = FIRST_PAUSE
+    while pending:
+        try:
+            credential = await loop.run_in_executor(executor, provider.credential, account, context)
+            async with smtp_session(smtp, credential, timeouts, settings.ca_file) as client:
+                while pending:
+                    job = pending[0]
+                    try:
+                        reply = await send_in_session(
+                            client, job.composed.message, sender=job.composed.sender, recipients=job.composed.recipients
+                        )
+                    except TransportError as error:
+                        if not _fail(job, error, outbox, recorder):
+                            pending.pop(0)
+                            continue
+                        await asyncio.sleep(pause)
+                        pause *= 2
+                        if error.failure_class in (FailureClass.CONNECT, FailureClass.TIMEOUT, FailureClass.PROTOCOL):
+                            break  # the session is likely gone: open a new one
+                        continue
+                    pending.pop(0)
+                    pause = FIRST_PAUSE
+                    recorder.add(job.entry_id, Outcome(OutboxStatus.SENT, reply=reply))
+                    job.result = SendResult(job.entry_id, job.composed, OutboxStatus.SENT.value, job.attempt, reply)
+        except TransportError as error:  # no session: every waiting mail fails (or waits for the next try)
+            pending = [job for job in pending if _fail(job, error, outbox, recorder)]
+            if pending:
+                await asyncio.sleep(pause)
+                pause *= 2
+
+
+def _fail(job: _Job, error: TransportError, outbox: Outbox, recorder: _Recorder) -> bool:
+    """Record a failed attempt; when it is worth another try, queue the next one on ``job`` and say so."""
+    from mailops.outbox.classify import classify, remedy  # pandas: paid only when something fails
+
+    error_class = classify(error.detail, error.smtp_code, error.enhanced_code, error.failure_class.value)
+    help = remedy(error_class)
+    temporary = help.temporary or (error.smtp_code is not None and 400 <= error.smtp_code < 500)
+    last_try = job.attempt >= MAX_ATTEMPTS
+    outcome = Outcome(
+        OutboxStatus.FAILED,
+        error.detail,
+        error.smtp_code,
+        error.enhanced_code,
+        error_class,
+        help.long,
+        retry_later=temporary and last_try,  # `outbox retry` may try it again later
+    )
+    recorder.add(job.entry_id, outcome)
+    job.result = SendResult(
+        job.entry_id, job.composed, OutboxStatus.FAILED.value, job.attempt, error.detail, error.smtp_code,
+        error.enhanced_code, error_class, help.long,
+    )  # fmt: skip
+    if not temporary or last_try:
+        return False
+    recorder.flush()  # the failed attempt is on record before the next one is
+    next_attempt = _attempt(job.composed, job.actor, job.expires, attempt=job.attempt + 1, retry_of=job.entry_id)
+    [job.entry_id] = outbox.queue([next_attempt])
+    job.attempt += 1
+    return True
+
+
+def message_of(raw: bytes) -> EmailMessage:
+    """A kept message, as it was sent."""
+    from email import message_from_bytes
+    from email.policy import SMTP
+
+    message = message_from_bytes(raw, policy=SMTP)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def retry(loaded: LoadedSpec, store: StateStore, settings: Settings, actor: Actor) -> list[SendResult]:
+    """Send again what was left behind: attempts of a process that died while they were queued, and
+    passing failures not yet tried again. Each gets a new attempt linked to it (at least once:
+    a mail whose sender died right after the server took it may arrive twice)."""
+    outbox = Outbox(store)
+    visible = visible_addresses(loaded.spec, actor, store.accounts(include_deleted=True))
+    jobs: list[_Job] = []
+    interrupted: list[tuple[int, Outcome]] = []
+    for entry in outbox.orphans():
+        if entry.account not in visible or not (entry.status == OutboxStatus.QUEUED or _temporary(entry)):
+            continue
+        mail = _composed_again(loaded, outbox, entry)
+        if mail is None:
+            continue
+        if entry.status == OutboxStatus.QUEUED:
+            interrupted.append((entry.id, _interrupted()))
+        [entry_id] = outbox.queue([_attempt(mail, actor, None, attempt=entry.attempt + 1, retry_of=entry.id)])
+        jobs.append(_Job(mail, entry_id, actor, None, attempt=entry.attempt + 1))
+    outbox.finish(interrupted)
+    if jobs:
+        asyncio.run(_deliver(loaded, store, settings, outbox, jobs))
+    return [_required(job.result) for job in jobs]
+
+
+def resend(loaded: LoadedSpec, store: StateStore, settings: Settings, actor: Actor, entry_id: int) -> SendResult:
+    """Send a kept mail again (after a fix), as a new attempt linked to the old one."""
+    outbox = Outbox(store)
+    visible = visible_addresses(loaded.spec, actor, store.accounts(include_deleted=True))
+    entry = outbox.entry(entry_id)
+    if entry is None or entry.account not in visible:
+        raise MailopsError(f"no outbox entry {entry_id}")  # the same answer for one the actor may not see
+    mail = _composed_again(loaded, outbox, entry)
+    if mail is None:
+        raise MailopsError(
+            f"outbox entry {entry_id} was not kept whole (policies.outbox.keep_bodies_days); send the mail again"
+        )
+    _check_may_send(loaded, store, actor, mail)
+    [new_id] = outbox.queue([_attempt(mail, actor, None, attempt=entry.attempt + 1, retry_of=entry.id)])
+    job = _Job(mail, new_id, actor, None, attempt=entry.attempt + 1)
+    asyncio.run(_deliver(loaded, store, settings, outbox, [job]))
+    return _required(job.result)
+
+
+def _temporary(entry: OutboxEntry) -> bool:
+    from mailops.outbox.classify import remedy
+
+    code = entry.smtp_code
+    return bool(entry.error_class and remedy(entry.error_class).temporary) or (code is not None and 400 <= code < 500)
+
+
+def _interrupted() -> Outcome:
+    from mailops.outbox.classify import remedy
+
+    help = remedy("interrupted")
+    return Outcome(
+        OutboxStatus.FAILED,
+        "the sending process ended before this attempt was recorded; it may have been delivered",
+        error_class="interrupted",
+        remedy=help.long,
+    )
+
+
+def _composed_again(loaded: LoadedSpec, outbox: Outbox, entry: OutboxEntry) -> Composed | None:
+    """The kept message of ``entry``, sent by its account as the spec declares it now (None: not kept, or the
+    account is gone from the spec)."""
+    raw = outbox.raw(entry.id)
+    account = loaded.spec.account(entry.account)
+    if raw is None or account is None:
+        return None
+    message = message_of(raw)
+    return Composed(
+        account=account,
+        sender=entry.sender,
+        sender_name=entry.sender_name,
+        to=entry.to,
+        cc=entry.cc,
+        bcc=entry.bcc,
+        recipients=entry.to + entry.cc + entry.bcc,
+        message=message,
+        message_id=entry.message_id,
+        project=entry.project,
+        preview=entry.preview,
+        explanation=(("again", f"outbox entry {entry.id}"),),
+    )

@@ -1,0 +1,118 @@
+"""`mailops outbox import`: another system's outbox log joins the outbox, classified, once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mailops.cli import app
+
+runner = CliRunner()
+
+SEED_LOG = (
+    "Datum;From;To;CC;BCC;Subject;Fehler\n"
+    "03.11.2026 09:15;shop@example.com;kunde@example.org;;;Ihre Bestellung;\n"
+    '03.11.2026 09:16;shop@example.com;"Anna <anna@example.org>; b@example.org";;archiv@example.com;Rechnung;'
+    "SMTP Error: The following recipients failed: anna@example.org: 552 5.2.2 Mailbox size limit exceeded\n"
+    "03.11.2026 09:17;info@example.com;x@example.org;;;Angebot;Could not access file: /srv/angebot.pdf\n"
+    "03.11.2026 09:17;info@example.com;x@example.org;;;Angebot;Could not access file: /srv/angebot.pdf\n"
+)
+
+
+@pytest.fixture
+def admin_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A spec whose command line acts as administrator, and an empty state store."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MAILOPS_STATE_URL", f"sqlite:///{tmp_path / 'state.db'}")
+    monkeypatch.delenv("MAILOPS_USER", raising=False)
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "accounts.yaml").write_text(
+        "accounts:\n  - address: shop@example.com\n    provider: manual\n    display_name: Shop\n"
+        "    username: shop@example.com\n    password: {env: SHOP_PASSWORD}\n"
+        "    imap: {host: imap.example.com, port: 993, encryption: ssl}\n"
+        "    smtp: {host: smtp.example.com, port: 587, encryption: starttls}\n",
+        encoding="utf-8",
+    )
+    (config / "defaults.yaml").write_text(
+        "defaults:\n  email: shop@example.com\n  sender_name: Shop\nemployees:\n  alice: {name: Alice}\n"
+        "policies: {cli_user_is_admin: true}\n",
+        encoding="utf-8",
+    )
+    return tmp_path
+
+
+def test_rows_are_classified_marked_and_imported_once(admin_env: Path) -> None:
+    log = admin_env / "log.csv"
+    log.write_text(SEED_LOG, encoding="utf-8")
+    first = runner.invoke(app, ["outbox", "import", str(log)])
+    assert first.exit_code == 0, first.output
+    assert "Imported 4 new entries" in first.stdout  # the two equal rows are two mails
+    again = runner.invoke(app, ["outbox", "import", str(log)])
+    assert "Imported 0 new entries" in again.stdout
+    entries = json.loads(runner.invoke(app, ["outbox", "list", "--json"]).stdout)
+    assert len(entries) == 4 and {entry["source"] for entry in entries} == {"import"}
+    by_subject = {entry["subject"]: entry for entry in entries}
+    sent, full = by_subject["Ihre Bestellung"], by_subject["Rechnung"]
+    assert (sent["status"], sent["error_class"], sent["remedy"]) == ("sent", None, None)
+    assert sent["created_at"].startswith("2026-11-03T08:15:00")  # 09:15 in Berlin is 08:15 UTC
+    assert (full["status"], full["error_class"], full["smtp_code"], full["enhanced_code"]) == (
+        "failed",
+        "mailbox_full",
+        552,
+        "5.2.2",
+    )
+    assert full["to"] == ["anna@example.org", "b@example.org"] and full["bcc"] == ["archiv@example.com"]
+    assert full["remedy"]
+    assert [entry["error_class"] for entry in entries if entry["subject"] == "Angebot"] == ["file_access"] * 2
+
+
+def test_only_an_administrator_imports(admin_env: Path) -> None:
+    log = admin_env / "log.csv"
+    log.write_text(SEED_LOG, encoding="utf-8")
+    refused = runner.invoke(app, ["--as", "alice", "outbox", "import", str(log)])
+    assert refused.exit_code == 1 and "for an administrator" in refused.stderr
+    assert not (admin_env / "state.db").exists()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"Datum;From;To\n01.01.2026;a@b.de;c@d.de\n", "no `Fehler` (or `error`) column"),
+        (b"Datum;Fehler\n31.02.2026 10:00;x\n", "data row 1: Datum `31.02.2026 10:00` is not a date"),
+        (b"Datum;Fehler\n01.01.2026;caf\xe9\n", ":2:"),
+    ],
+)
+def test_a_bad_log_is_refused_and_nothing_is_stored(admin_env: Path, content: bytes, message: str) -> None:
+    good = admin_env / "good.csv"
+    good.write_text(SEED_LOG, encoding="utf-8")
+    assert runner.invoke(app, ["outbox", "import", str(good)]).exit_code == 0
+    bad = admin_env / "bad.csv"
+    bad.write_bytes(content)
+    result = runner.invoke(app, ["outbox", "import", str(bad)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ") and message in result.stderr
+    assert len(json.loads(runner.invoke(app, ["outbox", "list", "--json"]).stdout)) == 4
+
+
+def test_an_unknown_time_zone_is_refused(admin_env: Path) -> None:
+    log = admin_env / "log.csv"
+    log.write_text(SEED_LOG, encoding="utf-8")
+    result = runner.invoke(app, ["outbox", "import", str(log), "--timezone", "Mars/Olympus"])
+    assert result.exit_code == 1
+    assert result.stderr == "Error: unknown time zone `Mars/Olympus` (an IANA name such as Europe/Berlin)\n"
+
+
+def test_control_characters_in_an_imported_row_never_reach_the_terminal(admin_env: Path) -> None:
+    log = admin_env / "log.csv"
+    log.write_text("Datum;From;Subject;Fehler\n01.11.2026;a@example.com;\x1b[2JHi\x07;x\x1b]2:owned\x07\n")
+    assert runner.invoke(app, ["outbox", "import", str(log)]).exit_code == 0
+    listed = runner.invoke(app, ["outbox", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert "\x1b" not in listed.stdout and "\x07" not in listed.stdout
+    assert "\\x1b[2JHi\\x07" in listed.stdout
+    shown = runner.invoke(app, ["outbox", "show", "1"])
+    assert "\x1b" not in shown.stdout and "\\x1b]2:owned\\x07" in shown.stdout
