@@ -4,8 +4,9 @@ It starts a local identity provider (standing in for Microsoft Entra ID) and mai
 (in-memory IMAP + SMTP, taught XOAUTH2 against that provider) on 127.0.0.1, points a
 temporary copy of the example config at them, and runs the real commands one after
 another: validate, plan, apply, connect (the first Microsoft account consents by device
-code, which the demo approves itself), accounts, a round-trip test mail, check, and a
-final plan that must say "No changes.". Nothing outside 127.0.0.1 is contacted.
+code, which the demo approves itself), accounts, a round-trip test mail, check, a mail
+sent through a project link, one that fails (its attachment is missing), the outbox log
+with both, and a final plan that must say "No changes.". Nothing outside 127.0.0.1 is contacted.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -116,6 +118,18 @@ def _wait_until_ready(server: EmbeddedMailServer, process: subprocess.Popen[byte
 
 
 DEMO_CLIENT_ID = "mailops-demo"
+CUSTOMER = "kunde@example.org"
+ORDER_MAIL = [
+    "--project",
+    "SHOP",
+    "--to",
+    CUSTOMER,
+    "--subject",
+    "Ihre Bestellung 4711",
+    "--body",
+    "Ihre Bestellung ist unterwegs.",
+]
+INVOICE_MAIL = ["--project", "SHOP", "--to", CUSTOMER, "--subject", "Rechnung 4711", "--body", "Anbei Ihre Rechnung."]
 
 
 def point_config_at(source: Path, target: Path, server: EmbeddedMailServer, authority: str) -> tuple[str, list[str]]:
@@ -206,10 +220,15 @@ def run_demo(config_dir: Path, echo: Echo = print) -> int:
                 (["accounts"], {0}),
                 (["test-mail", oauth, "--wait"], {0}),
                 (["check"], {0}),
+                # The project SHOP sends from the OAuth account, with alice's signature.
+                (["--as", "alice", "send", *ORDER_MAIL, "--explain"], {0}),
+                # Its invoice is missing: the seed's "Could not access file", logged, nothing sent.
+                (["--as", "alice", "send", *INVOICE_MAIL, "--attach", str(workdir / "Rechnung-4711.pdf")], {1}),
+                (["--as", "alice", "outbox", "list"], {0}),
                 (["plan", "--detailed-exitcode"], {0}),
             ]
             for arguments, expected in steps:
-                echo(f"$ mailops {' '.join(arguments)}")
+                echo(f"$ mailops {shlex.join(arguments)}")
                 command = [sys.executable, "-m", "mailops", *arguments]
                 if arguments[0] == "connect":
                     returncode = _connect_approving(command, env, workdir, identity_provider, oauth, echo)
@@ -221,7 +240,8 @@ def run_demo(config_dir: Path, echo: Echo = print) -> int:
                     return 1
         echo(
             "Demo complete: every account was verified and sent its test mail, the OAuth account logs in "
-            "with XOAUTH2, and the final plan has no changes."
+            "with XOAUTH2, the project SHOP sent through it, the failed mail is in the outbox log with its "
+            "class and remedy, and the final plan has no changes."
         )
         return 0
     finally:

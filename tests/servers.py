@@ -356,8 +356,9 @@ class RejectingHandler:
     and mail from ``reject-data*`` gets 554 5.6.0 after DATA. Mail from ``discard*`` is
     accepted and then dropped, as a server with a silent filter does. ``sender_faults``
     turns on a fault for one sender: ``refuse`` (553 5.1.8), and after DATA ``spam``
-    (554 5.7.1), ``too-large`` (552 5.3.4) or ``drop`` (the connection lost). A recipient ``greylist*`` gets
-    451 4.7.1 the first time each message is offered to it, and is accepted the next.
+    (554 5.7.1), ``too-large`` (552 5.3.4) or ``drop`` (the connection lost). A recipient
+    ``greylist*`` gets 451 4.7.1 (``busy*``: 452 4.3.1) the first time a sender offers it a
+    mail, and is accepted the next.
 
     It also adds ``AUTH XOAUTH2`` (aiosmtpd offers a handler's ``auth_<MECHANISM>`` methods):
     a token is checked with `MailUsers.token_allows`. A failure first sends Gmail's ``334``
@@ -394,8 +395,11 @@ class RejectingHandler:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
         if address.startswith("unknown"):
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
-        if address.startswith("greylist") and (address, envelope.mail_from) not in self.greylisted:
+        busy = address.startswith("busy")
+        if (address.startswith("greylist") or busy) and (address, envelope.mail_from) not in self.greylisted:
             self.greylisted.add((address, envelope.mail_from))
+            if busy:
+                return "452 4.3.1 Insufficient system storage, try again later"
             return "451 4.7.1 Greylisted, please try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"

@@ -197,13 +197,15 @@ def test_a_wrong_password_is_could_not_authenticate(engine_env, mail_servers, ne
     assert (row["error_class"], row["smtp_code"]) == ("could_not_authenticate", 535)
 
 
-def test_greylisting_is_retried_and_the_second_attempt_is_linked(engine_env, mail_servers, new_account) -> None:
-    sender, recipient = new_account(), new_account("greylist")
+@pytest.mark.parametrize("local, code", [("greylist", 451), ("busy", 452)])
+def test_a_4xx_is_retried_and_the_second_attempt_is_linked(engine_env, mail_servers, new_account, local, code) -> None:
+    sender, recipient = new_account(), new_account(local)
     applied(engine_env, mail_servers, [sender])
     result = run("--as", "alice", "send", "--to", recipient.address, "--subject", "Hi", "--body", "Hello")
     assert result.exit_code == 0, result.output
     first, second = outbox_rows(engine_env)
-    assert (first["status"], first["error_class"], first["smtp_code"]) == ("failed", "throttled", 451)
+    assert (first["status"], first["error_class"], first["smtp_code"]) == ("failed", "throttled", code)
+    assert first["reply"] and first["remedy"]
     assert (second["status"], second["attempt"], second["retry_of"]) == ("sent", 2, first["id"])
     assert len(received(mail_servers, recipient.address)) == 1
 
@@ -219,6 +221,20 @@ def test_a_connection_lost_mid_data_is_tried_again_then_logged(engine_env, mail_
     assert {row["status"] for row in rows} == {"failed"}
     assert {row["error_class"] for row in rows} == {"connection_lost"}
     assert all(row["retry_of"] == previous["id"] for previous, row in zip(rows, rows[1:], strict=False))
+
+
+def test_a_server_that_stops_offering_starttls_gets_no_mail_in_clear(engine_env, mail_servers, new_account) -> None:
+    sender, recipient = new_account(), new_account()
+    config = applied(engine_env, mail_servers, [sender])
+    accounts = config / "accounts.yaml"  # the same host now answers without STARTTLS (a downgrade)
+    starttls, plain = mail_servers.smtp.starttls_port, mail_servers.smtp.plain_port
+    accounts.write_text(accounts.read_text().replace(f"port: {starttls},", f"port: {plain},"))
+    result = run("--as", "alice", "send", "--to", recipient.address, "--subject", "Hi", "--body", "Hello")
+    assert result.exit_code == 1
+    [row] = outbox_rows(engine_env)
+    assert (row["status"], row["error_class"]) == ("failed", "tls")
+    assert "STARTTLS" in row["reply"] and row["remedy"]
+    assert received(mail_servers, recipient.address) == []
 
 
 def test_a_missing_attachment_is_logged_and_nothing_is_sent(engine_env, mail_servers, new_account, tmp_path) -> None:
