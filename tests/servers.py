@@ -355,8 +355,9 @@ class RejectingHandler:
     ``refused-sender*`` as sender gets 553 5.1.8, ``unknown*`` as recipient gets 550 5.1.1,
     and mail from ``reject-data*`` gets 554 5.6.0 after DATA. Mail from ``discard*`` is
     accepted and then dropped, as a server with a silent filter does. ``sender_faults``
-    turns on a fault for one sender: ``refuse`` (553 5.1.8), and after DATA ``spam``
-    (554 5.7.1), ``too-large`` (552 5.3.4) or ``drop`` (the connection lost). A recipient
+    turns on a fault for one sender: ``refuse`` (553 5.1.8), ``defer`` (451 4.7.1 for every
+    recipient, every time), and after DATA ``spam`` (554 5.7.1), ``too-large`` (552 5.3.4),
+    ``quota`` (550 5.4.5, a daily limit) or ``drop`` (the connection lost). A recipient
     ``greylist*`` gets 451 4.7.1 (``busy*``: 452 4.3.1) the first time a sender offers it a
     mail, and is accepted the next.
 
@@ -370,7 +371,8 @@ class RejectingHandler:
         self.users = users
         self.xoauth2_error_challenge = True
         self.greylisted: set[tuple[str, str]] = set()  # (recipient, sender) offered once already
-        # sender -> "refuse" | "spam" | "too-large" | "drop": faults a test turns on after apply's test mail
+        # sender -> "refuse" | "defer" | "spam" | "too-large" | "quota" | "drop": faults a test turns on after
+        # apply's test mail
         self.sender_faults: dict[str, str] = {}
 
     async def auth_XOAUTH2(self, server, args: list[str]) -> AuthResult:  # noqa: N802
@@ -395,6 +397,8 @@ class RejectingHandler:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
         if address.startswith("unknown"):
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        if self.sender_faults.get(envelope.mail_from) == "defer":
+            return "451 4.7.1 Try again later"
         busy = address.startswith("busy")
         if (address.startswith("greylist") or busy) and (address, envelope.mail_from) not in self.greylisted:
             self.greylisted.add((address, envelope.mail_from))
@@ -416,6 +420,8 @@ class RejectingHandler:
             return "554 5.7.1 Message rejected as spam by Content Filtering"
         if fault == "too-large":
             return "552 5.3.4 Message size exceeds fixed maximum message size"
+        if fault == "quota":
+            return "550 5.4.5 Daily user sending limit exceeded"
         if fault == "drop":
             server.transport.close()  # the connection is gone before the reply
             return "250 never seen"

@@ -284,10 +284,16 @@ def test_a_mail_to_the_sending_account_itself_is_kept(plain_spec) -> None:
     assert composed.to == ("a@example.com",)
 
 
-def test_at_least_one_to_is_needed(plain_spec) -> None:
-    error = failure_of(plain_spec, acting_user="alice", to=(), cc=("boss@example.org",))
+def test_at_least_one_recipient_is_needed(plain_spec) -> None:
+    error = failure_of(plain_spec, acting_user="alice", to=(), cc=(), bcc=())
     assert error.failure == "no_recipient"
     assert str(error) == "You must provide at least one recipient email address"
+
+
+def test_a_mail_to_copies_only_names_an_empty_to_group(plain_spec) -> None:
+    mail = make(plain_spec, acting_user="alice", to=(), bcc=("list@example.org",))
+    assert mail.message["To"] == "undisclosed-recipients:;"
+    assert "list@example.org" in mail.recipients and mail.message["Bcc"] is None
 
 
 @pytest.mark.parametrize(

@@ -175,6 +175,23 @@ FINER = [
         "unsuccessful, SmtpClientAuthentication is disabled for the Tenant. SMTP code: 535",
         "smtp_auth_disabled",
     ),
+    # from_failed: the login may not send as this address, whatever the code says otherwise
+    ("553 5.7.1 <shop@example.org>: Sender address rejected: not owned by user info@example.org", "from_failed"),
+    (
+        "554 5.2.252 SendAsDenied; shop@contoso.com not allowed to send as info@contoso.com; "
+        "STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied",
+        "from_failed",
+    ),
+    (
+        "The following From address failed: info@example.de : MAIL FROM command failed,Sender address rejected: "
+        "not owned by user,553,5.7.1",
+        "from_failed",
+    ),
+    # relay_denied: not a blocklist, though it comes as 5.7.1
+    ("554 5.7.1 <kunde@example.net>: Relay access denied", "relay_denied"),
+    ("SMTP Error: The following recipients failed: kunde@example.net: Relay access denied", "relay_denied"),
+    ("550 relay not permitted", "relay_denied"),
+    ("421 4.4.2 Connection dropped due to ConnectionReset", "connection_lost"),
     # unknown
     ("Invalid address:  (to): kunde@example", "unknown"),
     ("SMTP Error: something nobody has seen before", "unknown"),
@@ -238,7 +255,7 @@ def test_the_frame_is_classified_in_one_go_as_a_categorical_over_the_classes() -
 
 def test_the_class_list_order_and_remedies() -> None:
     assert CLASSES[-1] == "unknown"
-    assert len(CLASSES) == 22 and len(set(CLASSES)) == 22
+    assert len(CLASSES) == 23 and len(set(CLASSES)) == 23
     for name in CLASSES:
         help = remedy(name)
         assert isinstance(help, Remedy)
@@ -258,8 +275,12 @@ def test_the_class_list_order_and_remedies() -> None:
         remedy("tls").short = "x"  # type: ignore[misc]
 
 
-def test_temporary_is_the_class_or_a_4xx_code() -> None:
+def test_temporary_is_the_reply_code_first_then_the_class() -> None:
     assert is_temporary("throttled") and is_temporary("could_not_connect")
+    # A 5xx is final even in a class that is usually passing (a daily limit says 550 5.4.5).
+    assert not is_temporary("throttled", 550, "5.4.5") and not is_temporary("throttled", None, "5.4.5")
+    assert not is_temporary("timeout", 553, "5.7.0")
+    assert is_temporary("throttled", 451, "5.7.1")  # the reply code outranks the enhanced code
     assert not is_temporary("mailbox_full", 552, "5.2.2")
     assert is_temporary("mailbox_full", 452, "4.2.2")
     assert is_temporary("unknown", 451)
@@ -269,12 +290,12 @@ def test_temporary_is_the_class_or_a_4xx_code() -> None:
         is_temporary("nonsense")
     frame = pd.DataFrame(
         {
-            "class": ["tls", "unknown", None, "recipients_failed"],
-            "smtp_code": [None, 421, 450, 550],
-            "enhanced_code": [None, None, None, "5.1.1"],
+            "class": ["tls", "unknown", None, "recipients_failed", "throttled", "connection_lost"],
+            "smtp_code": [None, 421, 450, 550, 554, None],
+            "enhanced_code": [None, None, None, "5.1.1", None, None],
         }
     )
-    assert temporary(frame).tolist() == [False, True, False, False]
+    assert temporary(frame).tolist() == [False, True, False, False, False, True]
 
 
 # --- missing values ---------------------------------------------------------------------------

@@ -210,6 +210,73 @@ def test_a_4xx_is_retried_and_the_second_attempt_is_linked(engine_env, mail_serv
     assert len(received(mail_servers, recipient.address)) == 1
 
 
+def test_a_recipient_refused_for_now_gets_the_next_try_alone(engine_env, mail_servers, new_account) -> None:
+    sender, taken, greylisted = new_account(), new_account(), new_account("greylist")
+    applied(engine_env, mail_servers, [sender])
+    result = run(
+        "--as", "alice", "send", "--to", taken.address, "--to", greylisted.address, "--subject", "Hi", "--body", "x"
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    first, second = outbox_rows(engine_env)
+    assert (first["status"], first["error_class"], first["smtp_code"]) == ("failed", "throttled", 451)
+    assert greylisted.address in first["reply"] and taken.address not in first["reply"]
+    assert (second["status"], second["retry_of"]) == ("sent", first["id"])
+    # the server took the mail for the other recipient the first time: it gets no second copy
+    assert len(received(mail_servers, taken.address)) == 1
+    assert len(received(mail_servers, greylisted.address)) == 1
+
+
+def test_a_5xx_is_final_even_in_a_class_that_usually_passes(engine_env, mail_servers, new_account) -> None:
+    sender = new_account()
+    applied(engine_env, mail_servers, [sender])
+    with sender_fault(mail_servers, sender, "quota"):
+        result = run("--as", "alice", "send", "--to", new_account().address, "--subject", "Hi", "--body", "x")
+    assert result.exit_code == 1
+    [row] = outbox_rows(engine_env)  # a daily limit says 550: not tried again within the run
+    assert (row["status"], row["error_class"], row["smtp_code"], row["enhanced_code"]) == (
+        "failed", "throttled", 550, "5.4.5",
+    )  # fmt: skip
+    assert row["raw"] is None or row["raw_expires_at"] is not None  # nothing kept for `outbox retry`
+    assert "Nothing to retry." in run("--as", "alice", "outbox", "retry").stdout
+
+
+def test_a_passing_failure_is_retried_later_and_then_keeps_no_body(engine_env, mail_servers, new_account) -> None:
+    sender, recipient = new_account(), new_account()
+    config = applied(engine_env, mail_servers, [sender])
+    defaults = config / "defaults.yaml"
+    defaults.write_text(defaults.read_text().replace("keep_bodies_days: 1", "keep_bodies_days: 0"))
+    with sender_fault(mail_servers, sender, "defer"):
+        result = run("--as", "alice", "send", "--to", recipient.address, "--subject", "Hi", "--body", "IBAN DE00")
+    assert result.exit_code == 1
+    rows = outbox_rows(engine_env)
+    assert [(row["status"], row["error_class"]) for row in rows] == [("failed", "throttled")] * 3
+    assert [row["raw"] is not None for row in rows] == [False, False, True]  # kept for `outbox retry` only
+    retried = run("--as", "alice", "outbox", "retry")
+    assert retried.exit_code == 0, retried.output
+    last = outbox_rows(engine_env)[-1]
+    assert (last["status"], last["retry_of"], last["attempt"]) == ("sent", rows[-1]["id"], 4)
+    assert [row["raw"] for row in outbox_rows(engine_env)] == [None] * 4  # keep_bodies_days: 0 keeps nothing
+    assert len(received(mail_servers, recipient.address)) == 1
+
+
+def test_retry_leaves_what_its_account_cannot_send_now(engine_env, mail_servers, new_account) -> None:
+    sender, recipient = new_account(), new_account()
+    applied(engine_env, mail_servers, [sender])
+    assert run("--as", "alice", "send", "--to", recipient.address, "--subject", "Hi", "--body", "x").exit_code == 0
+    with sqlite3.connect(engine_env / "state.db") as connection:  # as a sender killed elsewhere leaves it
+        connection.execute(
+            "UPDATE outbox SET status = 'queued', owner = 'elsewhere 42', updated_at = '2000-01-01 00:00:00', "
+            "raw = CAST('Subject: x' AS BLOB)"
+        )
+        connection.execute("UPDATE accounts SET status = 'needs_reconnect'")
+    result = run("--as", "alice", "outbox", "retry")
+    assert result.exit_code == 1
+    assert f"#1 left as it is: {sender.address} is needs reconnect, not connected" in result.stderr
+    [row] = outbox_rows(engine_env)
+    assert row["status"] == "queued" and row["raw"] is not None  # still there for a retry after the fix
+    assert len(received(mail_servers, recipient.address)) == 1
+
+
 def test_a_connection_lost_mid_data_is_tried_again_then_logged(engine_env, mail_servers, new_account) -> None:
     sender = new_account()
     applied(engine_env, mail_servers, [sender])
@@ -290,7 +357,9 @@ def test_a_deleted_account_no_longer_sends_but_its_history_stays(engine_env, mai
 # -- nothing lost -----------------------------------------------------------------------------
 
 
-def test_a_batch_killed_midway_is_finished_by_retry_and_nothing_is_lost(engine_env, mail_servers, new_account) -> None:
+def test_a_batch_killed_midway_is_finished_by_two_retries_and_nothing_is_lost(
+    engine_env, mail_servers, new_account
+) -> None:
     sender, recipient = new_account(), new_account()
     applied(engine_env, mail_servers, [sender])
     batch = engine_env / "batch.jsonl"
@@ -307,8 +376,21 @@ def test_a_batch_killed_midway_is_finished_by_retry_and_nothing_is_lost(engine_e
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    retried = run("--as", "alice", "outbox", "retry")
-    assert retried.exit_code == 0, retried.output
+    retries = [  # two at once: each left-behind attempt is taken over by one of them only
+        subprocess.Popen(
+            [*MAILOPS, "--as", "alice", "outbox", "retry"],
+            cwd=engine_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    for retry in retries:
+        output, errors = retry.communicate(timeout=300)
+        assert retry.returncode == 0, output + errors
+    retried_from = [row["retry_of"] for row in outbox_rows(engine_env) if row["retry_of"] is not None]
+    assert retried_from and len(retried_from) == len(set(retried_from))
     rows = outbox_rows(engine_env)
     assert {row["status"] for row in rows} <= {"sent", "failed"}
     latest = {}
@@ -320,6 +402,83 @@ def test_a_batch_killed_midway_is_finished_by_retry_and_nothing_is_lost(engine_e
         delivered[mail["Message-ID"]] = delivered.get(mail["Message-ID"], 0) + 1
     assert set(delivered) == set(latest)  # every mail arrived: at least once...
     assert max(delivered.values()) <= 2  # ...and at most twice
+
+
+def test_a_batch_with_one_bad_row_logs_and_sends_nothing(engine_env, mail_servers, new_account, tmp_path) -> None:
+    sender, recipient = new_account(), new_account()
+    applied(engine_env, mail_servers, [sender])
+    batch = tmp_path / "batch.csv"
+    batch.write_text(
+        f"to;subject;body;attach;project\n{recipient.address};A;x;missing.pdf;\n{recipient.address};B;x;;NOPE\n",
+        encoding="utf-8",
+    )
+    result = run("--as", "alice", "send", "--batch", str(batch))
+    assert result.exit_code == 1 and "NOPE" in result.stderr
+    assert outbox_rows(engine_env) == [] and received(mail_servers, recipient.address) == []
+
+
+@pytest.mark.parametrize("attach", ["../secret.key", "/etc/hostname", "sub/../../secret.key"])
+def test_a_batch_attaches_only_files_in_its_own_directory(engine_env, mail_servers, new_account, tmp_path, attach):
+    applied(engine_env, mail_servers, [new_account()])
+    (tmp_path / "secret.key").write_text("TOP SECRET")
+    (tmp_path / "batches").mkdir()
+    batch = tmp_path / "batches" / "batch.csv"
+    batch.write_text(f"to;subject;body;attach\n{new_account().address};s;b;{attach}\n", encoding="utf-8")
+    result = run("--as", "alice", "send", "--batch", str(batch))
+    assert result.exit_code == 1
+    assert f"batch.csv:2: the attachment '{attach}' is outside the batch file's directory" in result.stderr
+    assert outbox_rows(engine_env) == []
+
+
+def test_a_batch_takes_no_per_mail_options(engine_env, mail_servers, new_account, tmp_path) -> None:
+    applied(engine_env, mail_servers, [new_account()])
+    batch = tmp_path / "batch.csv"
+    batch.write_text(f"to;subject;body\n{new_account().address};s;b\n", encoding="utf-8")
+    result = run("--as", "alice", "send", "--batch", str(batch), "--bcc", "x@example.com", "--project", "P")
+    assert result.exit_code == 1
+    assert "give no --bcc, --project" in result.stderr
+    assert outbox_rows(engine_env) == []
+
+
+def test_html_merge_values_are_escaped_and_a_bcc_only_mail_goes_out(engine_env, mail_servers, new_account, tmp_path):
+    applied(engine_env, mail_servers, [new_account()])
+    recipient, hidden = new_account(), new_account()
+    batch = tmp_path / "batch.jsonl"
+    row = {"to": recipient.address, "subject": "Hi {name}", "body": "<p>Dear {name}</p>", "html": True}
+    batch.write_text(json.dumps(row | {"name": '<img src="cid:secret.pdf">'}) + "\n", encoding="utf-8")
+    assert run("--as", "alice", "send", "--batch", str(batch)).exit_code == 0
+    [mail] = received(mail_servers, recipient.address)
+    assert "&lt;img src=&quot;cid:secret.pdf&quot;&gt;" in mail.get_body(("html",)).get_content()
+    assert mail["Subject"] == 'Hi <img src="cid:secret.pdf">'  # a subject is text, not HTML
+    newsletter = run("--as", "alice", "send", "--bcc", hidden.address, "--subject", "News", "--body", "x")
+    assert newsletter.exit_code == 0, newsletter.output
+    [copy] = received(mail_servers, hidden.address)
+    assert copy["To"] == "undisclosed-recipients:;" and copy["Bcc"] is None
+
+
+def test_numbers_beyond_the_database_are_usage_errors(engine_env, mail_servers, new_account) -> None:
+    applied(engine_env, mail_servers, [new_account()])
+    for args in (
+        ["outbox", "show", str(2**63)],
+        ["outbox", "resend", str(2**64)],
+        ["outbox", "list", "--limit", "9" * 30],
+    ):
+        result = run("--as", "alice", *args)
+        assert result.exit_code == 2 and "is not in the range" in result.output, result.output
+
+
+def test_a_missing_attachment_from_a_hidden_account_is_refused_not_logged(
+    engine_env, mail_servers, new_account, tmp_path
+) -> None:
+    shared, support = new_account(), new_account()
+    support.visible_to = "    visible_to: [support-team]\n"  # type: ignore[attr-defined]
+    applied(engine_env, mail_servers, [shared, support], projects=f"projects:\n  SUP: {{email: {support.address}}}\n")
+    result = run(
+        "--as", "bob", "send", "--to", new_account().address, "--subject", "Fake", "--body", "x", "--project", "SUP",
+        "--attach", str(tmp_path / "gone.pdf"),
+    )  # fmt: skip
+    assert result.exit_code == 1 and f"bob may not send from {support.address}" in result.stderr
+    assert outbox_rows(engine_env) == []  # nothing written under an account bob may not see
 
 
 def test_the_store_is_needed_before_anything_is_sent(engine_env, mail_servers, new_account) -> None:

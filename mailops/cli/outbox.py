@@ -37,6 +37,9 @@ def _context(ctx: typer.Context, config_dir: Path | None) -> tuple[Settings, Loa
     return settings, loaded, actor, store
 
 
+MAX_ID = 2**63 - 1  # the database's largest integer: a bigger number is a usage error, not an overflow
+
+
 @app.command()
 def send(
     ctx: typer.Context,
@@ -63,8 +66,16 @@ def send(
     settings, loaded, actor, store = _context(ctx, config_dir)
     with reported_errors():
         if batch is not None:
-            if to or body is not None or body_file is not None:
-                fail("--batch takes the mails from the file; give no --to, --body or --body-file with it")
+            given = [
+                name
+                for name, value in (
+                    ("--to", to), ("--cc", cc), ("--bcc", bcc), ("--subject", subject), ("--body", body),
+                    ("--body-file", body_file), ("--html", html), ("--attach", attach), ("--project", project),
+                )
+                if value
+            ]  # fmt: skip
+            if given:
+                fail(f"--batch takes every mail's fields from the file (its columns); give no {', '.join(given)}")
             requests = read_batch(batch)
         else:
             if body_file is not None:
@@ -98,11 +109,13 @@ def send(
 
 
 def _print_result(result: SendResult, *, explain: bool) -> None:
+    from mailops.errors import printable
+
     mail = result.composed
     if explain and mail is not None:
         for what, why in mail.explanation:
-            typer.echo(f"  {what + ':':<14} {why}")
-    recipients = ", ".join(mail.to) if mail else ""
+            typer.echo(f"  {what + ':':<14} {printable(why)}")
+    recipients = printable(", ".join(mail.to)) if mail else ""
     if result.status == "dry-run":
         typer.echo(f"would send to {recipients} from {mail.sender if mail else ''} (dry run)")
     elif result.ok:
@@ -111,7 +124,7 @@ def _print_result(result: SendResult, *, explain: bool) -> None:
         from mailops.outbox.classify import remedy
 
         short = remedy(result.error_class).short if result.error_class else ""
-        typer.echo(f"failed  #{result.entry_id} {result.error_class}: {result.reply}", err=True)
+        typer.echo(f"failed  #{result.entry_id} {result.error_class}: {printable(result.reply or '')}", err=True)
         typer.echo(f"        {short}", err=True)
 
 
@@ -131,7 +144,7 @@ def list_entries(
     project: str | None = typer.Option(None, "--project", help="Only this project / sales channel."),
     error_class: str | None = typer.Option(None, "--class", help="Only this error class."),
     since: dt.datetime | None = typer.Option(None, "--since", help="Only attempts since this date (YYYY-MM-DD)."),
-    limit: int = typer.Option(50, "--limit", min=1, help="At most this many, newest first."),
+    limit: int = typer.Option(50, "--limit", min=1, max=MAX_ID, help="At most this many, newest first."),
     as_json: bool = typer.Option(False, "--json", help="Print the entries as JSON."),
     config_dir: Path | None = ConfigDirOption,
 ) -> None:
@@ -198,7 +211,7 @@ def _public(entry: OutboxEntry) -> dict[str, Any]:
 @outbox_app.command()
 def show(
     ctx: typer.Context,
-    entry_id: int = typer.Argument(..., help="The entry's number (#)."),
+    entry_id: int = typer.Argument(..., min=1, max=MAX_ID, help="The entry's number (#)."),
     config_dir: Path | None = ConfigDirOption,
 ) -> None:
     """One attempt in full: addresses, the server's reply, codes, class and remedy."""
@@ -219,7 +232,9 @@ def show(
 @outbox_app.command()
 def resend(
     ctx: typer.Context,
-    entry_id: int = typer.Argument(..., help="The entry to send again (kept whole by policies.outbox)."),
+    entry_id: int = typer.Argument(
+        ..., min=1, max=MAX_ID, help="The entry to send again (kept whole by policies.outbox)."
+    ),
     config_dir: Path | None = ConfigDirOption,
 ) -> None:
     """Send a logged mail again, after a fix; the new attempt is linked to the old one."""
@@ -239,13 +254,20 @@ def retry(ctx: typer.Context, config_dir: Path | None = ConfigDirOption) -> None
     from mailops.engine.send import retry as retry_orphans
 
     settings, loaded, actor, store = _context(ctx, config_dir)
+    from mailops.errors import printable
+
     with reported_errors():
-        results = retry_orphans(loaded, store, settings, actor)
-    for result in results:
+        report = retry_orphans(loaded, store, settings, actor)
+    for result in report.results:
         _print_result(result, explain=False)
+    for entry_id, why in report.skipped:
+        typer.echo(f"#{entry_id} left as it is: {printable(why)}", err=True)
+    if report.taken_elsewhere:
+        typer.echo(f"{report.taken_elsewhere} attempt(s) taken over by another `mailops outbox retry` meanwhile.")
+    results = report.results
     sent = sum(result.ok for result in results)
     typer.echo(f"{sent} of {len(results)} mail(s) sent again." if results else "Nothing to retry.")
-    if any(not result.ok for result in results):
+    if report.skipped or any(not result.ok for result in results):
         raise typer.Exit(1)
 
 
@@ -290,7 +312,7 @@ def export(
 def _public_columns() -> list[str]:
     from mailops.state.outbox import OutboxEntry
 
-    return [name for name in OutboxEntry.__dataclass_fields__ if name != "has_raw"]
+    return [name for name in OutboxEntry.__dataclass_fields__ if name not in ("has_raw", "owner")]
 
 
 @outbox_app.command("import")
@@ -305,7 +327,7 @@ def import_log(
     Importing the same file again adds nothing. Only an administrator imports, since the
     rows may belong to accounts a user may not see.
     """
-    from mailops.outbox.imports import import_seed_log
+    from mailops.outbox.imports import import_seed_log, read_import
 
     settings = settings_of(ctx, config_dir)
     loaded = load_spec_or_exit(settings, as_json=False)
@@ -314,5 +336,6 @@ def import_log(
 
         if not acting(loaded.spec, settings.user).admin:
             fail("importing another system's log is for an administrator (policies.cli_user_is_admin, no --as)")
-        count = import_seed_log(open_store(settings, create=True), file, timezone=timezone)
+        attempts = read_import(file, timezone=timezone)  # a file that cannot be read creates no store
+        count = import_seed_log(open_store(settings, create=True), attempts)
     typer.echo(f"Imported {count} new entr{'y' if count == 1 else 'ies'} from {file} (marked as imported).")

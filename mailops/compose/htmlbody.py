@@ -46,6 +46,8 @@ class _InlineImages(HTMLParser):
 
 def inline_image_names(markup: str) -> list[str]:
     """The NAMEs of every ``<img src="cid:NAME">`` in ``markup``, each once, in order (percent-escapes decoded)."""
+    if "<img" not in markup.lower():  # no tag the parser would call img (most mails): no need to parse
+        return []
     parser = _InlineImages()
     parser.feed(markup)
     parser.close()

@@ -89,12 +89,25 @@ Notes = list[tuple[str, str]]
 _Part = tuple[str, bytes, tuple[str, str]]  # file name, content, (maintype, subtype)
 
 
-def compose(spec: Spec, request: SendRequest, *, config_dir: Path, now: dt.datetime | None = None) -> Composed:
-    """The mail ``request`` asks for, as the spec describes it; :class:`ComposeError` when it cannot be made."""
+def compose(
+    spec: Spec,
+    request: SendRequest,
+    *,
+    config_dir: Path,
+    now: dt.datetime | None = None,
+    files: TemplateFiles | None = None,
+) -> Composed:
+    """The mail ``request`` asks for, as the spec describes it; :class:`ComposeError` when it cannot be made.
+
+    Mails composed with the same ``files`` share one reading of the HTML template and its
+    inline images (a batch reads them once); without it they are read for this mail.
+    """
     notes: Notes = []
     account, sender_name = _sender(spec, request.project, notes)
     try:
-        return _compose_for(account, sender_name, spec, request, config_dir, now, notes)
+        return _compose_for(
+            account, sender_name, spec, request, config_dir, now, notes, files if files is not None else TemplateFiles()
+        )
     except ComposeError as exc:
         exc.account = account
         raise
@@ -108,6 +121,7 @@ def _compose_for(
     config_dir: Path,
     now: dt.datetime | None,
     notes: Notes,
+    files: TemplateFiles,
 ) -> Composed:
     sender = account.address
     sender_name = _header_text("sender name", sender_name)
@@ -124,7 +138,7 @@ def _compose_for(
 
     body = _unix_lines(request.body)
     closing = [part for part in (greeting, signature) if part]
-    template = _template(spec, config_dir, notes)
+    template = _template(spec, config_dir, notes, files)
     markup: str | None = None
     if request.html:
         markup = body + "".join(f"\n<p>{text_to_html(part)}</p>" for part in closing)
@@ -138,12 +152,13 @@ def _compose_for(
     else:
         text = html_to_text(markup)
         notes.append(("text part", "generated from the HTML by inscriptis"))
-        images = _inline_images(markup, template, notes)
+        images = _inline_images(markup, template, notes, files)
     attachments = [_attachment(path, notes) for path in request.attachments]
 
     message = EmailMessage(policy=SMTP)
     message["From"] = formataddr((sender_name, sender))
-    message["To"] = ", ".join(to)
+    # A mail to copies only names its To as an empty group, as mail programs do (RFC 5322 3.4).
+    message["To"] = ", ".join(to) if to else "undisclosed-recipients:;"
     if cc:
         message["Cc"] = ", ".join(cc)
     message["Subject"] = subject
@@ -232,7 +247,7 @@ def _recipients(
     spec: Spec, request: SendRequest, sender: str, notes: Notes
 ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """To, CC and BCC: the defaults' copies added, each address once (in its first list), no copy to the sender."""
-    if not request.to:
+    if not (request.to or request.cc or request.bcc):  # a mail to BCC only (a newsletter) is fine
         raise ComposeError("no_recipient", "You must provide at least one recipient email address")
     defaults = spec.defaults
     default_bcc = [defaults.bcc] if defaults.bcc is not None else []
@@ -323,12 +338,63 @@ class _Template:
     text: str
 
 
-def _template(spec: Spec, config_dir: Path, notes: Notes) -> _Template | None:
+@dataclass(frozen=True)
+class _Unusable:
+    """A file that could not be used, as the ComposeError it gave."""
+
+    failure: Failure
+    message: str
+
+    def error(self) -> ComposeError:
+        return ComposeError(self.failure, self.message)
+
+
+class TemplateFiles:
+    """The HTML template and its inline images, each read and checked once for all the mails composed with it.
+
+    A file that cannot be used gives every such mail the same :class:`ComposeError`, as reading it
+    for each mail would. Made for one batch: a file changed meanwhile is not read again.
+    """
+
+    def __init__(self) -> None:
+        self._templates: dict[tuple[str, Path], _Template | _Unusable] = {}
+        self._images: dict[Path, bytes | _Unusable] = {}
+
+    def template(self, relative: str, path: Path) -> _Template:
+        key = (relative, path)
+        if key not in self._templates:
+            try:
+                self._templates[key] = _read_template(relative, path)
+            except ComposeError as exc:
+                self._templates[key] = _Unusable(exc.failure, str(exc))
+        found = self._templates[key]
+        if isinstance(found, _Unusable):
+            raise found.error()
+        return found
+
+    def image(self, path: Path) -> bytes:
+        if path not in self._images:
+            try:
+                self._images[path] = _read(path, "inline image", MAX_ATTACHMENT_BYTES)
+            except ComposeError as exc:
+                self._images[path] = _Unusable(exc.failure, str(exc))
+        found = self._images[path]
+        if isinstance(found, _Unusable):
+            raise found.error()
+        return found
+
+
+def _template(spec: Spec, config_dir: Path, notes: Notes, files: TemplateFiles) -> _Template | None:
     relative = spec.defaults.html_template
     if relative is None:
         notes.append(("template", "none in the defaults"))
         return None
-    path = config_dir / relative
+    template = files.template(relative, config_dir / relative)
+    notes.append(("template", relative))
+    return template
+
+
+def _read_template(relative: str, path: Path) -> _Template:
     data = _read(path, "HTML template", MAX_TEMPLATE_BYTES)
     try:
         text = decode_utf8(data)
@@ -340,7 +406,6 @@ def _template(spec: Spec, config_dir: Path, notes: Notes) -> _Template | None:
         raise ComposeError(
             "file_open", f"File Error: the HTML template {path} has no {CONTENT_PLACEHOLDER} for the mail's content"
         )
-    notes.append(("template", relative))
     return _Template(relative, path, _unix_lines(text))
 
 
@@ -348,7 +413,7 @@ def _template(spec: Spec, config_dir: Path, notes: Notes) -> _Template | None:
 _IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@-]*")
 
 
-def _inline_images(markup: str, template: _Template | None, notes: Notes) -> list[_Part]:
+def _inline_images(markup: str, template: _Template | None, notes: Notes, files: TemplateFiles) -> list[_Part]:
     images: list[_Part] = []
     for name in inline_image_names(markup):
         if not _IMAGE_NAME.fullmatch(name):
@@ -363,8 +428,15 @@ def _inline_images(markup: str, template: _Template | None, notes: Notes) -> lis
                 f"Could not access file {name} (inline image cid:{name}): inline images are files next to "
                 "the HTML template, and the defaults name no `html_template`",
             )
+        mime_type = _mime_type(name)
+        if mime_type[0] != "image":  # cid: shows a picture; it is no way to attach the template's neighbours
+            raise ComposeError(
+                "file_access",
+                f"Could not access file {name} (inline image cid:{name}): an inline image must be a picture "
+                f"(.png, .jpg, .gif, ...), not {'/'.join(mime_type)}",
+            )
         path = template.path.parent / name
-        images.append((name, _read(path, "inline image", MAX_ATTACHMENT_BYTES), _mime_type(name)))
+        images.append((name, files.image(path), mime_type))
         notes.append(("inline image", f"cid:{name} from {Path(template.relative).parent / name}"))
     return images
 

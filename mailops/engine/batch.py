@@ -2,15 +2,16 @@
 
 Columns (CSV header or JSON keys): `to` (required), `cc`, `bcc` (several addresses
 separated by `;` or `,`), `subject` (required), `body` (required), `html` (true/false),
-`project`, `attach` (paths separated by `;`, relative to the batch file). Every other
-column is a merge field: `{name}` in the subject or body becomes the row's value
-(`{{` and `}}` write braces). A bad row is refused with its line number, and nothing
-of the batch is sent.
+`project`, `attach` (paths separated by `;`, relative to the batch file, and inside its
+directory). Every other column is a merge field: `{name}` in the subject or body becomes
+the row's value, HTML-escaped in an HTML body (`{{` and `}}` write braces). A bad row is
+refused with its line number, and nothing of the batch is sent.
 """
 
 from __future__ import annotations
 
 import csv
+import html as html_escaping
 import io
 import json
 import re
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mailops.compose import SendRequest
-from mailops.errors import MailopsError
+from mailops.errors import MailopsError, printable
 from mailops.fileio import FileReadError, read_text
 
 MAX_BATCH_BYTES = 256 * 1024 * 1024
@@ -62,7 +63,8 @@ def _csv(path: Path, text: str) -> list[tuple[int, dict[str, str]]]:
 
 def _jsonl(path: Path, text: str) -> list[tuple[int, dict[str, str]]]:
     rows = []
-    for line, raw in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only: JSON text may hold U+2028 and the like, which splitlines() would cut at.
+    for line, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
         try:
@@ -71,16 +73,26 @@ def _jsonl(path: Path, text: str) -> list[tuple[int, dict[str, str]]]:
             raise BatchError(f"{path}:{line}: not a JSON object: {exc}") from None
         if not isinstance(value, dict):
             raise BatchError(f"{path}:{line}: expected a JSON object per line")
-        rows.append((line, {str(key).lower(): _text(item) for key, item in value.items()}))
+        row: dict[str, str] = {}
+        for key, item in value.items():
+            name = key.lower()
+            if name in row:
+                raise BatchError(f"{path}:{line}: the key {key!r} is given twice (keys are case-insensitive)")
+            row[name] = _text(path, line, key, item)
+        rows.append((line, row))
     return rows
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, list):
-        return ";".join(str(item) for item in value)
+def _text(path: Path, line: int, key: str, value: Any) -> str:
+    if value is None:
+        return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return "" if value is None else str(value)
+    if isinstance(value, str | int | float):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return ";".join(value)
+    raise BatchError(f"{path}:{line}: {key!r} must be a text, a number or a list of texts")
 
 
 def _request(path: Path, line: int, row: dict[str, str]) -> SendRequest:
@@ -91,14 +103,15 @@ def _request(path: Path, line: int, row: dict[str, str]) -> SendRequest:
     html = row.get("html", "").strip().lower()
     if html not in ("", "true", "false", "yes", "no", "1", "0"):
         raise BatchError(f"{path}:{line}: `html` is {html!r}; write true or false")
+    is_html = html in ("true", "yes", "1")
     return SendRequest(
         to=_addresses(row.get("to", "")),
         cc=_addresses(row.get("cc", "")),
         bcc=_addresses(row.get("bcc", "")),
         subject=_merge(path, line, "subject", row["subject"], fields),
-        body=_merge(path, line, "body", row["body"], fields),
-        html=html in ("true", "yes", "1"),
-        attachments=tuple(path.parent / item.strip() for item in row.get("attach", "").split(";") if item.strip()),
+        body=_merge(path, line, "body", row["body"], fields, escape=is_html),
+        html=is_html,
+        attachments=tuple(_attachment(path, line, item) for item in row.get("attach", "").split(";") if item.strip()),
         project=row.get("project", "").strip() or None,
     )
 
@@ -107,8 +120,22 @@ def _addresses(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in _SPLIT.split(value) if item.strip())
 
 
-def _merge(path: Path, line: int, column: str, template: str, fields: dict[str, str]) -> str:
-    """``{name}`` replaced by the row's value; no attribute or index lookups, unlike str.format."""
+def _attachment(path: Path, line: int, item: str) -> Path:
+    """An attachment of a row: a path relative to the batch file, that stays inside its directory (a
+    batch file from elsewhere must not mail out the sender's other files)."""
+    relative = Path(item.strip())
+    folder = path.parent.resolve()
+    if relative.is_absolute() or not (folder / relative).resolve().is_relative_to(folder):
+        raise BatchError(
+            f"{path}:{line}: the attachment {printable(item.strip())!r} is outside the batch file's directory; "
+            "give a path relative to it, within it"
+        )
+    return path.parent / relative
+
+
+def _merge(path: Path, line: int, column: str, template: str, fields: dict[str, str], *, escape: bool = False) -> str:
+    """``{name}`` replaced by the row's value (HTML-escaped for an HTML body); no attribute or index lookups,
+    unlike str.format."""
 
     def value(match: re.Match[str]) -> str:
         whole, name = match.group(0), match.group(1)
@@ -117,6 +144,6 @@ def _merge(path: Path, line: int, column: str, template: str, fields: dict[str, 
         key = (name or "").strip().lower()
         if key not in fields:
             raise BatchError(f"{path}:{line}: `{column}` uses {{{name}}}, which is no column of the batch")
-        return fields[key]
+        return html_escaping.escape(fields[key]) if escape else fields[key]
 
     return _FIELD.sub(value, template)

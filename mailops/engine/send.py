@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,7 @@ from dataclasses import dataclass, replace
 from email.message import EmailMessage
 from email.utils import make_msgid
 
-from mailops.compose import Composed, ComposeError, SendRequest, compose
+from mailops.compose import Composed, ComposeError, SendRequest, TemplateFiles, compose
 from mailops.engine.credentials import credential_context
 from mailops.engine.verify import endpoints, timeouts_of
 from mailops.engine.visibility import Actor, NotAllowed, visible_addresses
@@ -36,14 +37,17 @@ from mailops.providers.base import CredentialContext, provider_for
 from mailops.settings import Settings
 from mailops.spec import LoadedSpec
 from mailops.state.accounts import AccountStatus
-from mailops.state.outbox import NewAttempt, Outbox, OutboxEntry, OutboxStatus, Outcome
+from mailops.state.outbox import HEARTBEAT, NewAttempt, Outbox, OutboxEntry, OutboxStatus, Outcome
 from mailops.state.store import StateStore
 from mailops.transport.failures import FailureClass, TransportError
-from mailops.transport.smtp import send_in_session, smtp_session
+from mailops.transport.smtp import RecipientsRefused, send_in_session, smtp_session
 
 MAX_ATTEMPTS = 3
 FIRST_PAUSE = 1.0  # seconds before the second try; doubled for each further one
 CHUNK = 200  # attempts queued, and outcomes recorded, per transaction
+# An outcome waits at most this long to be recorded: a mail sent but not yet on record would be
+# sent again by `outbox retry` after a crash.
+RECORD_WITHIN = 0.5  # seconds
 # Composing failures the seed's log knows: logged as failed attempts, nothing sent.
 LOGGED_COMPOSE_FAILURES = frozenset({"no_recipient", "file_access", "file_open"})
 
@@ -73,8 +77,14 @@ class _Job:
     entry_id: int
     actor: Actor
     expires: dt.datetime | None  # until when the outbox keeps the whole message
+    raw: bytes  # the message as the outbox keeps it, serialized once
     attempt: int = 1
     result: SendResult | None = None
+    # The envelope of the next try: every recipient, or those a server refused for now.
+    recipients: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.recipients = self.recipients or self.composed.recipients
 
 
 def send_mails(
@@ -88,24 +98,35 @@ def send_mails(
 ) -> list[SendResult]:
     """Compose, check, log and send ``requests``; one result per request, in order."""
     outbox = Outbox(store)
-    composed: list[Composed | SendResult] = []
-    for request in requests:
+    files = TemplateFiles()  # the HTML template (and its images) read once for the whole batch
+    may_send: set[str] = set()  # the accounts checked already: their mails may go out
+    composed: list[Composed | tuple[SendRequest, ComposeError]] = []
+    for request in requests:  # every mail is checked before anything is logged or sent
         try:
-            mail = compose(loaded.spec, replace(request, acting_user=actor.user), config_dir=loaded.config_dir)
+            mail = compose(
+                loaded.spec, replace(request, acting_user=actor.user), config_dir=loaded.config_dir, files=files
+            )
         except ComposeError as error:
             if error.failure not in LOGGED_COMPOSE_FAILURES or dry_run:
                 raise
-            composed.append(_log_compose_failure(loaded, outbox, actor, request, error))
+            if error.account is not None and not actor.may_see(error.account.visible_to):
+                raise _not_allowed(actor, error.account.address) from None
+            composed.append((request, error))
             continue
-        _check_may_send(loaded, store, actor, mail)
+        if mail.account.address not in may_send:  # one look at the state store per account, not per mail
+            _check_may_send(store, actor, mail)
+            may_send.add(mail.account.address)
         composed.append(mail)
     if dry_run:
-        return [c if isinstance(c, SendResult) else SendResult(None, c, "dry-run") for c in composed]
+        return [SendResult(None, c, "dry-run") for c in composed if isinstance(c, Composed)]
+    context = credential_context(loaded, settings, store)  # a bad MAILOPS_SECRET_KEY stops us before the log
+    outbox.forget_expired_bodies()
+    failed = {id(c): _log_compose_failure(loaded, outbox, actor, *c) for c in composed if isinstance(c, tuple)}
     mails = [c for c in composed if isinstance(c, Composed)]
     jobs = _queue(loaded, outbox, actor, mails)
-    asyncio.run(_deliver(loaded, store, settings, outbox, jobs))
+    asyncio.run(_deliver(store, settings, context, outbox, jobs))
     by_mail = {id(job.composed): job.result for job in jobs}
-    return [c if isinstance(c, SendResult) else _required(by_mail[id(c)]) for c in composed]
+    return [failed[id(c)] if isinstance(c, tuple) else _required(by_mail[id(c)]) for c in composed]
 
 
 def _required(result: SendResult | None) -> SendResult:
@@ -113,17 +134,27 @@ def _required(result: SendResult | None) -> SendResult:
     return result
 
 
-def _check_may_send(loaded: LoadedSpec, store: StateStore, actor: Actor, mail: Composed) -> None:
+def _not_allowed(actor: Actor, address: str) -> NotAllowed:
+    return NotAllowed(f"{actor.user} may not send from {address} (it is not in its visible_to)")
+
+
+def _check_may_send(store: StateStore, actor: Actor, mail: Composed) -> None:
     account = mail.account
     if not actor.may_see(account.visible_to):
-        raise NotAllowed(f"{actor.user} may not send from {account.address} (it is not in its visible_to)")
-    live = store.account(account.address)
+        raise _not_allowed(actor, account.address)
+    problem = _not_sending(store, account.address)
+    if problem is not None:
+        raise MailopsError(problem)
+
+
+def _not_sending(store: StateStore, address: str) -> str | None:
+    """Why ``address`` may not send now (not applied, or not connected); None when it may."""
+    live = store.account(address)
     if live is None:
-        raise MailopsError(f"{account.address} is not applied yet; run `mailops apply` first")
+        return f"{address} is not applied yet; run `mailops apply` first"
     if live.status != AccountStatus.CONNECTED:
-        raise MailopsError(
-            f"{account.address} is {live.status.replace('_', ' ')}, not connected; `mailops check` says what it needs"
-        )
+        return f"{address} is {live.status.replace('_', ' ')}, not connected; `mailops check` says what it needs"
+    return None
 
 
 def _log_compose_failure(
@@ -132,7 +163,7 @@ def _log_compose_failure(
     """The seed logs a mail that could not be built (no recipient, a missing attachment) as failed."""
     from mailops.outbox.classify import remedy  # pandas: paid only when something fails
 
-    account = getattr(error, "account", None)
+    account = error.account
     sender = account.address if account is not None else loaded.spec.defaults.email
     domain = sender.partition("@")[2] or "localhost"
     attempt = NewAttempt(
@@ -159,14 +190,20 @@ def _queue(loaded: LoadedSpec, outbox: Outbox, actor: Actor, mails: Sequence[Com
     expires = dt.datetime.now(dt.UTC) + dt.timedelta(days=keep_days) if keep_days else None
     jobs: list[_Job] = []
     for start in range(0, len(mails), CHUNK):
-        chunk = mails[start : start + CHUNK]
-        ids = outbox.queue([_attempt(mail, actor, expires) for mail in chunk])
-        jobs += [_Job(mail, entry_id, actor, expires) for mail, entry_id in zip(chunk, ids, strict=True)]
+        chunk = [(mail, mail.message.as_bytes()) for mail in mails[start : start + CHUNK]]
+        ids = outbox.queue([_attempt(mail, raw, actor, expires) for mail, raw in chunk])
+        jobs += [_Job(mail, entry_id, actor, expires, raw) for (mail, raw), entry_id in zip(chunk, ids, strict=True)]
     return jobs
 
 
 def _attempt(
-    mail: Composed, actor: Actor, expires: dt.datetime | None, *, attempt: int = 1, retry_of: int | None = None
+    mail: Composed,
+    raw: bytes,
+    actor: Actor,
+    expires: dt.datetime | None,
+    *,
+    attempt: int = 1,
+    retry_of: int | None = None,
 ) -> NewAttempt:
     return NewAttempt(
         account=mail.account.address,
@@ -182,31 +219,47 @@ def _attempt(
         acting_user=actor.user,
         attempt=attempt,
         retry_of=retry_of,
-        raw=mail.message.as_bytes(),  # until it is sent; after that only while the policy keeps it
+        raw=raw,  # until it is sent; after that only while the policy keeps it
         raw_expires_at=expires,
     )
 
 
 class _Recorder:
-    """Collects outcomes and writes them in chunks (one transaction each)."""
+    """Collects outcomes and writes them in chunks (one transaction each), at least every
+    RECORD_WITHIN seconds; shows meanwhile that this process still looks after its queued attempts."""
 
     def __init__(self, outbox: Outbox):
         self.outbox = outbox
         self.pending: list[tuple[int, Outcome]] = []
+        self.flushed_at = self.beat_at = time.monotonic()
 
     def add(self, entry_id: int, outcome: Outcome) -> None:
         self.pending.append((entry_id, outcome))
-        if len(self.pending) >= CHUNK:
+        if len(self.pending) >= CHUNK or time.monotonic() - self.flushed_at >= RECORD_WITHIN:
             self.flush()
 
     def flush(self) -> None:
-        if self.pending:
-            pending, self.pending = self.pending, []
+        now = time.monotonic()
+        self.flushed_at = now
+        if now - self.beat_at >= HEARTBEAT.total_seconds():
+            self.outbox.heartbeat()
+            self.beat_at = now
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        try:
             self.outbox.finish(pending)
+        except MailopsError as exc:
+            sent = sum(outcome.status == OutboxStatus.SENT for _id, outcome in pending)
+            raise MailopsError(
+                f"{sent} mail(s) went out, but how {len(pending)} attempt(s) ended could not be recorded: {exc}. "
+                "They stay `queued`: `mailops outbox retry` would send those mails again."
+            ) from None
 
 
-async def _deliver(loaded: LoadedSpec, store: StateStore, settings: Settings, outbox: Outbox, jobs: list[_Job]) -> None:
-    context = credential_context(loaded, settings, store)
+async def _deliver(
+    store: StateStore, settings: Settings, context: CredentialContext, outbox: Outbox, jobs: list[_Job]
+) -> None:
     by_account: dict[str, list[_Job]] = defaultdict(list)
     for job in jobs:
         by_account[job.composed.account.address.lower()].append(job)
@@ -242,14 +295,20 @@ async def _send_account(
     pause = FIRST_PAUSE
     while pending:
         try:
-            credential = await loop.run_in_executor(executor, provider.credential, account, context)
+            try:
+                credential = await loop.run_in_executor(executor, provider.credential, account, context)
+            except TransportError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a secret that cannot be read fails the mails, not the run
+                raise TransportError(FailureClass.SECRET, f"the credential of {account.address}: {exc}") from None
             async with smtp_session(smtp, credential, timeouts, settings.ca_file) as client:
                 while pending:
                     job = pending[0]
                     try:
                         reply = await send_in_session(
-                            client, job.composed.message, sender=job.composed.sender, recipients=job.composed.recipients
-                        )
+                            client, job.composed.message, sender=job.composed.sender, recipients=job.recipients,
+                            raw=job.raw,
+                        )  # fmt: skip
                     except TransportError as error:
                         if not _fail(job, error, outbox, recorder):
                             pending.pop(0)
@@ -271,12 +330,16 @@ async def _send_account(
 
 
 def _fail(job: _Job, error: TransportError, outbox: Outbox, recorder: _Recorder) -> bool:
-    """Record a failed attempt; when it is worth another try, queue the next one on ``job`` and say so."""
-    from mailops.outbox.classify import classify, remedy  # pandas: paid only when something fails
+    """Record a failed attempt; when it is worth another try, queue the next one on ``job`` and say so.
+
+    Recipients a server refused while it took the mail for the others are the only ones the
+    next try is sent to: the others have it.
+    """
+    from mailops.outbox.classify import classify, is_temporary, remedy  # pandas: paid only when something fails
 
     error_class = classify(error.detail, error.smtp_code, error.enhanced_code, error.failure_class.value)
     help = remedy(error_class)
-    temporary = help.temporary or (error.smtp_code is not None and 400 <= error.smtp_code < 500)
+    temporary = is_temporary(error_class, error.smtp_code, error.enhanced_code)
     last_try = job.attempt >= MAX_ATTEMPTS
     outcome = Outcome(
         OutboxStatus.FAILED,
@@ -295,7 +358,11 @@ def _fail(job: _Job, error: TransportError, outbox: Outbox, recorder: _Recorder)
     if not temporary or last_try:
         return False
     recorder.flush()  # the failed attempt is on record before the next one is
-    next_attempt = _attempt(job.composed, job.actor, job.expires, attempt=job.attempt + 1, retry_of=job.entry_id)
+    if isinstance(error, RecipientsRefused):
+        job.recipients = tuple(address for address in job.recipients if address in error.refused)
+    next_attempt = _attempt(
+        job.composed, job.raw, job.actor, job.expires, attempt=job.attempt + 1, retry_of=job.entry_id
+    )
     [job.entry_id] = outbox.queue([next_attempt])
     job.attempt += 1
     return True
@@ -311,33 +378,56 @@ def message_of(raw: bytes) -> EmailMessage:
     return message
 
 
-def retry(loaded: LoadedSpec, store: StateStore, settings: Settings, actor: Actor) -> list[SendResult]:
+@dataclass(frozen=True)
+class RetryReport:
+    """What `outbox retry` did: the mails it sent again, the attempts it left and why, and how many
+    another `outbox retry` running at the same time took over."""
+
+    results: list[SendResult]
+    skipped: list[tuple[int, str]]
+    taken_elsewhere: int = 0
+
+
+def retry(loaded: LoadedSpec, store: StateStore, settings: Settings, actor: Actor) -> RetryReport:
     """Send again what was left behind: attempts of a process that died while they were queued, and
     passing failures not yet tried again. Each gets a new attempt linked to it (at least once:
-    a mail whose sender died right after the server took it may arrive twice)."""
+    a mail whose sender died right after the server took it may arrive twice). Two retries at
+    the same time each take an attempt over only once (see :meth:`Outbox.take_over`)."""
     outbox = Outbox(store)
+    outbox.forget_expired_bodies()
     visible = visible_addresses(loaded.spec, actor, store.accounts(include_deleted=True))
+    context = credential_context(loaded, settings, store)
     jobs: list[_Job] = []
-    interrupted: list[tuple[int, Outcome]] = []
+    skipped: list[tuple[int, str]] = []
+    taken_elsewhere = 0
     for entry in outbox.orphans():
         if entry.account not in visible or not (entry.status == OutboxStatus.QUEUED or _temporary(entry)):
             continue
         mail = _composed_again(loaded, outbox, entry)
         if mail is None:
+            skipped.append((entry.id, f"{entry.account} is no longer in the spec"))
             continue
-        if entry.status == OutboxStatus.QUEUED:
-            interrupted.append((entry.id, _interrupted()))
-        [entry_id] = outbox.queue([_attempt(mail, actor, None, attempt=entry.attempt + 1, retry_of=entry.id)])
-        jobs.append(_Job(mail, entry_id, actor, None, attempt=entry.attempt + 1))
-    outbox.finish(interrupted)
+        problem = _not_sending(store, entry.account)
+        if problem is not None:
+            skipped.append((entry.id, problem))
+            continue
+        raw = mail.message.as_bytes()
+        attempt = _attempt(mail, raw, actor, None, attempt=entry.attempt + 1, retry_of=entry.id)
+        interrupted = _interrupted() if entry.status == OutboxStatus.QUEUED else None
+        entry_id = outbox.take_over(entry, attempt, interrupted)
+        if entry_id is None:
+            taken_elsewhere += 1
+            continue
+        jobs.append(_Job(mail, entry_id, actor, None, raw, attempt=entry.attempt + 1))
     if jobs:
-        asyncio.run(_deliver(loaded, store, settings, outbox, jobs))
-    return [_required(job.result) for job in jobs]
+        asyncio.run(_deliver(store, settings, context, outbox, jobs))
+    return RetryReport([_required(job.result) for job in jobs], skipped, taken_elsewhere)
 
 
 def resend(loaded: LoadedSpec, store: StateStore, settings: Settings, actor: Actor, entry_id: int) -> SendResult:
     """Send a kept mail again (after a fix), as a new attempt linked to the old one."""
     outbox = Outbox(store)
+    outbox.forget_expired_bodies()
     visible = visible_addresses(loaded.spec, actor, store.accounts(include_deleted=True))
     entry = outbox.entry(entry_id)
     if entry is None or entry.account not in visible:
@@ -347,18 +437,19 @@ def resend(loaded: LoadedSpec, store: StateStore, settings: Settings, actor: Act
         raise MailopsError(
             f"outbox entry {entry_id} was not kept whole (policies.outbox.keep_bodies_days); send the mail again"
         )
-    _check_may_send(loaded, store, actor, mail)
-    [new_id] = outbox.queue([_attempt(mail, actor, None, attempt=entry.attempt + 1, retry_of=entry.id)])
-    job = _Job(mail, new_id, actor, None, attempt=entry.attempt + 1)
-    asyncio.run(_deliver(loaded, store, settings, outbox, [job]))
+    _check_may_send(store, actor, mail)
+    context = credential_context(loaded, settings, store)
+    raw = mail.message.as_bytes()
+    [new_id] = outbox.queue([_attempt(mail, raw, actor, None, attempt=entry.attempt + 1, retry_of=entry.id)])
+    job = _Job(mail, new_id, actor, None, raw, attempt=entry.attempt + 1)
+    asyncio.run(_deliver(store, settings, context, outbox, [job]))
     return _required(job.result)
 
 
 def _temporary(entry: OutboxEntry) -> bool:
-    from mailops.outbox.classify import remedy
+    from mailops.outbox.classify import is_temporary
 
-    code = entry.smtp_code
-    return bool(entry.error_class and remedy(entry.error_class).temporary) or (code is not None and 400 <= code < 500)
+    return entry.error_class is not None and is_temporary(entry.error_class, entry.smtp_code, entry.enhanced_code)
 
 
 def _interrupted() -> Outcome:

@@ -25,8 +25,8 @@ API
 ``extract_codes(errors) -> DataFrame``
     The SMTP reply code and the enhanced status code an error text carries.
 ``temporary(frame) -> Series``; ``is_temporary(class_name, smtp_code, enhanced_code)``
-    Whether a failure is worth another try: its class is temporary, or its reply code is
-    4xx (or its enhanced code 4.x.x).
+    Whether a failure is worth another try: a 4xx reply (or 4.x.x enhanced code) is, a 5xx
+    (5.x.x) one is not, whatever the class; without a code the class decides.
 ``read_seed_log(path, timezone="Europe/Berlin") -> DataFrame``
     The seed system's exported outbox log, classified.
 
@@ -357,18 +357,24 @@ def extract_codes(errors: pd.Series) -> pd.DataFrame:
 def temporary(frame: pd.DataFrame) -> pd.Series:
     """Per row of a classified frame (``class``, optional ``smtp_code``, ``enhanced_code``): worth another try?
 
-    True when the class is temporary, the reply code is 4xx or the enhanced code 4.x.x;
-    False for a row without a class.
+    The server's word decides first: a 4xx reply code is temporary and a 5xx one permanent,
+    whatever the class; without a reply code, the enhanced code's 4.x.x or 5.x.x does; without
+    either, the class. False for a row without a class.
     """
     classes = pd.Index(CLASSES).get_indexer(frame["class"].astype("str"))
     result = np.where(classes >= 0, _TEMPORARY[classes], False)
+    decided = np.zeros(len(frame), dtype=bool)  # the reply code has spoken
     if "smtp_code" in frame.columns:
         codes = _given_codes(frame["smtp_code"])
-        result |= (codes >= 400) & (codes < 500) & (classes >= 0)
+        temporary_code, permanent_code = (codes >= 400) & (codes < 500), (codes >= 500) & (codes < 600)
+        result = np.where(temporary_code, True, np.where(permanent_code, False, result))
+        decided = temporary_code | permanent_code
     if "enhanced_code" in frame.columns:
         enhanced = _given_enhanced(frame["enhanced_code"])
-        result |= enhanced.str.startswith("4.").to_numpy(dtype=bool, na_value=False) & (classes >= 0)
-    return pd.Series(result, index=frame.index, name="temporary")
+        temporary_enhanced = enhanced.str.startswith("4.").to_numpy(dtype=bool, na_value=False) & ~decided
+        permanent_enhanced = enhanced.str.startswith("5.").to_numpy(dtype=bool, na_value=False) & ~decided
+        result = np.where(temporary_enhanced, True, np.where(permanent_enhanced, False, result))
+    return pd.Series(result & (classes >= 0), index=frame.index, name="temporary")
 
 
 def is_temporary(class_name: str, smtp_code: int | None = None, enhanced_code: str | None = None) -> bool:

@@ -28,29 +28,39 @@ if TYPE_CHECKING:
 _FIELDS = ("time", "from", "to", "cc", "bcc", "subject", "error")
 
 
-def import_seed_log(store: StateStore, path: Path | str, *, timezone: str = "Europe/Berlin") -> int:
-    """Import the log at ``path`` (see :func:`read_seed_log` for its form); how many rows were new."""
+def import_seed_log(store: StateStore, attempts: list[ImportedAttempt]) -> int:
+    """Add the attempts of :func:`read_import` to the outbox log; how many were new."""
+    return Outbox(store).record_imported(attempts)
+
+
+def read_import(path: Path | str, *, timezone: str = "Europe/Berlin") -> list[ImportedAttempt]:
+    """The log at ``path`` (see :func:`read_seed_log` for its form) as imported attempts; read whole
+    before anything is stored, so that a file that cannot be read changes nothing."""
     try:
         zoneinfo.ZoneInfo(timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise OutboxLogError(f"unknown time zone {quoted(timezone)} (an IANA name such as Europe/Berlin)") from None
-    frame = read_seed_log(path, timezone=timezone)
-    return Outbox(store).record_imported(imported_attempts(frame))
+    return imported_attempts(read_seed_log(path, timezone=timezone), timezone=timezone)
 
 
-def imported_attempts(frame: pd.DataFrame) -> list[ImportedAttempt]:
-    """The rows of a classified seed log (:func:`read_seed_log`) as imported attempts."""
+def imported_attempts(frame: pd.DataFrame, *, timezone: str = "Europe/Berlin") -> list[ImportedAttempt]:
+    """The rows of a classified seed log (:func:`read_seed_log`, read in ``timezone``) as imported attempts.
+
+    A row is known by its fields as the file writes them: its time is the wall-clock time
+    in ``timezone``, so that the same file imported with another --timezone adds nothing.
+    """
     now = utcnow()
     seen: Counter[str] = Counter()
     attempts = []
     for row in frame.itertuples(index=False, name=None):
         values = dict(zip(frame.columns, row, strict=True))
+        time = values["time"]
+        values["time"] = None if pd.isna(time) else time.tz_convert(timezone).strftime("%Y-%m-%d %H:%M:%S")
         fields = [_text(values[name]) for name in _FIELDS]
         digest = hashlib.sha256("\x1f".join(fields).encode("utf-8", "surrogatepass")).hexdigest()
         seen[digest] += 1
         failed = values["status"] == OutboxStatus.FAILED.value
         error_class = _text(values["class"]) or None if failed else None
-        time = values["time"]
         attempts.append(
             ImportedAttempt(
                 key=f"import:{digest[:40]}:{seen[digest]}",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from mailops.state.accounts import aware, utcnow
 from mailops.state.tables import OutboxRow
@@ -89,19 +89,25 @@ OWNER = f"{socket.gethostname()} {os.getpid()}"
 ORPHANED_AFTER = dt.timedelta(hours=1)
 
 
+HEARTBEAT = dt.timedelta(minutes=1)  # how often a sending process shows it is alive
+
+
 def _abandoned(owner: str | None, updated_at: dt.datetime, now: dt.datetime) -> bool:
-    """A queued attempt whose sender is gone: a process of this host that no longer runs, or one
-    elsewhere that has been silent for an hour."""
-    host, _, pid = (owner or "").rpartition(" ")
-    if host != socket.gethostname() or not pid.isdigit():
-        return now - updated_at > ORPHANED_AFTER
-    if int(pid) == os.getpid():
+    """An attempt no process looks after: none owns it, its owner on this host no longer runs,
+    or its owner has been silent for an hour (a live sender beats every minute; a process
+    number may have been taken by another program since)."""
+    if owner is None:
+        return True
+    if now - updated_at > ORPHANED_AFTER:
+        return True
+    host, _, pid = owner.rpartition(" ")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
         return False
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
-    except PermissionError:  # alive, someone else's
+    except (PermissionError, OverflowError):  # alive, someone else's; or no process number at all
         return False
     return False
 
@@ -132,9 +138,10 @@ class OutboxEntry:
     error_class: str | None
     remedy: str | None
     has_raw: bool = field(default=False)
+    owner: str | None = field(default=None, repr=False)  # the process looking after it; internal
 
     def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "owner"}
 
 
 def _view(row: OutboxRow) -> OutboxEntry:
@@ -163,7 +170,45 @@ def _view(row: OutboxRow) -> OutboxEntry:
         error_class=row.error_class,
         remedy=row.remedy,
         has_raw=row.raw is not None,
+        owner=row.owner,
     )
+
+
+def _new_row(attempt: NewAttempt, source: str, now: dt.datetime) -> OutboxRow:
+    return OutboxRow(
+        created_at=now,
+        updated_at=now,
+        source=source,
+        account=attempt.account.lower(),
+        project=attempt.project,
+        acting_user=attempt.acting_user,
+        sender=attempt.sender,
+        sender_name=attempt.sender_name,
+        to_addresses=list(attempt.to),
+        cc_addresses=list(attempt.cc),
+        bcc_addresses=list(attempt.bcc),
+        subject=attempt.subject,
+        preview=attempt.preview,
+        message_id=attempt.message_id,
+        status=OutboxStatus.QUEUED.value,
+        attempt=attempt.attempt,
+        retry_of=attempt.retry_of,
+        raw=attempt.raw,
+        raw_expires_at=attempt.raw_expires_at,
+        owner=OWNER,
+    )
+
+
+def _outcome_values(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "status": outcome.status.value,
+        "owner": None,
+        "reply": outcome.reply,
+        "smtp_code": outcome.smtp_code,
+        "enhanced_code": outcome.enhanced_code,
+        "error_class": outcome.error_class,
+        "remedy": outcome.remedy,
+    }
 
 
 class Outbox:
@@ -177,31 +222,7 @@ class Outbox:
         if not attempts or not self._store.exists:
             return []
         now = utcnow()
-        rows = [
-            OutboxRow(
-                created_at=now,
-                updated_at=now,
-                source=source,
-                account=attempt.account.lower(),
-                project=attempt.project,
-                acting_user=attempt.acting_user,
-                sender=attempt.sender,
-                sender_name=attempt.sender_name,
-                to_addresses=list(attempt.to),
-                cc_addresses=list(attempt.cc),
-                bcc_addresses=list(attempt.bcc),
-                subject=attempt.subject,
-                preview=attempt.preview,
-                message_id=attempt.message_id,
-                status=OutboxStatus.QUEUED.value,
-                attempt=attempt.attempt,
-                retry_of=attempt.retry_of,
-                raw=attempt.raw,
-                raw_expires_at=attempt.raw_expires_at,
-                owner=OWNER,
-            )
-            for attempt in attempts
-        ]
+        rows = [_new_row(attempt, source, now) for attempt in attempts]
         with self._store.session() as session:
             session.add_all(rows)
             session.flush()
@@ -214,22 +235,23 @@ class Outbox:
         keeps it (its ``raw_expires_at``).
         """
         now = utcnow()
-        with self._store.session() as session:
-            for entry_id, outcome in outcomes:
-                values: dict[str, Any] = {
-                    "status": outcome.status.value,
-                    "updated_at": now,
-                    "owner": None,
-                    "reply": outcome.reply,
-                    "smtp_code": outcome.smtp_code,
-                    "enhanced_code": outcome.enhanced_code,
-                    "error_class": outcome.error_class,
-                    "remedy": outcome.remedy,
-                }
-                row = update(OutboxRow).where(OutboxRow.id == entry_id)
-                session.execute(row.values(**values))
-                if not outcome.retry_later:
-                    session.execute(row.where(OutboxRow.raw_expires_at.is_(None)).values(raw=None))
+        values: list[dict[str, Any]] = []
+        finished: list[dict[str, Any]] = []  # the attempts that need no further try
+        for entry_id, outcome in outcomes:
+            values.append({"b_id": entry_id} | {f"b_{name}": value for name, value in _outcome_values(outcome).items()})
+            if not outcome.retry_later:
+                finished.append({"b_id": entry_id})
+        if not values:
+            return
+        by_id = OutboxRow.id == bindparam("b_id")
+        columns: dict[str, Any] = {name: bindparam(f"b_{name}") for name in _outcome_values(Outcome(OutboxStatus.SENT))}
+        outcome_of = update(OutboxRow).where(by_id).values(updated_at=now, **columns)
+        drop_raw = update(OutboxRow).where(by_id, OutboxRow.raw_expires_at.is_(None)).values(raw=None)
+        with self._store.session() as session:  # one statement for many rows (executemany), each
+            connection = session.connection()
+            connection.execute(outcome_of, values)
+            if finished:
+                connection.execute(drop_raw, finished)
 
     def record_imported(self, attempts: Sequence[ImportedAttempt]) -> int:
         """Add another system's finished attempts, marked as imported, in one transaction; how many
@@ -291,12 +313,41 @@ class Outbox:
         now = utcnow()
         with self._store.session() as session:
             rows = list(session.scalars(query))
-            left = [
-                row
-                for row in rows
-                if row.status == OutboxStatus.FAILED.value or _abandoned(row.owner, aware(row.updated_at), now)
-            ]
-            return [_view(row) for row in left]
+            return [_view(row) for row in rows if _abandoned(row.owner, aware(row.updated_at), now)]
+
+    def take_over(self, entry: OutboxEntry, attempt: NewAttempt, interrupted: Outcome | None = None) -> int | None:
+        """Queue ``attempt`` as the next try of the left-behind ``entry``; its id, or None when another
+        process took ``entry`` over first. One transaction: ``entry`` is claimed only if it is still as
+        :meth:`orphans` saw it (compare and set), closed with ``interrupted`` if it was still queued,
+        and its whole message dropped unless the policy keeps it (the new attempt carries it).
+        """
+        retried = select(OutboxRow.retry_of).where(OutboxRow.retry_of.is_not(None)).scalar_subquery()
+        still_left = [OutboxRow.id == entry.id, OutboxRow.status == entry.status, OutboxRow.id.not_in(retried)]
+        still_left.append(OutboxRow.owner.is_(None) if entry.owner is None else OutboxRow.owner == entry.owner)
+        values: dict[str, Any] = {"owner": OWNER, "updated_at": utcnow()}
+        if interrupted is not None:
+            values |= _outcome_values(interrupted)
+        with self._store.session() as session:
+            claimed = session.execute(update(OutboxRow).where(*still_left).values(**values))
+            if not getattr(claimed, "rowcount", 0):
+                session.rollback()
+                return None
+            session.execute(
+                update(OutboxRow).where(OutboxRow.id == entry.id, OutboxRow.raw_expires_at.is_(None)).values(raw=None)
+            )
+            row = _new_row(attempt, "mailops", utcnow())
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def heartbeat(self) -> None:
+        """Show that this process still looks after the attempts it queued (see :func:`_abandoned`)."""
+        with self._store.session() as session:
+            session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.owner == OWNER, OutboxRow.status == OutboxStatus.QUEUED.value)
+                .values(updated_at=utcnow())
+            )
 
     def entries(
         self,

@@ -84,6 +84,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # beside it, and `plan` reads read-only (also from a read-only directory). Writes are
     # one short transaction per account; the busy timeout rides out the overlaps.
     cursor.execute("PRAGMA journal_mode=DELETE")
+    cursor.close()
+    _sqlite_busy_timeout(dbapi_connection, _record)
+
+
+def _sqlite_busy_timeout(dbapi_connection: Any, _record: Any) -> None:
+    # Readers too wait for a writer (another mailops sending or applying) instead of failing.
+    cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
 
@@ -119,8 +126,8 @@ class StateStore:
             # Judge the schema before anything else touches the database.
             status = _schema_status(engine, shown, will_migrate=create)
             engine.dispose()
-            if create and engine.dialect.name == "sqlite":
-                event.listen(engine, "connect", _sqlite_pragmas)  # they rewrite the file's header
+            if engine.dialect.name == "sqlite":  # journal_mode rewrites the file's header: only when writing
+                event.listen(engine, "connect", _sqlite_pragmas if create else _sqlite_busy_timeout)
             store = cls(engine, shown_url=shown, secrets=hide, empty=status is SchemaStatus.EMPTY and not create)
             if create and status is not SchemaStatus.CURRENT:
                 store._migrate()
