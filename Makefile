@@ -24,14 +24,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Debian packages the integration tests start as real servers: Dovecot (IMAP) and
-# PostgreSQL (the state store on a team database), and the system Python that the test
-# Dovecot's shared-mailbox check runs with. Installed only when missing.
+# PostgreSQL (the state store on a team database), the system Python that the test
+# Dovecot's shared-mailbox check runs with, and Chromium, which the browser tests drive
+# through Playwright (never `playwright install`: it would download a browser of its own).
+# Installed only when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@missing=""; \
 	command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || missing="$$missing dovecot-imapd"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	[ -x /usr/bin/python3 ] || missing="$$missing python3-minimal"; \
+	[ -x /usr/lib/chromium/chromium ] || missing="$$missing chromium"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if ! command -v apt-get >/dev/null 2>&1; then \
 		echo "missing:$$missing; apt-get is not available, install them yourself" >&2; exit 1; \

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     ca_file: Path | None = Field(
         None, description="Extra CA bundle (PEM) that is trusted besides the system's, for self-hosted servers."
     )
+    message_dir: Path | None = Field(
+        None,
+        description="Where imported mail is kept, one .eml file per message named by its SHA-256; "
+        "default: `messages` beside a SQLite state file, else .mailops/messages.",
+    )
     secret_key: SecretStr | None = Field(
         None,
         description="Key that encrypts the stored OAuth tokens (`mailops keygen`): the key, or file:PATH.",

@@ -11,9 +11,21 @@ from enum import Enum
 from mailops.errors import MailopsError
 
 # The migrations in migrations/versions, oldest first; a test keeps the two in step.
-KNOWN_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003")
+KNOWN_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004")
 SCHEMA_REVISION = KNOWN_REVISIONS[-1]
-MAILOPS_TABLES = frozenset({"accounts", "apply_lock", "alembic_version", "token_caches", "consents", "outbox"})
+MAILOPS_TABLES = frozenset(
+    {
+        "accounts",
+        "apply_lock",
+        "alembic_version",
+        "token_caches",
+        "consents",
+        "outbox",
+        "tickets",
+        "messages",
+        "mail_sync",
+    }
+)
 
 
 class StateError(MailopsError):

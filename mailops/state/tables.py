@@ -5,7 +5,19 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -108,3 +120,72 @@ class OutboxRow(Base):
     raw: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
     raw_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     owner: Mapped[str | None] = mapped_column(String(250), default=None)  # "host pid" of the process sending it
+
+
+class TicketRow(Base):
+    """A ticket made from imported mail: one per thread, in the account's default queue and project."""
+
+    __tablename__ = "tickets"
+    __table_args__ = (Index("ix_tickets_account", "account"), Index("ix_tickets_queue_project", "queue", "project"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account: Mapped[str] = mapped_column(String(320))  # lower-cased; its visible_to decides who sees the ticket
+    queue: Mapped[str | None] = mapped_column(String(100), default=None)
+    project: Mapped[str | None] = mapped_column(String(100), default=None)
+    status: Mapped[str] = mapped_column(String(10))  # open | closed
+    subject: Mapped[str] = mapped_column(Text)  # of the message that opened it
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class MessageRow(Base):
+    """One imported message: its index entry. The message itself is a content-addressed .eml file
+    (``raw_sha256``) outside the database.
+
+    ``dedupe_key`` says what makes two messages of an account the same (a hash of the Message-ID,
+    or of the raw bytes for a message without one); the unique constraint on it is what keeps a
+    message from being imported twice, whatever else goes wrong. ``uidvalidity``/``uid`` are where
+    the message was last seen on the server; ``server_state`` says whether it is still to be
+    deleted there (`delete_after_import`).
+    """
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("account", "dedupe_key", name="uq_messages_account_key"),
+        Index("ix_messages_ticket", "ticket_id"),
+        Index("ix_messages_server_state", "account", "folder", "server_state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account: Mapped[str] = mapped_column(String(320))  # lower-cased
+    folder: Mapped[str] = mapped_column(String(200))
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)  # 32-bit unsigned in IMAP: beyond a signed INTEGER
+    uid: Mapped[int] = mapped_column(BigInteger)
+    dedupe_key: Mapped[str] = mapped_column(String(64))
+    message_id: Mapped[str | None] = mapped_column(Text, default=None)
+    sender: Mapped[str] = mapped_column(Text)  # the From header, decoded
+    to_addresses: Mapped[list[str]] = mapped_column(JSON)
+    cc_addresses: Mapped[list[str]] = mapped_column(JSON)
+    subject: Mapped[str] = mapped_column(Text)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)  # the Date header
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))  # the server's INTERNALDATE
+    size: Mapped[int] = mapped_column(BigInteger)
+    raw_sha256: Mapped[str] = mapped_column(String(64))
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), default=None)
+    imported_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    server_state: Mapped[str] = mapped_column(String(16))  # kept | delete_pending | deleted
+
+
+class MailSyncRow(Base):
+    """How far the import of one account's folder got: the folder's UIDVALIDITY and the highest UID
+    dealt with (imported, or skipped for good). ``import_since`` is the date the scan used, so that
+    an earlier date later scans the folder again."""
+
+    __tablename__ = "mail_sync"
+
+    account: Mapped[str] = mapped_column(String(320), primary_key=True)  # lower-cased
+    folder: Mapped[str] = mapped_column(String(200), primary_key=True)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger)
+    import_since: Mapped[dt.date | None] = mapped_column(Date, default=None)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))

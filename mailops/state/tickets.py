@@ -1,0 +1,436 @@
+"""Tickets and the index of imported messages in the state store, as read-only views and their queries.
+
+The importer (:mod:`mailops.runtime.ticket_import`) records each message in one transaction:
+its ticket (new, or the thread it answers), its index row and the highest UID of its folder
+dealt with. What makes a message the same as one already stored is its ``dedupe_key`` (see
+:func:`message_key`), unique per account in the database: a message is never imported twice,
+even by two workers at once or after a crash at any point.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from mailops.state.accounts import aware, utcnow
+from mailops.state.tables import MailSyncRow, MessageRow, TicketRow
+
+if TYPE_CHECKING:
+    from mailops.state.store import StateStore
+
+QUERY_CHUNK = 500  # SQLite's bound on query parameters
+
+
+class TicketStatus(StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class ServerState(StrEnum):
+    """Where an imported message stands on the mail server."""
+
+    KEPT = "kept"
+    DELETE_PENDING = "delete_pending"  # stored; to be deleted on the server (`delete_after_import`)
+    DELETED = "deleted"
+
+
+def message_key(message_id: str) -> str:
+    """The dedupe key of a message with a Message-ID: two messages with the same Message-ID are one."""
+    return hashlib.sha256(b"message-id:" + message_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def raw_key(raw_sha256: str) -> str:
+    """The dedupe key of a message without a Message-ID: the same bytes are the same message."""
+    return hashlib.sha256(b"raw:" + raw_sha256.encode("ascii")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Ticket:
+    id: int
+    account: str
+    queue: str | None
+    project: str | None
+    status: str
+    subject: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    message_count: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class IndexedMessage:
+    """One imported message as the index holds it; the message itself is the .eml file ``raw_sha256``."""
+
+    id: int
+    account: str
+    folder: str
+    uidvalidity: int
+    uid: int
+    message_id: str | None
+    sender: str
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    subject: str
+    sent_at: dt.datetime | None
+    received_at: dt.datetime
+    size: int
+    raw_sha256: str
+    ticket_id: int | None
+    imported_at: dt.datetime
+    server_state: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """What the importer knows of a message it is about to record."""
+
+    account: str
+    folder: str
+    uidvalidity: int
+    uid: int
+    dedupe_key: str
+    message_id: str | None
+    sender: str
+    to: Sequence[str]
+    cc: Sequence[str]
+    subject: str
+    sent_at: dt.datetime | None
+    received_at: dt.datetime
+    size: int
+    raw_sha256: str
+    # The dedupe keys of the messages it answers (In-Reply-To first, then References, newest first).
+    thread_keys: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class Recorded:
+    message_row: int
+    ticket_id: int
+    new_ticket: bool
+
+
+@dataclass(frozen=True)
+class KnownMessage:
+    """A message already in the index, as a later look at the server needs it."""
+
+    id: int
+    dedupe_key: str
+    size: int
+    uidvalidity: int
+    uid: int
+    server_state: str
+
+
+@dataclass(frozen=True)
+class SyncPoint:
+    """Where the import of a folder goes on from: UIDs above ``last_uid`` are new.
+
+    ``resynced``: the folder's UIDVALIDITY changed since the last run (its UIDs mean nothing
+    now), so the scan starts over and the dedupe keys tell what is stored already.
+    ``rescan``: ``import_since`` moved earlier, so older mail is looked at again.
+    """
+
+    uidvalidity: int
+    last_uid: int
+    resynced: bool = False
+    previous_uidvalidity: int | None = None
+    rescan: bool = False
+
+
+def _ticket_view(row: TicketRow, message_count: int) -> Ticket:
+    return Ticket(
+        id=row.id,
+        account=row.account,
+        queue=row.queue,
+        project=row.project,
+        status=row.status,
+        subject=row.subject,
+        created_at=aware(row.created_at),
+        updated_at=aware(row.updated_at),
+        message_count=message_count,
+    )
+
+
+def _message_view(row: MessageRow) -> IndexedMessage:
+    return IndexedMessage(
+        id=row.id,
+        account=row.account,
+        folder=row.folder,
+        uidvalidity=row.uidvalidity,
+        uid=row.uid,
+        message_id=row.message_id,
+        sender=row.sender,
+        to=tuple(row.to_addresses),
+        cc=tuple(row.cc_addresses),
+        subject=row.subject,
+        sent_at=aware(row.sent_at),
+        received_at=aware(row.received_at),
+        size=row.size,
+        raw_sha256=row.raw_sha256,
+        ticket_id=row.ticket_id,
+        imported_at=aware(row.imported_at),
+        server_state=row.server_state,
+    )
+
+
+def _scanned_less(since: dt.date | None, scanned_since: dt.date | None) -> bool:
+    """Whether ``since`` asks for older mail than the scan so far looked at (None: no limit)."""
+    return scanned_since is not None and (since is None or since < scanned_since)
+
+
+class Tickets:
+    """The tickets and message index of one state store."""
+
+    def __init__(self, store: StateStore):
+        self._store = store
+
+    # -- the importer's writes ------------------------------------------------------------
+
+    def start_sync(self, account: str, folder: str, uidvalidity: int, import_since: dt.date | None) -> SyncPoint:
+        """Where to go on in ``folder`` whose UIDVALIDITY is now ``uidvalidity``; starts over when it changed,
+        or when ``import_since`` asks for older mail than scanned so far."""
+        account = account.lower()
+        try:
+            with self._store.session() as session:
+                row = session.get(MailSyncRow, (account, folder), with_for_update=True)
+                now = utcnow()
+                if row is None:
+                    session.add(
+                        MailSyncRow(
+                            account=account,
+                            folder=folder,
+                            uidvalidity=uidvalidity,
+                            last_uid=0,
+                            import_since=import_since,
+                            updated_at=now,
+                        )
+                    )
+                    return SyncPoint(uidvalidity, 0)
+                if row.uidvalidity != uidvalidity:
+                    previous = row.uidvalidity
+                    row.uidvalidity, row.last_uid, row.import_since, row.updated_at = uidvalidity, 0, import_since, now
+                    return SyncPoint(uidvalidity, 0, resynced=True, previous_uidvalidity=previous)
+                rescan = _scanned_less(import_since, row.import_since)
+                if rescan:
+                    row.last_uid = 0
+                # A later date narrows what the rest of the scan takes: the stored one must say so.
+                row.import_since, row.updated_at = import_since, now
+                return SyncPoint(uidvalidity, row.last_uid, rescan=rescan)
+        except IntegrityError:  # another worker made the row first
+            return self.start_sync(account, folder, uidvalidity, import_since)
+
+    def known(self, account: str, keys: Sequence[str]) -> dict[str, KnownMessage]:
+        """The messages of ``account`` already stored, by dedupe key, among ``keys``."""
+        found: dict[str, KnownMessage] = {}
+        with self._store.session() as session:
+            for start in range(0, len(keys), QUERY_CHUNK):
+                chunk = list(keys[start : start + QUERY_CHUNK])
+                query = select(MessageRow).where(
+                    MessageRow.account == account.lower(), MessageRow.dedupe_key.in_(chunk)
+                )
+                for row in session.scalars(query):
+                    found[row.dedupe_key] = KnownMessage(
+                        row.id, row.dedupe_key, row.size, row.uidvalidity, row.uid, row.server_state
+                    )
+        return found
+
+    def record(
+        self,
+        message: NewMessage,
+        *,
+        queue: str | None,
+        project: str | None,
+        close: bool,
+        delete_on_server: bool,
+    ) -> Recorded | None:
+        """Store ``message`` in one transaction: a new ticket (closed with ``close``) or the one of the
+        thread it answers, its index row, and its UID as the folder's highest dealt with. None when it
+        is stored already (its dedupe key is taken): nothing is changed then.
+
+        A reply reopens a closed ticket, unless ``close`` (auto_close) says imported tickets stay closed.
+        """
+        account = message.account.lower()
+        now = utcnow()
+        try:
+            with self._store.session() as session:
+                ticket = self._thread_of(session, account, message.thread_keys)
+                new_ticket = ticket is None
+                if ticket is None:
+                    status = TicketStatus.CLOSED if close else TicketStatus.OPEN
+                    ticket = TicketRow(
+                        account=account,
+                        queue=queue,
+                        project=project,
+                        status=status.value,
+                        subject=message.subject,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    session.add(ticket)
+                    session.flush()
+                else:
+                    ticket.updated_at = now
+                    if ticket.status == TicketStatus.CLOSED and not close:
+                        ticket.status = TicketStatus.OPEN.value
+                row = MessageRow(
+                    account=account,
+                    folder=message.folder,
+                    uidvalidity=message.uidvalidity,
+                    uid=message.uid,
+                    dedupe_key=message.dedupe_key,
+                    message_id=message.message_id,
+                    sender=message.sender,
+                    to_addresses=list(message.to),
+                    cc_addresses=list(message.cc),
+                    subject=message.subject,
+                    sent_at=_utc(message.sent_at),
+                    received_at=message.received_at.astimezone(dt.UTC),
+                    size=message.size,
+                    raw_sha256=message.raw_sha256,
+                    ticket_id=ticket.id,
+                    imported_at=now,
+                    server_state=(ServerState.DELETE_PENDING if delete_on_server else ServerState.KEPT).value,
+                )
+                session.add(row)
+                session.flush()  # the unique dedupe key is checked here, before the UID moves on
+                session.execute(_advance(account, message.folder, message.uidvalidity, message.uid, now))
+                return Recorded(row.id, ticket.id, new_ticket)
+        except IntegrityError:
+            return None
+
+    @staticmethod
+    def _thread_of(session: Any, account: str, thread_keys: Sequence[str]) -> TicketRow | None:
+        if not thread_keys:
+            return None
+        keys = list(thread_keys)[:QUERY_CHUNK]
+        query = select(MessageRow.dedupe_key, MessageRow.ticket_id).where(
+            MessageRow.account == account, MessageRow.dedupe_key.in_(keys), MessageRow.ticket_id.is_not(None)
+        )
+        tickets = {key: ticket_id for key, ticket_id in session.execute(query)}
+        for key in keys:  # the nearest message the new one names wins
+            if key in tickets:
+                row: TicketRow | None = session.get(TicketRow, tickets[key])
+                return row
+        return None
+
+    def advance(self, account: str, folder: str, uidvalidity: int, uid: int) -> None:
+        """Every UID up to ``uid`` is dealt with (imported, or skipped for good)."""
+        with self._store.session() as session:
+            session.execute(_advance(account.lower(), folder, uidvalidity, uid, utcnow()))
+
+    def relocate(self, moves: Sequence[tuple[int, int]], uidvalidity: int) -> None:
+        """Stored messages found again at new UIDs, as ``(row id, uid)``, after UIDVALIDITY changed."""
+        if not moves:
+            return
+        with self._store.session() as session:
+            for row_id, uid in moves:
+                session.execute(
+                    update(MessageRow).where(MessageRow.id == row_id).values(uidvalidity=uidvalidity, uid=uid)
+                )
+
+    def pending_deletions(self, account: str, folder: str, uidvalidity: int, *, limit: int) -> list[tuple[int, int]]:
+        """Stored messages still to be deleted on the server, as ``(row id, uid)``, lowest UID first."""
+        query = (
+            select(MessageRow.id, MessageRow.uid)
+            .where(
+                MessageRow.account == account.lower(),
+                MessageRow.folder == folder,
+                MessageRow.uidvalidity == uidvalidity,
+                MessageRow.server_state == ServerState.DELETE_PENDING.value,
+            )
+            .order_by(MessageRow.uid)
+            .limit(limit)
+        )
+        with self._store.session() as session:
+            return [(row_id, uid) for row_id, uid in session.execute(query)]
+
+    def mark_deleted(self, row_ids: Sequence[int]) -> None:
+        with self._store.session() as session:
+            for start in range(0, len(row_ids), QUERY_CHUNK):
+                chunk = list(row_ids[start : start + QUERY_CHUNK])
+                session.execute(
+                    update(MessageRow).where(MessageRow.id.in_(chunk)).values(server_state=ServerState.DELETED.value)
+                )
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def tickets(
+        self,
+        *,
+        accounts: set[str] | None = None,
+        queue: str | None = None,
+        project: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+    ) -> list[Ticket]:
+        """The tickets, newest first; ``accounts`` (lower-cased) limits them to what the acting user may see."""
+        if not self._store.exists:
+            return []
+        count = select(func.count(MessageRow.id)).where(MessageRow.ticket_id == TicketRow.id).scalar_subquery()
+        query = select(TicketRow, count).order_by(TicketRow.id.desc())
+        if accounts is not None:
+            query = query.where(TicketRow.account.in_(sorted(accounts)))
+        if queue is not None:
+            query = query.where(TicketRow.queue == queue)
+        if project is not None:
+            query = query.where(TicketRow.project == project)
+        if status is not None:
+            query = query.where(TicketRow.status == status)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._store.session() as session:
+            return [_ticket_view(row, messages) for row, messages in session.execute(query)]
+
+    def ticket(self, ticket_id: int) -> Ticket | None:
+        if not self._store.exists:
+            return None
+        with self._store.session() as session:
+            row = session.get(TicketRow, ticket_id)
+            if row is None:
+                return None
+            count = session.scalar(select(func.count(MessageRow.id)).where(MessageRow.ticket_id == ticket_id))
+            return _ticket_view(row, int(count or 0))
+
+    def messages(self, *, ticket_id: int | None = None, account: str | None = None) -> list[IndexedMessage]:
+        """Indexed messages, oldest first: those of a ticket, or of an account."""
+        if not self._store.exists:
+            return []
+        query = select(MessageRow).order_by(MessageRow.id)
+        if ticket_id is not None:
+            query = query.where(MessageRow.ticket_id == ticket_id)
+        if account is not None:
+            query = query.where(MessageRow.account == account.lower())
+        with self._store.session() as session:
+            return [_message_view(row) for row in session.scalars(query)]
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    # SQLite keeps a time without its offset, and everything stored is read back as UTC (``aware``).
+    return value.astimezone(dt.UTC) if value is not None else None
+
+
+def _advance(account: str, folder: str, uidvalidity: int, uid: int, now: dt.datetime) -> Any:
+    # Only forward, and only while the folder is still the one these UIDs belong to.
+    return (
+        update(MailSyncRow)
+        .where(
+            MailSyncRow.account == account,
+            MailSyncRow.folder == folder,
+            MailSyncRow.uidvalidity == uidvalidity,
+            MailSyncRow.last_uid < uid,
+        )
+        .values(last_uid=uid, updated_at=now)
+    )
