@@ -13,9 +13,11 @@ import datetime as dt
 import mimetypes
 import re
 from dataclasses import dataclass
+from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, formataddr, make_msgid
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -78,11 +80,27 @@ class Composed:
     cc: tuple[str, ...]
     bcc: tuple[str, ...]
     recipients: tuple[str, ...]  # the envelope recipients: to + cc + bcc
-    message: EmailMessage  # ready to send: Bcc is not in its headers
+    # The message ready to send, serialized in the SMTP policy: Bcc is not in its headers. Kept as
+    # bytes, which is what is logged and sent: a batch holds thousands of mails, and an
+    # EmailMessage tree per mail would cost memory and the garbage collector's time.
+    raw: bytes
+    subject: str
     message_id: str
     project: str | None
     preview: str  # the first 200 characters of the text body
     explanation: tuple[tuple[str, str], ...]  # (what, how it was decided), for `send --explain`
+
+    @cached_property
+    def message(self) -> EmailMessage:
+        """The message as an EmailMessage (parsed from :attr:`raw` when asked for)."""
+        return message_of(self.raw)
+
+
+def message_of(raw: bytes) -> EmailMessage:
+    """A serialized message, parsed in the SMTP policy."""
+    message = message_from_bytes(raw, policy=SMTP)
+    assert isinstance(message, EmailMessage)
+    return message
 
 
 Notes = list[tuple[str, str]]
@@ -185,7 +203,8 @@ def _compose_for(
         cc=cc,
         bcc=bcc,
         recipients=to + cc + bcc,
-        message=message,
+        raw=message.as_bytes(),
+        subject=subject,
         message_id=message_id,
         project=request.project,
         preview=text[:PREVIEW_CHARACTERS],

@@ -25,7 +25,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from email.message import EmailMessage
 from email.utils import make_msgid
 
 from mailops.compose import Composed, ComposeError, SendRequest, TemplateFiles, compose
@@ -77,7 +76,6 @@ class _Job:
     entry_id: int
     actor: Actor
     expires: dt.datetime | None  # until when the outbox keeps the whole message
-    raw: bytes  # the message as the outbox keeps it, serialized once
     attempt: int = 1
     result: SendResult | None = None
     # The envelope of the next try: every recipient, or those a server refused for now.
@@ -190,15 +188,14 @@ def _queue(loaded: LoadedSpec, outbox: Outbox, actor: Actor, mails: Sequence[Com
     expires = dt.datetime.now(dt.UTC) + dt.timedelta(days=keep_days) if keep_days else None
     jobs: list[_Job] = []
     for start in range(0, len(mails), CHUNK):
-        chunk = [(mail, mail.message.as_bytes()) for mail in mails[start : start + CHUNK]]
-        ids = outbox.queue([_attempt(mail, raw, actor, expires) for mail, raw in chunk])
-        jobs += [_Job(mail, entry_id, actor, expires, raw) for (mail, raw), entry_id in zip(chunk, ids, strict=True)]
+        chunk = mails[start : start + CHUNK]
+        ids = outbox.queue([_attempt(mail, actor, expires) for mail in chunk])
+        jobs += [_Job(mail, entry_id, actor, expires) for mail, entry_id in zip(chunk, ids, strict=True)]
     return jobs
 
 
 def _attempt(
     mail: Composed,
-    raw: bytes,
     actor: Actor,
     expires: dt.datetime | None,
     *,
@@ -212,14 +209,14 @@ def _attempt(
         to=mail.to,
         cc=mail.cc,
         bcc=mail.bcc,
-        subject=str(mail.message["Subject"] or ""),
+        subject=mail.subject,
         preview=mail.preview,
         message_id=mail.message_id,
         project=mail.project,
         acting_user=actor.user,
         attempt=attempt,
         retry_of=retry_of,
-        raw=raw,  # until it is sent; after that only while the policy keeps it
+        raw=mail.raw,  # until it is sent; after that only while the policy keeps it
         raw_expires_at=expires,
     )
 
@@ -306,9 +303,8 @@ async def _send_account(
                     job = pending[0]
                     try:
                         reply = await send_in_session(
-                            client, job.composed.message, sender=job.composed.sender, recipients=job.recipients,
-                            raw=job.raw,
-                        )  # fmt: skip
+                            client, job.composed.raw, sender=job.composed.sender, recipients=job.recipients
+                        )
                     except TransportError as error:
                         if not _fail(job, error, outbox, recorder):
                             pending.pop(0)
@@ -360,22 +356,10 @@ def _fail(job: _Job, error: TransportError, outbox: Outbox, recorder: _Recorder)
     recorder.flush()  # the failed attempt is on record before the next one is
     if isinstance(error, RecipientsRefused):
         job.recipients = tuple(address for address in job.recipients if address in error.refused)
-    next_attempt = _attempt(
-        job.composed, job.raw, job.actor, job.expires, attempt=job.attempt + 1, retry_of=job.entry_id
-    )
+    next_attempt = _attempt(job.composed, job.actor, job.expires, attempt=job.attempt + 1, retry_of=job.entry_id)
     [job.entry_id] = outbox.queue([next_attempt])
     job.attempt += 1
     return True
-
-
-def message_of(raw: bytes) -> EmailMessage:
-    """A kept message, as it was sent."""
-    from email import message_from_bytes
-    from email.policy import SMTP
-
-    message = message_from_bytes(raw, policy=SMTP)
-    assert isinstance(message, EmailMessage)
-    return message
 
 
 @dataclass(frozen=True)
@@ -411,14 +395,13 @@ def retry(loaded: LoadedSpec, store: StateStore, settings: Settings, actor: Acto
         if problem is not None:
             skipped.append((entry.id, problem))
             continue
-        raw = mail.message.as_bytes()
-        attempt = _attempt(mail, raw, actor, None, attempt=entry.attempt + 1, retry_of=entry.id)
+        attempt = _attempt(mail, actor, None, attempt=entry.attempt + 1, retry_of=entry.id)
         interrupted = _interrupted() if entry.status == OutboxStatus.QUEUED else None
         entry_id = outbox.take_over(entry, attempt, interrupted)
         if entry_id is None:
             taken_elsewhere += 1
             continue
-        jobs.append(_Job(mail, entry_id, actor, None, raw, attempt=entry.attempt + 1))
+        jobs.append(_Job(mail, entry_id, actor, None, attempt=entry.attempt + 1))
     if jobs:
         asyncio.run(_deliver(store, settings, context, outbox, jobs))
     return RetryReport([_required(job.result) for job in jobs], skipped, taken_elsewhere)
@@ -439,9 +422,8 @@ def resend(loaded: LoadedSpec, store: StateStore, settings: Settings, actor: Act
         )
     _check_may_send(store, actor, mail)
     context = credential_context(loaded, settings, store)
-    raw = mail.message.as_bytes()
-    [new_id] = outbox.queue([_attempt(mail, raw, actor, None, attempt=entry.attempt + 1, retry_of=entry.id)])
-    job = _Job(mail, new_id, actor, None, raw, attempt=entry.attempt + 1)
+    [new_id] = outbox.queue([_attempt(mail, actor, None, attempt=entry.attempt + 1, retry_of=entry.id)])
+    job = _Job(mail, new_id, actor, None, attempt=entry.attempt + 1)
     asyncio.run(_deliver(store, settings, context, outbox, [job]))
     return _required(job.result)
 
@@ -471,7 +453,6 @@ def _composed_again(loaded: LoadedSpec, outbox: Outbox, entry: OutboxEntry) -> C
     account = loaded.spec.account(entry.account)
     if raw is None or account is None:
         return None
-    message = message_of(raw)
     return Composed(
         account=account,
         sender=entry.sender,
@@ -480,7 +461,8 @@ def _composed_again(loaded: LoadedSpec, outbox: Outbox, entry: OutboxEntry) -> C
         cc=entry.cc,
         bcc=entry.bcc,
         recipients=entry.to + entry.cc + entry.bcc,
-        message=message,
+        raw=raw,
+        subject=entry.subject,
         message_id=entry.message_id,
         project=entry.project,
         preview=entry.preview,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from email import message_from_bytes
 from email.message import EmailMessage
+from email.policy import SMTP
 from pathlib import Path
 
 import aiosmtplib
@@ -70,30 +72,33 @@ class RecipientsRefused(TransportError):
 
 async def send_in_session(
     client: aiosmtplib.SMTP,
-    message: EmailMessage,
+    message: EmailMessage | bytes,
     *,
     sender: str | None = None,
     recipients: Sequence[str] | None = None,
-    raw: bytes | None = None,
 ) -> str:
     """Send on an open session; the server's reply. A recipient refused while others were
     accepted raises :class:`RecipientsRefused`. ``recipients`` is the envelope (with BCC, which
     the headers do not show); without it the headers decide.
 
-    ``raw``: the message already serialized in the SMTP policy, as a log keeps it. It is sent as
-    it is where aiosmtplib would send the same bytes (ASCII envelope, a server that takes
-    8BITMIME), which spares serializing it again for every mail of a batch.
+    ``message`` may come serialized in the SMTP policy (as the outbox logs it, without Bcc).
+    Those bytes go out as they are where aiosmtplib would send the same ones (ASCII envelope,
+    a server that takes 8BITMIME); otherwise they are parsed and aiosmtplib serializes them for
+    this server.
     """
     try:
-        if (
-            raw is not None
-            and sender is not None
-            and recipients
-            and sender.isascii()
-            and all(address.isascii() for address in recipients)
-            and client.supports_extension("8BITMIME")
-        ):
-            refused, response = await client.sendmail(sender, recipients, raw, mail_options=["BODY=8BITMIME"])
+        if isinstance(message, bytes):
+            if (
+                sender is not None
+                and recipients
+                and sender.isascii()
+                and all(address.isascii() for address in recipients)
+                and client.supports_extension("8BITMIME")
+            ):
+                refused, response = await client.sendmail(sender, recipients, message, mail_options=["BODY=8BITMIME"])
+            else:
+                parsed = message_from_bytes(message, policy=SMTP)
+                refused, response = await client.send_message(parsed, sender=sender, recipients=recipients)
         else:
             refused, response = await client.send_message(message, sender=sender, recipients=recipients)
     except aiosmtplib.SMTPException as exc:
