@@ -6,7 +6,9 @@ temporary copy of the example config at them, and runs the real commands one aft
 another: validate, plan, apply, connect (the first Microsoft account consents by device
 code, which the demo approves itself), accounts, a round-trip test mail, check, a mail
 sent through a project link, one that fails (its attachment is missing), the outbox log
-with both, and a final plan that must say "No changes.". Nothing outside 127.0.0.1 is contacted.
+with both, and a final plan that must say "No changes.". It ends by writing the report of the
+demo's outbox (`mailops report`) into ``reports/`` of the directory it was started in, and
+printing its path. Nothing outside 127.0.0.1 is contacted.
 """
 
 from __future__ import annotations
@@ -178,10 +180,12 @@ def _dump(yaml: Any, document: Any, path: Path) -> None:
 Echo = Callable[[str], None]
 
 
-def run_demo(config_dir: Path, echo: Echo = print) -> int:
-    """Run the demo; 0 when every step did what it should."""
+def run_demo(config_dir: Path, echo: Echo = print, reports_dir: Path = Path("reports")) -> int:
+    """Run the demo; 0 when every step did what it should. The report is written into ``reports_dir``."""
     from mailops.localservers.idp import LocalIdentityProvider
     from mailops.state.tokens import make_key
+
+    reports_dir = reports_dir.resolve()  # the steps run in the demo's own directory, which goes away
 
     workdir = Path(tempfile.mkdtemp(prefix="mailops-demo-"))
     workdir.chmod(0o700)
@@ -226,6 +230,8 @@ def run_demo(config_dir: Path, echo: Echo = print) -> int:
                 (["--as", "alice", "send", *INVOICE_MAIL, "--attach", str(workdir / "Rechnung-4711.pdf")], {1}),
                 (["--as", "alice", "outbox", "list"], {0}),
                 (["plan", "--detailed-exitcode"], {0}),
+                # The outbox as an analyst sees it: a page with charts, kept after the demo.
+                (["--as", "alice", "report", "--out", str(reports_dir)], {0}),
             ]
             for arguments, expected in steps:
                 echo(f"$ mailops {shlex.join(arguments)}")
@@ -241,7 +247,8 @@ def run_demo(config_dir: Path, echo: Echo = print) -> int:
         echo(
             "Demo complete: every account was verified and sent its test mail, the OAuth account logs in "
             "with XOAUTH2, the project SHOP sent through it, the failed mail is in the outbox log with its "
-            "class and remedy, and the final plan has no changes."
+            "class and remedy, the report of the outbox is the page named above, and the final plan has no "
+            "changes."
         )
         return 0
     finally:

@@ -43,6 +43,16 @@ queues: [support]
 ConfigWriter = Callable[..., Path]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_tool_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """matplotlib and Jupyter write caches under ~ unless told otherwise: keep the tests' own."""
+    import os
+
+    root = tmp_path_factory.mktemp("tool-caches")
+    for variable in ("MPLCONFIGDIR", "IPYTHONDIR", "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR"):
+        os.environ.setdefault(variable, str(root / variable.lower()))
+
+
 @pytest.fixture
 def write_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ConfigWriter:
     """Write a spec into ``./config`` of a fresh working directory; messages then say ``config/…``."""

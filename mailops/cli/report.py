@@ -1,0 +1,55 @@
+"""`mailops report`: the outbox log of a period as a self-contained HTML page with its CSVs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import typer
+
+from mailops.cli.app import app
+from mailops.cli.common import ConfigDirOption, fail, load_spec_or_exit, open_store, reported_errors, settings_of
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    since: str | None = typer.Option(None, "--since", help="First day, YYYY-MM-DD [default: 29 days before --until]"),
+    until: str | None = typer.Option(None, "--until", help="Last day, included, YYYY-MM-DD [default: today]"),
+    out: Path = typer.Option(Path("reports"), "--out", help="Directory for the page and its CSVs."),
+    timezone: str = typer.Option("Europe/Berlin", "--timezone", help="The zone whose calendar days count."),
+    config_dir: Path | None = ConfigDirOption,
+) -> None:
+    """Write outbox-YYYY-MM-DD.html (charts inline, nothing loaded from elsewhere) and the CSVs behind its tables.
+
+    It shows what the acting user may see: sent and failed mails against the period
+    before, failures by class with their remedies, by account, by recipient domain and
+    by day, the latest failures, and the accounts that need a person.
+    """
+    from mailops.engine.overview import account_overview
+    from mailops.engine.visibility import acting, visible_addresses
+    from mailops.report import build_report, period, write_report
+
+    first, last = _day(since, "--since"), _day(until, "--until")
+    settings = settings_of(ctx, config_dir)
+    with reported_errors():
+        span = period(first, last, timezone=timezone)  # a bad period fails before the spec is even read
+    loaded = load_spec_or_exit(settings, as_json=False)
+    with reported_errors():
+        actor = acting(loaded.spec, settings.user)
+        store = open_store(settings, create=False)
+        visible = None if actor.admin else visible_addresses(loaded.spec, actor, store.accounts(include_deleted=True))
+        overview = [
+            row for row in account_overview(store, settings.config_dir) if visible is None or row["address"] in visible
+        ]
+        page = write_report(build_report(store, span, accounts=visible, overview=overview), out)
+    typer.echo(str(page))
+
+
+def _day(value: str | None, option: str) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value.strip())
+    except ValueError:
+        fail(f"{option} {value!r} is not a date (YYYY-MM-DD)")

@@ -1,0 +1,375 @@
+"""`mailops report`, driven through the command line on a real SQLite state store written by `Outbox`: the page's
+figures against the analysis functions, its charts, that it loads nothing from anywhere, hostile text, who sees
+what, the accounts that need action, and the ways a call can be wrong."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sqlalchemy import update
+from typer.testing import CliRunner
+
+from mailops.cli import app
+from mailops.outbox import analysis
+from mailops.outbox.classify import remedy
+from mailops.report import Period
+from mailops.state import StateStore
+from mailops.state.outbox import NewAttempt, Outbox, OutboxStatus, Outcome
+from mailops.state.tables import OutboxRow
+from mailops.transport.failures import REMEDIES, FailureClass
+from tests.test_outbox_analysis import HIDDEN, INFO, SHOP, at, write_example
+
+runner = CliRunner()
+
+MARCH = ["--since", "2026-03-02", "--until", "2026-03-05"]
+PAGE = "outbox-2026-03-05.html"
+HOSTILE_SUBJECT = '<script>alert("x")</script><img src="https://evil.example/pixel.png"> Rechnung'
+HOSTILE_REPLY = "550 5.1.1 <b onmouseover=alert(1)>unknown</b> see http://evil.example/why"
+
+
+def spec(visible: dict[str, list[str]], *, admin: bool) -> dict[str, str]:
+    """The two spec files: the accounts of ``visible`` (address -> visible_to), alice and bob."""
+    accounts = "accounts:\n"
+    for address, names in visible.items():
+        accounts += (
+            f"  - address: {address}\n    provider: manual\n    display_name: {address.split('@')[0]}\n"
+            f"    username: {address}\n    password: {{env: SHOP_PASSWORD}}\n"
+            "    imap: {host: imap.example.com, port: 993, encryption: ssl}\n"
+            "    smtp: {host: smtp.example.com, port: 587, encryption: starttls}\n"
+            f"    visible_to: [{', '.join(names)}]\n"
+        )
+    defaults = (
+        "defaults:\n  email: shop@example.com\n  sender_name: Shop\n"
+        "employees:\n  alice: {name: Alice, groups: [support]}\n  bob: {name: Bob}\n"
+        f"policies: {{cli_user_is_admin: {'true' if admin else 'false'}}}\n"
+    )
+    return {"accounts.yaml": accounts, "defaults.yaml": defaults}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory with a spec of SHOP (everyone) and INFO (bob only); the command line is administrator."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MAILOPS_STATE_URL", f"sqlite:///{tmp_path / 'state.db'}")
+    monkeypatch.delenv("MAILOPS_USER", raising=False)
+    write_spec(tmp_path, admin=True)
+    return tmp_path
+
+
+def write_spec(directory: Path, *, admin: bool) -> None:
+    (directory / "config").mkdir(exist_ok=True)
+    for name, text in spec({SHOP: [], INFO: ["bob"]}, admin=admin).items():
+        (directory / "config" / name).write_text(text, encoding="utf-8")
+
+
+@pytest.fixture
+def store(workdir: Path) -> Iterator[StateStore]:
+    """The example log of tests/test_outbox_analysis.py (March 2nd to 5th), a hostile failure, and account states."""
+    opened = StateStore.open(f"sqlite:///{workdir / 'state.db'}", create=True)
+    write_example(opened)
+    hostile_failure(opened, at(4, 12), subject=HOSTILE_SUBJECT, reply=HOSTILE_REPLY)
+    opened.record_account(SHOP, "manual", {"display_name": "Shop"}, "connected", verified=True)
+    opened.record_account(
+        INFO, "manual", {"visible_to": ["bob"]}, "error", error_class=FailureClass.AUTH.value, error="535 <denied>"
+    )
+    yield opened
+    opened.close()
+
+
+def hostile_failure(store: StateStore, when: dt.datetime, *, subject: str, reply: str) -> None:
+    """A failed mail from SHOP whose subject and reply carry markup and addresses of the web."""
+    outbox = Outbox(store)
+    [entry] = outbox.queue(
+        [
+            NewAttempt(
+                account=SHOP,
+                sender=SHOP,
+                sender_name="",
+                to=("victim@kunde.de",),
+                cc=(),
+                bcc=(),
+                subject=subject,
+                preview="",
+                message_id="<hostile@example.com>",
+            )
+        ]
+    )
+    outcome = Outcome(
+        OutboxStatus.FAILED,
+        reply=reply,
+        smtp_code=550,
+        error_class="recipients_failed",
+        remedy=remedy("recipients_failed").long,
+    )
+    outbox.finish([(entry, outcome)])
+    with store.session() as session:
+        session.execute(update(OutboxRow).where(OutboxRow.id == entry).values(created_at=when))
+
+
+def report(*arguments: str) -> tuple[int, str]:
+    result = runner.invoke(app, ["report", *arguments])
+    return result.exit_code, result.output
+
+
+class Page(HTMLParser):
+    """What a browser would see of the page: elements, attributes, text, and the values of the headline."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tags: list[str] = []
+        self.attributes: list[tuple[str, str]] = []
+        self.text: list[str] = []
+        self.figures: dict[str, str] = {}
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        values = {name: value or "" for name, value in attrs}
+        self.attributes += list(values.items())
+        if "data-value" in values:
+            self.figures[values["id"]] = values["data-value"]
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def expected_headline(store: StateStore, first: dt.date, last: dt.date) -> analysis.Headline:
+    span = Period(first, last)
+    start, end = span.bounds()
+    before_start, before_end = span.previous().bounds()
+    frame = analysis.load_store(store, since=start, until=end)
+    return analysis.headline(frame, analysis.load_store(store, since=before_start, until=before_end))
+
+
+def test_the_headline_is_what_the_analysis_functions_give(store: StateStore, workdir: Path) -> None:
+    code, output = report(*MARCH)
+    assert code == 0, output
+    page_path = workdir / "reports" / PAGE
+    assert output.strip() == str(Path("reports") / PAGE)
+    page = Page(page_path.read_text(encoding="utf-8"))
+    figures = expected_headline(store, dt.date(2026, 3, 2), dt.date(2026, 3, 5))
+    # Counted by hand from the example: m1, m3 (sent on its retry) and m6 went out; m2, m4, m5 (three tries),
+    # m7, m9 and the hostile mail failed; m8 is still queued.
+    assert (figures.sent, figures.failed, figures.queued) == (3, 6, 1)
+    assert page.figures["sent"] == "3"
+    assert page.figures["failed"] == "6"
+    assert float(page.figures["failure-rate"]) == figures.rate == 6 / 9
+    assert page.figures["change"] == ""  # nothing in the four days before
+    with (workdir / "reports" / "outbox-2026-03-05-headline.csv").open(encoding="utf-8") as handle:
+        period = next(csv.DictReader(handle))
+    assert (int(period["sent"]), int(period["failed"]), int(period["queued"])) == (3, 6, 1)
+
+
+@pytest.mark.skipif("bounced" not in analysis.STATUSES, reason="this store knows no bounces")
+def test_a_mail_that_bounced_counts_as_failed(store: StateStore, workdir: Path) -> None:
+    with store.session() as session:  # m6 went out; then the recipient's server reported it undeliverable
+        session.execute(
+            update(OutboxRow)
+            .where(OutboxRow.message_id == "<m6@example.com>")
+            .values(status="bounced", error_class="mailbox_full")
+        )
+    code, output = report(*MARCH)
+    assert code == 0, output
+    page = Page((workdir / "reports" / PAGE).read_text(encoding="utf-8"))
+    assert (page.figures["sent"], page.figures["failed"]) == ("2", "7")
+    classes = pd.read_csv(workdir / "reports" / "outbox-2026-03-05-classes.csv")
+    assert classes.set_index("class").loc["mailbox_full", "failures"] == 3  # m2, m9 and m6
+
+
+def test_the_change_is_against_the_period_of_equal_length_before(store: StateStore, workdir: Path) -> None:
+    code, output = report("--since", "2026-03-04", "--until", "2026-03-05")
+    assert code == 0, output
+    page = Page((workdir / "reports" / PAGE).read_text(encoding="utf-8"))
+    figures = expected_headline(store, dt.date(2026, 3, 4), dt.date(2026, 3, 5))
+    # March 4th-5th: m6 sent, m7 and the hostile mail failed. March 2nd-3rd: m1 and m3 sent; m2, m4, m5, m9 failed.
+    assert (figures.sent, figures.failed, figures.previous_sent, figures.previous_failed) == (1, 2, 2, 4)
+    assert figures.change == pytest.approx(2 / 3 - 4 / 6)
+    assert float(page.figures["change"]) == figures.change
+
+
+def test_every_chart_is_drawn_and_the_tables_match_their_csvs(store: StateStore, workdir: Path) -> None:
+    code, output = report(*MARCH)
+    assert code == 0, output
+    text = (workdir / "reports" / PAGE).read_text(encoding="utf-8")
+    charts = re.findall(r"<figure class=\"chart\"[^>]*>.*?</figure>", text, flags=re.DOTALL)
+    assert len(charts) == 4
+    for chart in charts:
+        assert "<svg" in chart and "<path" in chart
+        assert "no data" not in chart
+    frame = analysis.load_store(store, since=Period(dt.date(2026, 3, 2), dt.date(2026, 3, 5)).bounds()[0])
+    classes = pd.read_csv(workdir / "reports" / "outbox-2026-03-05-classes.csv")
+    expected = analysis.by_class(frame)
+    assert classes["class"].tolist() == expected["class"].tolist()
+    assert classes["failures"].tolist() == expected["failures"].tolist()
+    top = classes.iloc[0]
+    assert top["details"] == remedy(top["class"]).long  # the long remedy beside the short one
+    assert remedy(top["class"]).long in Page(text).text
+    days = pd.read_csv(workdir / "reports" / "outbox-2026-03-05-days.csv")
+    assert days["day"].tolist() == ["2026-03-02", "2026-03-03", "2026-03-04", "2026-03-05"]
+    domains = pd.read_csv(workdir / "reports" / "outbox-2026-03-05-domains.csv")
+    assert domains["domain"].iloc[0] == "kunde.de"
+
+
+def test_the_page_loads_nothing_and_escapes_hostile_text(store: StateStore, workdir: Path) -> None:
+    code, output = report(*MARCH)
+    assert code == 0, output
+    text = (workdir / "reports" / PAGE).read_text(encoding="utf-8")
+    page = Page(text)
+    assert not {"script", "img", "link", "iframe", "object", "embed", "base"} & set(page.tags)
+    # An address of the web appears only inside text, never in an attribute a browser would follow.
+    assert not [value for name, value in page.attributes if re.search(r"https?:|//", value) and name != "content"]
+    assert ("http-equiv", "Content-Security-Policy") in page.attributes
+    assert ("content", "default-src 'none'; style-src 'unsafe-inline'") in page.attributes
+    assert "url(" not in text.replace("url(#", "")
+    outside_text = re.sub(r">[^<]*<", "><", text)  # the markup without the text between the tags
+    assert "http" not in outside_text.replace("http-equiv", "")
+    # The hostile subject and reply are shown as text, escaped.
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in text
+    assert "&lt;b onmouseover=alert(1)&gt;" in text
+    assert HOSTILE_SUBJECT in page.text
+    assert "<b onmouseover" not in text
+
+
+def test_a_csv_cell_that_a_spreadsheet_would_run_is_defused(store: StateStore, workdir: Path) -> None:
+    hostile_failure(store, at(5, 12), subject='=HYPERLINK("http://evil.example","x")', reply="550 no")
+    code, output = report(*MARCH)
+    assert code == 0, output
+    latest = pd.read_csv(workdir / "reports" / "outbox-2026-03-05-latest-failures.csv")
+    assert latest["subject"].iloc[0] == '\'=HYPERLINK("http://evil.example","x")'
+
+
+def test_a_user_sees_only_the_accounts_they_may(store: StateStore, workdir: Path) -> None:
+    write_spec(workdir, admin=False)
+    code, output = report(*MARCH)
+    assert code == 1
+    assert output.startswith("Error: say who acts")
+    code, output = runner.invoke(app, ["--as", "alice", "report", *MARCH]).exit_code, ""
+    assert code == 0
+    files = {path.name: path.read_text(encoding="utf-8") for path in (workdir / "reports").iterdir()}
+    page = Page(files[PAGE])
+    # SHOP only: m1, m3, m6 sent; m2, m9 and the hostile mail failed. INFO's and the deleted HIDDEN's are not hers.
+    assert (page.figures["sent"], page.figures["failed"]) == ("3", "3")
+    for text in files.values():
+        assert INFO not in text and HIDDEN not in text
+    assert "Every account is connected." in page.text
+    runner.invoke(app, ["--as", "bob", "report", *MARCH, "--out", "bob"])
+    bob = Page((workdir / "bob" / PAGE).read_text(encoding="utf-8"))
+    assert (bob.figures["sent"], bob.figures["failed"]) == ("3", "5")  # SHOP's and INFO's: m4, m5 too
+
+
+def test_the_accounts_that_need_action_come_with_their_fix(store: StateStore, workdir: Path) -> None:
+    store.record_account("team@example.com", "microsoft", {}, "needs_reconnect")
+    code, output = report(*MARCH)
+    assert code == 0, output
+    text = (workdir / "reports" / PAGE).read_text(encoding="utf-8")
+    page = Page(text)
+    assert REMEDIES[FailureClass.AUTH].replace("ADDRESS", INFO) in page.text
+    assert "535 <denied>" in page.text and "535 &lt;denied&gt;" in text
+    assert "run `mailops reconnect team@example.com`" in page.text
+    with (workdir / "reports" / "outbox-2026-03-05-needs-action.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["address"], row["status"]) for row in rows] == [
+        (INFO, "error"),
+        ("team@example.com", "needs_reconnect"),
+    ]
+
+
+def test_an_empty_outbox_gives_a_report_that_says_so(workdir: Path) -> None:
+    code, output = report("--until", "2026-03-05")  # no state store at all
+    assert code == 0, output
+    text = (workdir / "reports" / PAGE).read_text(encoding="utf-8")
+    page = Page(text)
+    assert "The outbox has no mail in this period." in page.text
+    assert (page.figures["sent"], page.figures["failed"], page.figures["failure-rate"]) == ("0", "0", "")
+    assert text.count("<svg") == 4 and text.count(">no data<") == 4
+    assert "Outbox report 2026-02-04 to 2026-03-05" in page.text  # thirty days by default
+    assert not (workdir / "state.db").exists()  # a report creates no store
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--since", "2026-03-06", "--until", "2026-03-05"], "Error: --since 2026-03-06 is after --until 2026-03-05"),
+        (["--since", "05.03.2026"], "Error: --since '05.03.2026' is not a date (YYYY-MM-DD)"),
+        (["--until", "2026-02-30"], "Error: --until '2026-02-30' is not a date (YYYY-MM-DD)"),
+        (["--out", "taken"], "Error: --out taken is a file, not a directory"),
+        (["--out", "/proc/mailops-report"], "Error: cannot make the directory /proc/mailops-report"),
+        (["--timezone", "Mars/Olympus"], "Error: unknown time zone"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(
+    store: StateStore, workdir: Path, arguments: list[str], message: str
+) -> None:
+    (workdir / "taken").write_text("keep me", encoding="utf-8")
+    code, output = report(*arguments)
+    assert code == 1
+    assert len(output.strip().splitlines()) == 1
+    assert output.startswith(message)
+    assert not (workdir / "reports").exists()
+    assert (workdir / "taken").read_text(encoding="utf-8") == "keep me"
+
+
+def test_a_failed_write_leaves_no_new_file(store: StateStore, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mailops.fileio
+
+    written: list[str] = []
+    real = mailops.fileio.atomic_write
+
+    def full_disk_at_the_page(path: Path | str, data: str | bytes, *, mode: int | None = None) -> None:
+        if str(path).endswith(".html"):
+            raise mailops.fileio.FileWriteError(f"cannot write {path}: No space left on device; the file is unchanged")
+        written.append(str(path))
+        real(path, data, mode=mode)
+
+    monkeypatch.setattr(mailops.fileio, "atomic_write", full_disk_at_the_page)
+    code, output = report(*MARCH)
+    assert code == 1
+    assert "No space left on device" in output
+    assert len(written) == 7  # every CSV was written, then taken away again
+    assert list((workdir / "reports").iterdir()) == []
+
+
+def test_the_store_counts_and_a_narrow_load_agree_with_a_full_load(store: StateStore) -> None:
+    start, end = Period(dt.date(2026, 3, 2), dt.date(2026, 3, 5)).bounds()
+    full = analysis.load_store(store, since=start, until=end)
+    narrow = analysis.load_store(store, since=start, until=end, columns=analysis.SUMMARY_COLUMNS)
+    for summary in (analysis.by_class, analysis.by_account, analysis.by_domain, analysis.by_day):
+        pd.testing.assert_frame_equal(summary(narrow), summary(full))
+    assert narrow["subject"].isna().all() and narrow["recipient_domain"].notna().all()
+    counts = analysis.store_counts(store, since=start, until=end)
+    figures = analysis.headline(full)
+    assert counts == {"sent": figures.sent, "failed": figures.failed, "queued": figures.queued}
+    latest = analysis.load_store(store, statuses=["failed"], newest=2)
+    assert latest["subject"].tolist()[-1] == HOSTILE_SUBJECT  # the newest last, as every frame is ordered
+
+
+def test_a_postgresql_store_loads_as_the_same_frame_as_sqlite(store: StateStore, postgres_url: str) -> None:
+    """The driver's own values differ (times as datetimes, lists as text, booleans): the frames may not."""
+    from sqlalchemy import create_engine, text
+
+    server = postgres_url.rsplit("/", 1)[0]
+    database = f"report_{os.getpid()}_{secrets.token_hex(4)}"
+    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {database}"))
+    admin.dispose()
+    postgres = StateStore.open(f"{server}/{database}", create=True)
+    try:
+        write_example(postgres)
+        hostile_failure(postgres, at(4, 12), subject=HOSTILE_SUBJECT, reply=HOSTILE_REPLY)
+        start, end = Period(dt.date(2026, 3, 2), dt.date(2026, 3, 5)).bounds()
+        pd.testing.assert_frame_equal(
+            analysis.load_store(postgres, since=start, until=end), analysis.load_store(store, since=start, until=end)
+        )
+        assert analysis.store_counts(postgres) == analysis.store_counts(store)
+    finally:
+        postgres.close()
