@@ -1,4 +1,4 @@
-"""`mailops run` (the worker: ticket import) and `mailops tickets list|show` (what it stored)."""
+"""`mailops run` (the worker: ticket import, archive, auto-replies, bounces) and `mailops tickets list|show`."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from mailops.cli.common import ConfigDirOption, load_spec_or_exit, open_store, r
 
 if TYPE_CHECKING:
     from mailops.engine.visibility import Actor
-    from mailops.runtime import AccountRun
+    from mailops.runtime import AccountRun, ImportReport
+    from mailops.runtime.archive import RetentionReport
     from mailops.settings import Settings
     from mailops.spec import LoadedSpec
     from mailops.state.store import StateStore
-    from mailops.state.tickets import Tickets
 
 MAX_ID = 2**63 - 1  # the database's largest integer: a bigger number is a usage error, not an overflow
 
@@ -37,8 +37,9 @@ def run_worker(
     interval: float = typer.Option(60.0, "--interval", min=0.1, help="Seconds between passes without --once."),
     config_dir: Path | None = ConfigDirOption,
 ) -> None:
-    """The worker: import new mail into tickets. SIGTERM or Ctrl-C lets the current batch finish and
-    starts nothing new; without --once the worker then exits 0, with --once 130."""
+    """The worker: import new mail into tickets and the archive, apply the archive's retention, send
+    auto-replies, and mark bounced mail in the outbox. SIGTERM or Ctrl-C lets the current batch
+    finish and starts nothing new; without --once the worker then exits 0, with --once 130."""
     settings = settings_of(ctx, config_dir)
     loaded = load_spec_or_exit(settings, as_json=False) if once else None
     with _stop_on_signals() as stop:
@@ -89,7 +90,7 @@ def _one_pass(
     finally:
         store.close()
     if not runs:
-        typer.echo("No account has ticket import enabled (ticket.enabled in the spec).")
+        typer.echo("No account has ticket import, the archive or auto-replies enabled in the spec.")
     return runs
 
 
@@ -127,6 +128,8 @@ def _print_run(run: AccountRun) -> None:
     if run.error is not None:
         typer.echo(f"{run.address}: failed ({run.error.failure_class.value}): {printable(run.error.detail)}", err=True)
         typer.echo(f"  {run.error.remedy}", err=True)
+        if run.retention is not None and (run.retention.purged or run.retention.kept_open):
+            typer.echo(f"{run.address}: the archive's retention" + "".join(_retention_parts(run.retention)))
         return
     if run.report is None:
         typer.echo(f"{run.address}: nothing to do: {run.idle}")
@@ -147,6 +150,9 @@ def _print_run(run: AccountRun) -> None:
         line += f"; {report.joined} joined the ticket of their thread"
     if report.deleted:
         line += f"; deleted {report.deleted} on the server"
+    line += "".join(_outcome_parts(report))
+    if run.retention is not None:
+        line += "".join(_retention_parts(run.retention))
     if report.left_flagged:
         line += (
             f"; {report.left_flagged} flagged \\Deleted, not expunged yet (no UIDPLUS, and other mail "
@@ -159,17 +165,59 @@ def _print_run(run: AccountRun) -> None:
     if report.stopped:
         line += "; stopped, the rest waits for the next pass"
     typer.echo(line)
+    if report.replies is not None and report.replies.error is not None:
+        typer.echo(f"{run.address}: auto-replies not sent: {printable(report.replies.error)}", err=True)
+
+
+def _outcome_parts(report: ImportReport) -> list[str]:
+    """The archive, bounce and auto-reply figures of a pass, those that are not 0."""
+    from mailops.runtime.autoreply import REPLY_WITHIN
+
+    parts = []
+    if report.archived:
+        parts.append(f"; archived {report.archived}")
+    if report.bounced:
+        parts.append(f"; {report.bounced} bounce(s) marked in the outbox")
+    if report.reports_unmatched:
+        parts.append(f"; {report.reports_unmatched} delivery report(s) matching no outbox entry (archived)")
+    if report.reports_other:
+        parts.append(f"; {report.reports_other} delivery report(s) of a delay or success")
+    replies = report.replies
+    if replies is not None:
+        counts = [
+            f"{count} {what}"
+            for count, what in (
+                (replies.sent, "sent"),
+                (replies.failed, "failed"),
+                (replies.automatic, "not to automatic mail or our own addresses"),
+                (replies.answered_today, "not to senders answered today"),
+                (replies.too_old, f"not to mail older than {REPLY_WITHIN.days} days"),
+            )
+            if count
+        ]
+        if counts:
+            parts.append(f"; auto-replies: {', '.join(counts)}")
+    return parts
+
+
+def _retention_parts(retention: RetentionReport) -> list[str]:
+    parts = []
+    if retention.purged:
+        parts.append(f"; purged {retention.purged} from the archive (older than {retention.retention_days} days)")
+    if retention.kept_open:
+        parts.append(f"; {retention.kept_open} past the retention kept for their open ticket")
+    return parts
 
 
 # -- tickets list|show ------------------------------------------------------------------------------
 
 
-def _context(
+def reading_context(
     ctx: typer.Context, config_dir: Path | None, *, as_json: bool
-) -> tuple[Settings, set[str] | None, Tickets]:
-    """Settings, the accounts the acting user may see (None: all), and the ticket records."""
+) -> tuple[Settings, set[str] | None, StateStore]:
+    """For the commands that read what the worker stored: settings, the accounts the acting user may
+    see (None: all, the administrator) and the state store (read-only)."""
     from mailops.engine.visibility import acting, visible_addresses
-    from mailops.state.tickets import Tickets
 
     settings = settings_of(ctx, config_dir)
     loaded = load_spec_or_exit(settings, as_json=as_json)
@@ -177,7 +225,7 @@ def _context(
         actor: Actor = acting(loaded.spec, settings.user)
         store = open_store(settings, create=False)
         visible = None if actor.admin else visible_addresses(loaded.spec, actor, store.accounts(include_deleted=True))
-    return settings, visible, Tickets(store)
+    return settings, visible, store
 
 
 @tickets_app.command("list")
@@ -191,11 +239,14 @@ def list_tickets(
     config_dir: Path | None = ConfigDirOption,
 ) -> None:
     """The latest tickets the acting user may see."""
-    _settings, visible, records = _context(ctx, config_dir, as_json=as_json)
+    from mailops.state.tickets import Tickets
+
+    _settings, visible, store = reading_context(ctx, config_dir, as_json=as_json)
+    records = Tickets(store)
     with reported_errors(as_json=as_json):
         tickets = records.tickets(accounts=visible, queue=queue, project=project, status=status, limit=limit)
     if as_json:
-        typer.echo(json.dumps([_public(ticket.as_dict()) for ticket in tickets], indent=2))
+        typer.echo(json.dumps([public_record(ticket.as_dict()) for ticket in tickets], indent=2))
         return
     from rich.console import Console
 
@@ -238,19 +289,21 @@ def show_ticket(
     """One ticket with the index entries of its mails and where each raw message is kept."""
     from mailops.errors import MailopsError, printable
     from mailops.runtime.rawstore import RawStore, message_dir_of
+    from mailops.state.tickets import Tickets
 
-    settings, visible, records = _context(ctx, config_dir, as_json=as_json)
+    settings, visible, store = reading_context(ctx, config_dir, as_json=as_json)
+    records = Tickets(store)
     with reported_errors(as_json=as_json):
         ticket = records.ticket(ticket_id)
         if ticket is None or (visible is not None and ticket.account not in visible):
             raise MailopsError(f"no ticket {ticket_id}")  # the same answer for one this user may not see
         messages = records.messages(ticket_id=ticket_id)
     raw_store = RawStore(message_dir_of(settings))
-    mails = [_public(m.as_dict()) | {"raw_file": str(raw_store.path_of(m.raw_sha256))} for m in messages]
+    mails = [public_record(m.as_dict()) | {"raw_file": raw_file(raw_store, m.raw_sha256, m.raw_kept)} for m in messages]
     if as_json:
-        typer.echo(json.dumps(_public(ticket.as_dict()) | {"messages": mails}, indent=2))
+        typer.echo(json.dumps(public_record(ticket.as_dict()) | {"messages": mails}, indent=2))
         return
-    for key, value in _public(ticket.as_dict()).items():
+    for key, value in public_record(ticket.as_dict()).items():
         typer.echo(f"{key:<14} {printable(str('' if value is None else value))}")
     for mail in mails:
         typer.echo("")
@@ -260,7 +313,12 @@ def show_ticket(
             typer.echo(f"  {key:<12} {printable(str(shown))}")
 
 
-def _public(record: dict[str, Any]) -> dict[str, Any]:
+def raw_file(raw_store: Any, sha256: str, kept: bool) -> str | None:
+    """Where a message's .eml is (None: not kept, or purged by the archive's retention)."""
+    return str(raw_store.path_of(sha256)) if kept else None
+
+
+def public_record(record: dict[str, Any]) -> dict[str, Any]:
     """A record as JSON shows it: times in ISO 8601, address tuples as lists."""
     return {
         key: value.isoformat() if isinstance(value, dt.datetime) else list(value) if isinstance(value, tuple) else value

@@ -69,6 +69,14 @@ class SendRequest:
     attachments: tuple[Path, ...] = ()
     project: str | None = None  # a project / sales channel code from the spec's `projects:`
     acting_user: str | None = None  # an employee key of the spec's `employees:` (the --as user)
+    # Send from this account of the spec, whatever the project and the defaults say (an auto-reply
+    # answers from the account that received the mail).
+    account: str | None = None
+    in_reply_to: str | None = None  # the Message-ID answered: "<id>"
+    references: tuple[str, ...] = ()  # the thread's Message-IDs, oldest first
+    # A mail the system sends on its own (RFC 3834): the header is set, it goes to its recipient
+    # only (no copies from the defaults), and no employee's details are filled in.
+    auto_submitted: Literal["auto-replied"] | None = None
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,7 @@ def compose(
     inline images (a batch reads them once); without it they are read for this mail.
     """
     notes: Notes = []
-    account, sender_name = _sender(spec, request.project, notes)
+    account, sender_name = _sender(spec, request.project, notes, request.account)
     try:
         return _compose_for(
             account, sender_name, spec, request, config_dir, now, notes, files if files is not None else TemplateFiles()
@@ -147,6 +155,8 @@ def _compose_for(
     to, cc, bcc = _recipients(spec, request, sender, notes)
 
     employee = _employee(spec, request.acting_user)
+    if employee is None and request.auto_submitted is not None:
+        employee = _NOBODY  # the lines with an employee's variables are dropped
     greeting = _personal_text("greeting", spec.defaults.greeting, "from the defaults", employee, notes)
     if account.signature:
         signature_text, origin = account.signature, "the account's own"
@@ -184,6 +194,8 @@ def _compose_for(
     message_id = make_msgid(domain=sender.rpartition("@")[2])
     message["Message-ID"] = message_id
     message["X-Mailer"] = "mailops"
+    for name, value in _reply_headers(request):
+        message[name] = value
     message.set_content(text, cte=_transfer_encoding(text))
     if markup is not None:
         message.add_alternative(markup, subtype="html", cte=_transfer_encoding(markup))
@@ -215,10 +227,15 @@ def _compose_for(
 # --- sender -------------------------------------------------------------------------
 
 
-def _sender(spec: Spec, project: str | None, notes: Notes) -> tuple[Account, str]:
-    """The sending account and its name: the project's link wins over the defaults."""
+def _sender(spec: Spec, project: str | None, notes: Notes, named: str | None = None) -> tuple[Account, str]:
+    """The sending account and its name: the account the request names, else the project's link, else
+    the defaults."""
     link = None
-    if project is not None:
+    if named is not None:
+        address = named
+        notes.append(("account", f"{address}, named by the request"))
+        project = None  # a link's sender name belongs to the link's account
+    elif project is not None:
         link = spec.projects.get(project)
         if link is None:
             known = ", ".join(sorted(spec.projects)) or "none"
@@ -252,6 +269,33 @@ def _header_text(what: str, value: str) -> str:
         raise ComposeError("invalid_header", f"the {what} {quoted(value)} is refused: {exc.message()}") from None
 
 
+_MESSAGE_ID = re.compile(r"<[!-;=?-~]{1,250}>")  # printable ASCII, no < or > inside: nothing can break the header
+_MAX_REFERENCES = 20
+_AUTO_SUBMITTED = frozenset({"auto-replied"})
+
+
+def _reply_headers(request: SendRequest) -> list[tuple[str, str]]:
+    """In-Reply-To, References and Auto-Submitted as the request asks, each checked."""
+    headers = []
+    if request.in_reply_to is not None:
+        headers.append(("In-Reply-To", _message_id("In-Reply-To", request.in_reply_to)))
+    if request.references:
+        if len(request.references) > _MAX_REFERENCES:
+            raise ComposeError("invalid_header", f"References: more than {_MAX_REFERENCES} message ids")
+        headers.append(("References", " ".join(_message_id("References", value) for value in request.references)))
+    if request.auto_submitted is not None:
+        if request.auto_submitted not in _AUTO_SUBMITTED:
+            raise ComposeError("invalid_header", f"Auto-Submitted {quoted(request.auto_submitted)} is refused")
+        headers.append(("Auto-Submitted", request.auto_submitted))
+    return headers
+
+
+def _message_id(header: str, value: str) -> str:
+    if not _MESSAGE_ID.fullmatch(value):
+        raise ComposeError("invalid_header", f"{header}: {quoted(value)} is not a message id")
+    return value
+
+
 # --- recipients ---------------------------------------------------------------------
 
 
@@ -269,14 +313,18 @@ def _recipients(
     if not (request.to or request.cc or request.bcc):  # a mail to BCC only (a newsletter) is fine
         raise ComposeError("no_recipient", "You must provide at least one recipient email address")
     defaults = spec.defaults
-    default_bcc = [defaults.bcc] if defaults.bcc is not None else []
+    automatic = request.auto_submitted is not None
+    default_cc = [] if automatic else list(defaults.cc)
+    default_bcc = [defaults.bcc] if defaults.bcc is not None and not automatic else []
     lists: dict[str, list[tuple[str, bool]]] = {  # field -> (address, from the defaults)
         "To": [(_address(value, "To"), False) for value in request.to],
-        "Cc": [(_address(value, "Cc"), False) for value in request.cc] + [(a, True) for a in defaults.cc],
+        "Cc": [(_address(value, "Cc"), False) for value in request.cc] + [(a, True) for a in default_cc],
         "Bcc": [(_address(value, "Bcc"), False) for value in request.bcc] + [(a, True) for a in default_bcc],
     }
-    for field, defaults_list in (("cc", defaults.cc), ("bcc", default_bcc)):
-        if not defaults_list:
+    for field, defaults_list in (("cc", default_cc), ("bcc", default_bcc)):
+        if automatic:
+            notes.append((field, "none from the defaults: an automatic reply goes to its recipient only"))
+        elif not defaults_list:
             notes.append((field, "none in the defaults"))
     seen: dict[str, str] = {}
     kept: dict[str, list[str]] = {"To": [], "Cc": [], "Bcc": []}
@@ -311,6 +359,10 @@ def _employee(spec: Spec, acting_user: str | None) -> tuple[str, Employee] | Non
             "unknown_employee", f"unknown employee {quoted(acting_user)}; the spec's `employees:` declares {known}"
         )
     return acting_user, employee
+
+
+# Who writes an automatic mail: nobody, whose details are all empty, so the lines that need them go.
+_NOBODY = ("nobody (an automatic mail)", Employee.model_construct(name="", phone="", mobile="", fax="", email=None))
 
 
 def _personal_text(what: str, text: str, origin: str, employee: tuple[str, Employee] | None, notes: Notes) -> str:

@@ -62,12 +62,34 @@ def message_id_of(value: str) -> str | None:
     return f"<{bare}>" if bare and len(bare) <= 996 and not any(c.isspace() or c in "<>" for c in bare) else None
 
 
+def header_block(raw: bytes) -> Message:
+    """The header of the message ``raw``, for :func:`header_text` and :func:`header_addresses`; never raises."""
+    return _parse(raw)
+
+
+def header_text(headers: Message, name: str) -> str:
+    """The (first) header ``name``, decoded, unfolded, storable and bounded; "" when it is missing."""
+    return _text(headers, name)
+
+
+def has_header(headers: Message, name: str) -> bool:
+    try:
+        return name in headers
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def header_addresses(headers: Message, name: str) -> tuple[str, ...]:
+    """The addresses in the headers ``name`` (all of them, bounded)."""
+    return _addresses(headers, name)
+
+
 def _parse(raw: bytes) -> Message:
     # compat32 parses anything (defects are recorded, not raised); only the header is read.
     return BytesHeaderParser(policy=compat32).parsebytes(raw)
 
 
-def _storable(text: str) -> str:
+def storable(text: str) -> str:
     """``text`` as any database takes it: bytes that were not UTF-8 replaced, NUL dropped, bounded."""
     try:
         data = text.encode("utf-8", "surrogateescape")
@@ -88,7 +110,7 @@ def _text(headers: Message, name: str) -> str:
         decoded = str(make_header(decode_header(str(value))))
     except Exception:  # noqa: BLE001 - unknown charsets, broken base64: keep what is there
         decoded = str(value)
-    return _storable(" ".join(decoded.split()))  # unfolded
+    return storable(" ".join(decoded.split()))  # unfolded
 
 
 def _pairs(headers: Message, name: str) -> list[tuple[str, str]]:
@@ -100,7 +122,7 @@ def _pairs(headers: Message, name: str) -> list[tuple[str, str]]:
 
 
 def _addresses(headers: Message, name: str) -> tuple[str, ...]:
-    return tuple(_storable(address) for _name, address in _pairs(headers, name))
+    return tuple(storable(address) for _name, address in _pairs(headers, name))
 
 
 def _sender(headers: Message) -> str:
@@ -111,7 +133,7 @@ def _sender(headers: Message) -> str:
         pairs = []
     if len(pairs) == 1 and pairs[0][1]:
         name, address = pairs[0]
-        return _storable(f"{name} <{address}>" if name else address)  # formataddr would encode the name again
+        return storable(f"{name} <{address}>" if name else address)  # formataddr would encode the name again
     return text
 
 

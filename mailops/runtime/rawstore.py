@@ -59,6 +59,16 @@ class RawStore:
     def has(self, sha256: str) -> bool:
         return self.path_of(sha256).is_file()
 
+    def remove(self, sha256: str) -> bool:
+        """Delete a stored message (the archive's retention); False when it was not there."""
+        try:
+            self.path_of(sha256).unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise FileWriteError(f"cannot delete a message in {self.directory}: {exc.strerror or exc}") from None
+        return True
+
 
 def _make_durable_dir(directory: Path) -> None:
     """Create ``directory`` (and its parents) so that the new entries survive a crash: each parent that

@@ -1,4 +1,5 @@
-"""Ticket import: one account's INBOX into tickets, each message exactly once, whatever is killed when.
+"""Importing an account's INBOX, each message exactly once, whatever is killed when: into tickets, the
+archive, bounces matched to the outbox, and auto-replies.
 
 The order of things, and why it loses and doubles nothing:
 
@@ -21,11 +22,21 @@ The order of things, and why it loses and doubles nothing:
    marked for deletion, by UID, after each batch (and those an interrupted run left, first).
    A crash between the delete and its record deletes again next time; a UID that is gone
    already is no error.
+
+What a message becomes, decided before its transaction: a delivery status notification
+(:mod:`mailops.runtime.dsn`) marks its outbox entry (:mod:`mailops.runtime.bounces`) and is
+neither a ticket nor answered; other mail becomes a ticket where ticket import is on. Where the
+account archives, the same index row is its archive entry: one copy. The .eml file is kept for a
+ticket, an archive entry or a DSN; mail read only to be answered leaves just its index row (which
+keeps it from being read twice). An auto-reply (:mod:`mailops.runtime.autoreply`) is claimed in
+the message's transaction and sent after the batch: a kill in between leaves it unsent, never
+sent twice.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,13 +46,17 @@ from imapclient import IMAPClient
 from mailops.engine.verify import endpoints, timeouts_of
 from mailops.errors import MailopsError
 from mailops.providers.base import CredentialContext, provider_for
+from mailops.runtime.autoreply import AutoReplier, ReplyCounts
+from mailops.runtime.bounces import bounce_of
+from mailops.runtime.dsn import read_delivery_report
 from mailops.runtime.faults import crash_point
 from mailops.runtime.headers import message_id_in_header, read_headers
 from mailops.runtime.rawstore import RawStore
 from mailops.settings import Settings
+from mailops.spec import LoadedSpec
 from mailops.spec.models import Account
 from mailops.state.store import StateStore
-from mailops.state.tickets import NewMessage, ServerState, SyncPoint, Tickets, message_key, raw_key
+from mailops.state.tickets import AlsoRecord, NewMessage, ServerState, SyncPoint, Tickets, message_key, raw_key
 from mailops.transport.connection import Credential
 from mailops.transport.failures import FailureClass, TransportError
 from mailops.transport.imap import (
@@ -67,9 +82,14 @@ class ImportReport:
     """What one pass over an account's folder did."""
 
     address: str
-    imported: int = 0
+    imported: int = 0  # messages stored (tickets, archive entries, DSNs, mail read to be answered)
     new_tickets: int = 0
     joined: int = 0  # replies that joined the ticket of their thread
+    archived: int = 0  # archive entries made
+    bounced: int = 0  # DSNs that marked their outbox entry bounced
+    reports_unmatched: int = 0  # DSNs that name no outbox entry of the account (archived)
+    reports_other: int = 0  # DSNs of a delay or a success, matched to their entry
+    replies: ReplyCounts | None = None  # where the account auto-replies
     before_since: int = 0  # skipped: received before import_since
     already_stored: int = 0  # skipped: the same message is stored already
     vanished: int = 0  # expunged by someone else between the look and the download
@@ -84,8 +104,9 @@ class ImportReport:
         return self.before_since + self.already_stored + self.vanished
 
 
-def import_tickets(
+def import_mail(
     account: Account,
+    loaded: LoadedSpec,
     store: StateStore,
     raw_store: RawStore,
     settings: Settings,
@@ -94,18 +115,23 @@ def import_tickets(
     stop: threading.Event | None = None,
     batch_messages: int = BATCH_MESSAGES,
 ) -> ImportReport:
-    """Import the new mail of ``account``'s INBOX into tickets (see the module doc); ``stop`` ends the
-    pass after the current batch. Failures come out as :class:`TransportError`."""
+    """Import the new mail of ``account``'s INBOX (see the module doc); ``stop`` ends the pass after the
+    current batch. Failures come out as :class:`TransportError`."""
     credential = _credential(account, context)
     imap, _smtp = endpoints(account)
+    replier = AutoReplier(account, loaded, store, settings) if account.autoreply.enabled else None
     local_failure: MailopsError | None = None
-    with imap_session(imap, credential, timeouts_of(settings), settings.ca_file) as client:
-        try:
-            return _Import(account, store, raw_store, client, stop, batch_messages).run()
-        except TransportError:
-            raise
-        except MailopsError as exc:  # the state or the raw store: raised here, the session would call it IMAP's
-            local_failure = exc
+    try:
+        with imap_session(imap, credential, timeouts_of(settings), settings.ca_file) as client:
+            try:
+                return _Import(account, store, raw_store, client, stop, batch_messages, replier).run()
+            except TransportError:
+                raise
+            except MailopsError as exc:  # the state or the raw store: raised here, the session would call it IMAP's
+                local_failure = exc
+    finally:
+        if replier is not None:
+            replier.send()  # what was claimed before a failure still goes out
     assert local_failure is not None  # the session returned or raised otherwise
     raise local_failure
 
@@ -130,16 +156,19 @@ class _Import:
         client: IMAPClient,
         stop: threading.Event | None,
         batch_messages: int,
+        replier: AutoReplier | None,
     ):
         self.account, self.settings = account, account.ticket
         self.tickets, self.raw_store, self.client = Tickets(store), raw_store, client
-        self.stop, self.batch_messages = stop, batch_messages
-        self.report = ImportReport(account.address)
+        self.stop, self.batch_messages, self.replier = stop, batch_messages, replier
+        # `delete_after_import` is a setting of the ticket import: it deletes only while that is on.
+        self.deleting = self.settings.enabled and self.settings.delete_after_import
+        self.report = ImportReport(account.address, replies=replier.counts if replier is not None else None)
         self.box: MailboxStatus
         self.sync: SyncPoint
 
     def run(self) -> ImportReport:
-        self.box = open_mailbox(self.client, FOLDER, writable=self.settings.delete_after_import)
+        self.box = open_mailbox(self.client, FOLDER, writable=self.deleting)
         self.sync = self.tickets.start_sync(
             self.account.address, FOLDER, self.box.uidvalidity, self.settings.import_since
         )
@@ -155,6 +184,8 @@ class _Import:
                 self._import_batch(batch)
                 self.tickets.advance(self.account.address, FOLDER, self.box.uidvalidity, batch[-1])
                 self._delete_stored()
+                if self.replier is not None:
+                    self.replier.send()
                 if self.stop is not None and self.stop.is_set():
                     self.report.stopped = True
                     return self.report
@@ -206,22 +237,37 @@ class _Import:
         return wanted
 
     def _import_one(self, summary: MessageSummary, raw: bytes) -> None:
-        sha256 = self.raw_store.put(raw)  # durable before the commit that refers to it
-        crash_point("after-raw-write")
         headers = read_headers(raw)
+        received_at = summary.internal_date.astimezone(dt.UTC)
+        report = read_delivery_report(raw)  # None: not a DSN
+        ticket = self.settings.enabled and report is None
+        archive = self.account.archive.enabled
+        keep_raw = ticket or archive or report is not None
+        sha256 = self.raw_store.put(raw) if keep_raw else hashlib.sha256(raw).hexdigest()
+        crash_point("after-raw-write")
+        dedupe_key = message_key(headers.message_id) if headers.message_id else raw_key(sha256)
+        also: list[AlsoRecord] = []
+        bounce = bounce_of(report, self.account.address, received_at) if report is not None else None
+        if bounce is not None:
+            also.append(bounce)
+        reply = None
+        if report is None and self.replier is not None:
+            reply = self.replier.consider(raw, received_at, dedupe_key)
+            if reply is not None:
+                also.append(reply)
         message = NewMessage(
             account=self.account.address,
             folder=FOLDER,
             uidvalidity=self.box.uidvalidity,
             uid=summary.uid,
-            dedupe_key=message_key(headers.message_id) if headers.message_id else raw_key(sha256),
+            dedupe_key=dedupe_key,
             message_id=headers.message_id,
             sender=headers.sender,
             to=headers.to,
             cc=headers.cc,
             subject=headers.subject,
             sent_at=headers.sent_at,
-            received_at=summary.internal_date.astimezone(dt.UTC),
+            received_at=received_at,
             size=len(raw),
             raw_sha256=sha256,
             thread_keys=tuple(message_key(answered) for answered in headers.answers),
@@ -231,21 +277,41 @@ class _Import:
             queue=self.settings.default_queue,
             project=self.settings.default_project,
             close=self.settings.auto_close,
-            delete_on_server=self.settings.delete_after_import,
+            delete_on_server=self.deleting and keep_raw,  # mail that is not kept stays on the server
+            ticket=ticket,
+            archive=archive,
+            raw_kept=keep_raw,
+            also=also,
         )
         if recorded is None:  # stored meanwhile (another worker, or a Message-ID the server's look missed)
             self.report.already_stored += 1
             return
+        if keep_raw and not self.raw_store.has(sha256):  # a retention purge took the shared file meanwhile
+            self.raw_store.put(raw)
         crash_point("after-commit")
         self.report.imported += 1
         if recorded.new_ticket:
             self.report.new_tickets += 1
-        else:
+        elif recorded.ticket_id is not None:
             self.report.joined += 1
+        if archive or (bounce is not None and bounce.outbox_id is None):
+            self.report.archived += 1
+        if bounce is not None:
+            self._count_bounce(bounce.outbox_id, bounce.is_failure)
+        if reply is not None and self.replier is not None:
+            self.replier.claimed(reply)
+
+    def _count_bounce(self, outbox_id: int | None, failure: bool) -> None:
+        if outbox_id is None:
+            self.report.reports_unmatched += 1
+        elif failure:
+            self.report.bounced += 1
+        else:
+            self.report.reports_other += 1
 
     def _delete_stored(self) -> None:
         """Delete on the server what is stored and marked for deletion, and record that it is gone."""
-        if not self.settings.delete_after_import:
+        if not self.deleting:
             return
         while True:
             pending = self.tickets.pending_deletions(

@@ -1,9 +1,11 @@
 """The worker's pass over the accounts: which ones it works on, concurrently, each failure kept to its account.
 
-An account is worked on when the spec enables its ticket import and the live state has it
-applied and connected. Accounts run at the same time, at most ``MAILOPS_CONCURRENCY`` of
-them (imapclient is synchronous: one thread each); whatever goes wrong with one account is
-reported as its classified failure and never stops the others.
+An account is worked on when the spec enables its ticket import, archive or auto-reply and the
+live state has it applied and connected. After its import, an archiving account's retention is
+applied (also when the import failed: retention does not wait for a mail server). Accounts run
+at the same time, at most ``MAILOPS_CONCURRENCY`` of them (imapclient is synchronous: one thread
+each); whatever goes wrong with one account is reported as its classified failure and never
+stops the others.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mailops.engine.credentials import credential_context
 from mailops.errors import MailopsError, quoted
 from mailops.providers.base import CredentialContext
+from mailops.runtime.archive import RetentionReport, purge_expired
 from mailops.runtime.rawstore import RawStore, message_dir_of
-from mailops.runtime.ticket_import import ImportReport, import_tickets
+from mailops.runtime.ticket_import import ImportReport, import_mail
 from mailops.settings import Settings
 from mailops.spec import LoadedSpec
 from mailops.spec.models import Account
@@ -34,6 +37,7 @@ class AccountRun:
     report: ImportReport | None = None
     error: TransportError | None = None
     idle: str | None = None  # nothing to do, and why (not a failure)
+    retention: RetentionReport | None = None  # the archive's purge, where the account archives with a limit
 
     @property
     def ok(self) -> bool:
@@ -67,20 +71,20 @@ def run_once(
     stop: threading.Event | None = None,
     on_done: Callable[[AccountRun], None] | None = None,
 ) -> list[AccountRun]:
-    """One pass of the ticket import over the chosen accounts; one :class:`AccountRun` each, in spec order.
+    """One pass over the chosen accounts; one :class:`AccountRun` each, in spec order.
 
-    Without ``addresses`` the accounts with ticket import enabled are chosen, and the others
-    are left out silently; a named account whose import is off is reported idle. ``on_done``
-    hears of each account as it finishes.
+    Without ``addresses`` the accounts with ticket import, archive or auto-reply enabled are chosen,
+    and the others are left out silently; a named account with all three off is reported idle.
+    ``on_done`` hears of each account as it finishes.
     """
     named = bool(addresses)
-    accounts = [account for account in chosen_accounts(loaded, addresses) if named or account.ticket.enabled]
+    accounts = [account for account in chosen_accounts(loaded, addresses) if named or worked_on(account)]
     context = credential_context(loaded, settings, store)
     raw_store = RawStore(message_dir_of(settings))
     lock = threading.Lock()
 
     def work(account: Account) -> AccountRun:
-        outcome = _run_account(account, store, raw_store, settings, context, stop)
+        outcome = _run_account(account, loaded, store, raw_store, settings, context, stop)
         if on_done is not None:
             with lock:
                 on_done(outcome)
@@ -94,8 +98,14 @@ def run_once(
         return list(executor.map(work, accounts))
 
 
+def worked_on(account: Account) -> bool:
+    """Whether the worker has anything to do for ``account``."""
+    return account.ticket.enabled or account.archive.enabled or account.autoreply.enabled
+
+
 def _run_account(
     account: Account,
+    loaded: LoadedSpec,
     store: StateStore,
     raw_store: RawStore,
     settings: Settings,
@@ -103,15 +113,34 @@ def _run_account(
     stop: threading.Event | None,
 ) -> AccountRun:
     address = account.address
-    if not account.ticket.enabled:
-        return AccountRun(address, idle="ticket import is off (ticket.enabled)")
+    if not worked_on(account):
+        return AccountRun(address, idle="ticket import, archive and auto-reply are off")
     if stop is not None and stop.is_set():
         return AccountRun(address, idle="not started: the worker is stopping")
+    outcome = _import(account, loaded, store, raw_store, settings, context, stop)
+    try:
+        retention = purge_expired(account, store, raw_store)
+    except MailopsError as error:  # the state store or the raw store failed: report it, unless the import did
+        failure = TransportError(FailureClass.LOCAL, f"the archive's retention: {error}")
+        return outcome if outcome.error is not None else AccountRun(address, error=failure)
+    return replace(outcome, retention=retention)
+
+
+def _import(
+    account: Account,
+    loaded: LoadedSpec,
+    store: StateStore,
+    raw_store: RawStore,
+    settings: Settings,
+    context: CredentialContext,
+    stop: threading.Event | None,
+) -> AccountRun:
+    address = account.address
     try:
         problem = _not_ready(store, address)
         if problem is not None:
             return AccountRun(address, error=problem)
-        report = import_tickets(account, store, raw_store, settings, context, stop=stop)
+        report = import_mail(account, loaded, store, raw_store, settings, context, stop=stop)
     except TransportError as error:
         return AccountRun(address, error=error)
     except MailopsError as error:  # the state store or the raw store failed: this account only

@@ -12,16 +12,18 @@ import datetime as dt
 import os
 import socket
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, case, select, update
 
 from mailops.state.accounts import aware, utcnow
 from mailops.state.tables import OutboxRow
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from mailops.state.store import StateStore
 
 
@@ -29,6 +31,9 @@ class OutboxStatus(StrEnum):
     QUEUED = "queued"
     SENT = "sent"
     FAILED = "failed"
+    # The server took it, and a delivery status notification (RFC 3464) came back later: see
+    # mailops.runtime.bounces. Last, so that the others keep their positions.
+    BOUNCED = "bounced"
 
 
 @dataclass(frozen=True)
@@ -408,3 +413,32 @@ class Outbox:
                 .values(raw=None, raw_expires_at=None)
             )
             return int(getattr(result, "rowcount", 0) or 0)
+
+
+def mark_bounced(session: Session, account: str, message_ids: Sequence[str], outcome: Outcome) -> int | None:
+    """Within the caller's transaction, mark the attempt of ``account`` that sent the mail ``message_ids``
+    names (the first one any attempt carries) as bounced with ``outcome``; its id, or None when no
+    attempt of that account sent such a mail.
+
+    Of several attempts of one mail (tries after a passing failure) the bounce belongs to the latest
+    one the server took: sent (or bounced before, by another recipient's report, or left queued
+    by a process killed after the server took it); a failed one only when no other exists.
+    """
+    wanted = [message_id for message_id in message_ids if message_id][:20]
+    if not wanted:
+        return None
+    took_it = case((OutboxRow.status == OutboxStatus.FAILED.value, 0), else_=1)
+    query = (
+        select(OutboxRow.id, OutboxRow.message_id)
+        .where(OutboxRow.account == account.lower(), OutboxRow.message_id.in_(wanted))
+        .order_by(took_it.desc(), OutboxRow.id.desc())
+    )
+    preferred: dict[str, int] = {}
+    for found_id, message_id in session.execute(query):
+        preferred.setdefault(message_id, found_id)  # the query's order puts the preferred attempt first
+    entry_id = next((preferred[message_id] for message_id in wanted if message_id in preferred), None)
+    if entry_id is None:
+        return None
+    values = _outcome_values(replace(outcome, status=OutboxStatus.BOUNCED))
+    session.execute(update(OutboxRow).where(OutboxRow.id == entry_id).values(updated_at=utcnow(), **values))
+    return entry_id

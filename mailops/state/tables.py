@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Date,
     DateTime,
     ForeignKey,
@@ -154,6 +155,8 @@ class MessageRow(Base):
         UniqueConstraint("account", "dedupe_key", name="uq_messages_account_key"),
         Index("ix_messages_ticket", "ticket_id"),
         Index("ix_messages_server_state", "account", "folder", "server_state"),
+        Index("ix_messages_archive", "account", "archive_state", "received_at"),
+        Index("ix_messages_raw", "raw_sha256"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -174,6 +177,8 @@ class MessageRow(Base):
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), default=None)
     imported_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     server_state: Mapped[str] = mapped_column(String(16))  # kept | delete_pending | deleted
+    archive_state: Mapped[str | None] = mapped_column(String(10), default=None)  # archived | purged
+    raw_kept: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
 class MailSyncRow(Base):
@@ -189,3 +194,45 @@ class MailSyncRow(Base):
     last_uid: Mapped[int] = mapped_column(BigInteger)
     import_since: Mapped[dt.date | None] = mapped_column(Date, default=None)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AutoReplyRow(Base):
+    """An auto-reply claimed for a message, before it is sent: the unique key is what allows one reply
+    per sender and calendar day (``scope`` ``day``), whatever the number of workers, or one per message
+    (``scope`` the message's dedupe key) without `once_per_day_per_sender`."""
+
+    __tablename__ = "autoreplies"
+    __table_args__ = (UniqueConstraint("account", "recipient", "day", "scope", name="uq_autoreplies_claim"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account: Mapped[str] = mapped_column(String(320))  # lower-cased
+    recipient: Mapped[str] = mapped_column(String(320))  # the address answered, lower-cased
+    day: Mapped[dt.date] = mapped_column(Date)  # the calendar day (UTC) of the claim
+    scope: Mapped[str] = mapped_column(String(64))
+    message_row: Mapped[int] = mapped_column(ForeignKey("messages.id"))  # the message answered
+    claimed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(10))  # claimed | sent | failed
+    outbox_id: Mapped[int | None] = mapped_column(Integer, default=None)  # the reply's outbox entry
+
+
+class BounceRow(Base):
+    """A delivery status notification (RFC 3464) read from an account's inbox, and the outbox entry it
+    reports on (None: no entry matched; the DSN is then in the archive)."""
+
+    __tablename__ = "bounces"
+    __table_args__ = (Index("ix_bounces_account", "account"), Index("ix_bounces_outbox", "outbox_id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account: Mapped[str] = mapped_column(String(320))  # lower-cased: the inbox it arrived in
+    message_row: Mapped[int] = mapped_column(ForeignKey("messages.id"))  # the DSN itself
+    outbox_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    original_message_id: Mapped[str | None] = mapped_column(Text, default=None)
+    envelope_id: Mapped[str | None] = mapped_column(Text, default=None)
+    recipient: Mapped[str] = mapped_column(Text)  # the first failed recipient (else the first reported)
+    action: Mapped[str] = mapped_column(String(20))  # failed | delayed | delivered | relayed | expanded
+    status: Mapped[str | None] = mapped_column(String(20), default=None)  # e.g. 5.1.1
+    diagnostic: Mapped[str | None] = mapped_column(Text, default=None)
+    reporting_mta: Mapped[str | None] = mapped_column(Text, default=None)
+    error_class: Mapped[str | None] = mapped_column(String(40), default=None)
+    recipients: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # every recipient the report names
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))

@@ -1,8 +1,10 @@
 """Tickets and the index of imported messages in the state store, as read-only views and their queries.
 
 The importer (:mod:`mailops.runtime.ticket_import`) records each message in one transaction:
-its ticket (new, or the thread it answers), its index row and the highest UID of its folder
-dealt with. What makes a message the same as one already stored is its ``dedupe_key`` (see
+its ticket (new, or the thread it answers; none for an account without ticket import, or for a
+delivery report), its index row (an archive entry too, where the account archives), whatever else
+belongs to the message (a bounce, an auto-reply claim) and the highest UID of its folder dealt
+with. What makes a message the same as one already stored is its ``dedupe_key`` (see
 :func:`message_key`), unique per account in the database: a message is never imported twice,
 even by two workers at once or after a crash at any point.
 """
@@ -11,13 +13,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from mailops.state.accounts import aware, utcnow
 from mailops.state.tables import MailSyncRow, MessageRow, TicketRow
@@ -31,6 +34,13 @@ QUERY_CHUNK = 500  # SQLite's bound on query parameters
 class TicketStatus(StrEnum):
     OPEN = "open"
     CLOSED = "closed"
+
+
+class ArchiveState(StrEnum):
+    """Where an index entry stands in the account's archive (None: it is not in it)."""
+
+    ARCHIVED = "archived"
+    PURGED = "purged"  # its retention ended: the file and the index's text are gone, the row stays
 
 
 class ServerState(StrEnum):
@@ -88,6 +98,8 @@ class IndexedMessage:
     ticket_id: int | None
     imported_at: dt.datetime
     server_state: str
+    archive_state: str | None = None  # archived | purged | None (not in the archive)
+    raw_kept: bool = True  # the .eml file ``raw_sha256`` is kept for this entry
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -118,8 +130,12 @@ class NewMessage:
 @dataclass(frozen=True)
 class Recorded:
     message_row: int
-    ticket_id: int
+    ticket_id: int | None  # None: the message is no ticket's
     new_ticket: bool
+
+
+# More writes of a message's own transaction, given its new index row (a bounce, an auto-reply claim).
+AlsoRecord = Callable[[Session, MessageRow], None]
 
 
 @dataclass(frozen=True)
@@ -164,7 +180,7 @@ def _ticket_view(row: TicketRow, message_count: int) -> Ticket:
     )
 
 
-def _message_view(row: MessageRow) -> IndexedMessage:
+def message_view(row: MessageRow) -> IndexedMessage:
     return IndexedMessage(
         id=row.id,
         account=row.account,
@@ -183,6 +199,8 @@ def _message_view(row: MessageRow) -> IndexedMessage:
         ticket_id=row.ticket_id,
         imported_at=aware(row.imported_at),
         server_state=row.server_state,
+        archive_state=row.archive_state,
+        raw_kept=row.raw_kept,
     )
 
 
@@ -255,22 +273,28 @@ class Tickets:
         project: str | None,
         close: bool,
         delete_on_server: bool,
+        ticket: bool = True,
+        archive: bool = False,
+        raw_kept: bool = True,
+        also: Sequence[AlsoRecord] = (),
     ) -> Recorded | None:
-        """Store ``message`` in one transaction: a new ticket (closed with ``close``) or the one of the
-        thread it answers, its index row, and its UID as the folder's highest dealt with. None when it
-        is stored already (its dedupe key is taken): nothing is changed then.
+        """Store ``message`` in one transaction: with ``ticket``, a new ticket (closed with ``close``) or
+        the one of the thread it answers; its index row (an archive entry with ``archive``; ``raw_kept``:
+        its .eml file is stored for it); what ``also`` writes; and its UID as the folder's highest dealt
+        with. None when it is stored already (its dedupe key is taken): nothing is changed then.
 
         A reply reopens a closed ticket, unless ``close`` (auto_close) says imported tickets stay closed.
         """
         account = message.account.lower()
         now = utcnow()
+        row_written = False
         try:
             with self._store.session() as session:
-                ticket = self._thread_of(session, account, message.thread_keys)
-                new_ticket = ticket is None
-                if ticket is None:
+                ticket_row = self._thread_of(session, account, message.thread_keys) if ticket else None
+                new_ticket = ticket and ticket_row is None
+                if new_ticket:
                     status = TicketStatus.CLOSED if close else TicketStatus.OPEN
-                    ticket = TicketRow(
+                    ticket_row = TicketRow(
                         account=account,
                         queue=queue,
                         project=project,
@@ -279,12 +303,12 @@ class Tickets:
                         created_at=now,
                         updated_at=now,
                     )
-                    session.add(ticket)
+                    session.add(ticket_row)
                     session.flush()
-                else:
-                    ticket.updated_at = now
-                    if ticket.status == TicketStatus.CLOSED and not close:
-                        ticket.status = TicketStatus.OPEN.value
+                elif ticket_row is not None:
+                    ticket_row.updated_at = now
+                    if ticket_row.status == TicketStatus.CLOSED and not close:
+                        ticket_row.status = TicketStatus.OPEN.value
                 row = MessageRow(
                     account=account,
                     folder=message.folder,
@@ -300,15 +324,22 @@ class Tickets:
                     received_at=message.received_at.astimezone(dt.UTC),
                     size=message.size,
                     raw_sha256=message.raw_sha256,
-                    ticket_id=ticket.id,
+                    ticket_id=ticket_row.id if ticket_row is not None else None,
                     imported_at=now,
                     server_state=(ServerState.DELETE_PENDING if delete_on_server else ServerState.KEPT).value,
+                    archive_state=ArchiveState.ARCHIVED.value if archive else None,
+                    raw_kept=raw_kept,
                 )
                 session.add(row)
                 session.flush()  # the unique dedupe key is checked here, before the UID moves on
+                row_written = True
+                for write in also:
+                    write(session, row)
                 session.execute(_advance(account, message.folder, message.uidvalidity, message.uid, now))
-                return Recorded(row.id, ticket.id, new_ticket)
+                return Recorded(row.id, row.ticket_id, new_ticket)
         except IntegrityError:
+            if row_written:  # not the dedupe key: something else is wrong, and nothing was stored
+                raise
             return None
 
     @staticmethod
@@ -414,7 +445,7 @@ class Tickets:
         if account is not None:
             query = query.where(MessageRow.account == account.lower())
         with self._store.session() as session:
-            return [_message_view(row) for row in session.scalars(query)]
+            return [message_view(row) for row in session.scalars(query)]
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
