@@ -14,6 +14,7 @@ from mailops.cli import oauth  # noqa: F401
 from mailops.cli import report  # noqa: F401
 from mailops.cli import worker  # noqa: F401
 from mailops.cli import archive  # noqa: F401
+from mailops.cli import console  # noqa: F401
 from mailops.cli import demo  # noqa: F401
 from mailops.cli.app import app
 

@@ -207,7 +207,9 @@ class Markup(str):
 
 
 def preformatted(text: str) -> str:
-    return f'<pre style="white-space:pre-wrap;margin:0.3em 0">{escape(text)}</pre>'
+    # The widget's own line height would double-space a <pre> in Voilà.
+    style = "white-space:pre-wrap;margin:0.3em 0;line-height:1.3;font-family:var(--jp-code-font-family,monospace)"
+    return f'<pre style="{style}">{escape(text)}</pre>'
 
 
 # --- the text a reader sees ----------------------------------------------------------------------

@@ -100,8 +100,9 @@ def failure_rate_by_day(summary: pd.DataFrame) -> Figure:
         locator = AutoDateLocator(minticks=3, maxticks=8)  # type: ignore[no-untyped-call]
         axes.xaxis.set_major_locator(locator)
         axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
-        if len(days) == 1:  # one day: a point needs some room around it
-            axes.set_xlim(days[0] - np.timedelta64(1, "D"), days[0] + np.timedelta64(1, "D"))
+        # The whole period: days without mail (NaN) do not count when the axis sizes itself.
+        pad = np.timedelta64(12, "h") if len(days) > 1 else np.timedelta64(1, "D")
+        axes.set_xlim(days[0] - pad, days[-1] + pad)
         axes.set_title(title, loc="left")
         axes.set_ylabel("share of mails that failed")
         axes.grid(axis="y", linewidth=0.5, alpha=0.5)
