@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from mailops.outbox.analysis import (
     whats_new,
 )
 from mailops.outbox.classify import CLASSES, OutboxLogError, remedy
+from mailops.report import Period
 from mailops.state import StateStore
 from mailops.state.outbox import NewAttempt, Outbox, OutboxStatus, Outcome
 from mailops.state.tables import OutboxRow
@@ -695,3 +697,188 @@ def test_every_summary_counts_the_same_failures_of_any_filtered_frame(
         assert set(narrowed["account"]) <= accounts
     if start is not None and len(per_day):
         assert per_day["day"].iloc[0] >= pd.Timestamp(start)
+
+
+def test_a_field_without_an_address_has_no_recipient_domain() -> None:
+    # A mail to BCC recipients only is logged with an empty To list: it has no domain, and breaks no summary.
+    domains = analysis.recipient_domains(pd.Series(['["a@B.de."]', "[]", None, "kunde", "Anna <x@Y.org>; b@z.de", ""]))
+    assert [None if pd.isna(domain) else domain for domain in domains] == ["b.de", None, None, None, "y.org", None]
+
+
+# --- a period summarised in the state store (the report's path) ------------------------------------------------
+
+
+def assert_store_summary_is_the_frames(
+    store: StateStore,
+    first: dt.date,
+    last: dt.date,
+    *,
+    timezone: str = "Europe/Berlin",
+    accounts: set[str] | None = None,
+    previous: tuple[dt.date, dt.date] | None = None,
+) -> analysis.StoreSummary:
+    """`summarise_store` gives, table for table, what the frame functions give for the frame of the same days."""
+    since, until = Period(first, last, timezone).bounds()
+    frame = load_store(store, accounts=accounts, since=since, until=until)
+    summary = analysis.summarise_store(
+        store, first, last, timezone=timezone, accounts=accounts, previous=previous, top_domains=3, latest=4
+    )
+    pd.testing.assert_frame_equal(summary.classes, top_remedies(frame, n=len(CLASSES)))
+    pd.testing.assert_frame_equal(summary.accounts, by_account(frame))
+    pd.testing.assert_frame_equal(summary.domains, by_domain(frame, top=3))
+    pd.testing.assert_frame_equal(summary.days, by_day(frame, timezone=timezone, start=first, end=last))
+    before = None
+    if previous is not None:
+        before_since, before_until = Period(*previous, timezone).bounds()
+        before = load_store(store, accounts=accounts, since=before_since, until=before_until)
+    assert summary.headline == headline(frame, before)
+    latest = load_store(store, accounts=accounts, since=since, until=until, statuses=["failed"], newest=4)
+    pd.testing.assert_frame_equal(summary.latest_failures, latest)
+    return summary
+
+
+@pytest.mark.parametrize("timezone", ["Europe/Berlin", "UTC", "Asia/Kolkata", "America/New_York"])
+def test_the_store_summary_is_what_the_frame_functions_give(example: StateStore, timezone: str) -> None:
+    march_2, march_5 = dt.date(2026, 3, 2), dt.date(2026, 3, 5)
+    summary = assert_store_summary_is_the_frames(example, march_2, march_5, timezone=timezone)
+    if timezone == "Europe/Berlin":  # counted by hand in test_summaries_count_each_mail_once_by_its_final_attempt
+        assert summary.headline == analysis.Headline(sent=3, failed=5, queued=1, rate=0.625)
+        assert records(summary.domains) == [("kunde.de", 1, 4, 5, 0.8), ("beispiel.de", 1, 1, 2, 0.5)]
+        assert summary.latest_failures["message_id"].tolist()[-1] == "<m9@example.com>"  # logged last
+    # Against the day before: March 2nd, where m3 was throttled once and then went out (one mail, sent).
+    assert_store_summary_is_the_frames(
+        example, dt.date(2026, 3, 3), march_5, timezone=timezone, previous=(march_2, march_2)
+    )
+    assert_store_summary_is_the_frames(
+        example,
+        march_2,
+        march_5,
+        timezone=timezone,
+        accounts={SHOP, "INFO@example.com"},
+        previous=(dt.date(2026, 2, 1), dt.date(2026, 2, 28)),
+    )
+    nobody = assert_store_summary_is_the_frames(example, march_2, march_5, timezone=timezone, accounts=set())
+    assert nobody.headline == analysis.Headline(sent=0, failed=0, queued=0, rate=None)
+
+
+def test_the_store_summary_of_no_store_is_empty(tmp_path: Path) -> None:
+    missing = StateStore.open(f"sqlite:///{tmp_path / 'none.db'}", create=False)
+    summary = assert_store_summary_is_the_frames(
+        missing, dt.date(2026, 3, 2), dt.date(2026, 3, 5), previous=(dt.date(2026, 2, 26), dt.date(2026, 3, 1))
+    )
+    assert summary.headline == analysis.Headline(0, 0, 0, None, 0, 0, None, None)
+    assert summary.days["mails"].tolist() == [0, 0, 0, 0]
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_a_store_summary_of_a_bad_period_is_refused(example: StateStore) -> None:
+    with pytest.raises(AnalysisError, match="ends before it starts"):
+        analysis.summarise_store(example, dt.date(2026, 3, 5), dt.date(2026, 3, 4))
+    with pytest.raises(AnalysisError, match="must end before the period starts"):
+        analysis.summarise_store(
+            example, dt.date(2026, 3, 5), dt.date(2026, 3, 6), previous=(dt.date(2026, 3, 4), dt.date(2026, 3, 5))
+        )
+    with pytest.raises(AnalysisError, match="unknown time zone"):
+        analysis.summarise_store(example, dt.date(2026, 3, 5), dt.date(2026, 3, 6), timezone="Mars/Olympus")
+
+
+def test_the_store_summary_reads_one_state_of_the_store(
+    example: StateStore, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The counts and the rest are read by several statements and taken from each other: a mail logged between two
+    of them must not count as sent. SQLite keeps a writer waiting until the summary has read everything."""
+    expected = assert_store_summary_is_the_frames(example, dt.date(2026, 3, 2), dt.date(2026, 3, 5))
+    refused: list[str] = []
+    counts = analysis._attempts_by_account  # the second statement: the rest has been read by now
+
+    def log_a_mail_meanwhile(*arguments: object, **keywords: object) -> object:
+        writer = sqlite3.connect(workdir / "state.db", timeout=0.05)
+        try:
+            writer.execute("UPDATE outbox SET status = 'queued' WHERE message_id = '<m1@example.com>'")
+            writer.commit()
+        except sqlite3.OperationalError as exc:
+            refused.append(str(exc))
+        finally:
+            writer.close()
+        return counts(*arguments, **keywords)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(analysis, "_attempts_by_account", log_a_mail_meanwhile)
+    summary = analysis.summarise_store(example, dt.date(2026, 3, 2), dt.date(2026, 3, 5), top_domains=3, latest=4)
+    assert refused == ["database is locked"]
+    assert summary.headline == expected.headline
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StateStore]:
+    """Six weeks of mail from March 1st, 2026 (New York's and Europe's clocks change, Lord Howe's by half an hour),
+    queued through `Outbox`, then given their outcomes: retries linked to the attempt they repeat (some a day
+    later), bounces, a status this release does not know, mails without a recipient or with two, domains in
+    capitals."""
+    store = StateStore.open(f"sqlite:///{tmp_path_factory.mktemp('logged') / 'state.db'}", create=True)
+    rng = random.Random(11)
+    attempts: list[NewAttempt] = []
+    plans: list[tuple[dt.datetime, str, str | None, int | None]] = []  # time, status, class, attempt it repeats
+    for number in range(160):
+        when = dt.datetime(2026, 3, 1, tzinfo=UTC) + dt.timedelta(minutes=rng.randrange(42 * 24 * 60))
+        account, domain = rng.choice(ACCOUNTS), rng.choice(DOMAINS)
+        to = rng.choice([[], [f"r{number}@{domain}"], [f"R{number}@{domain.upper()}."], [f"a@{domain}", "b@gmx.de"]])
+        for attempt in range(1, rng.choice([1, 1, 1, 2, 3]) + 1):
+            status = rng.choice(["sent", "sent", "failed", "failed", "queued", "bounced", "deferred"])
+            name = rng.choice(PROPERTY_CLASSES) if status in {"failed", "bounced"} else None
+            attempts.append(
+                NewAttempt(
+                    account=account,
+                    sender=account,
+                    sender_name="",
+                    to=to,
+                    cc=(),
+                    bcc=(),
+                    subject="x",
+                    preview="",
+                    message_id=f"<l{number}@example.com>",
+                    attempt=attempt,
+                )
+            )
+            later = when + dt.timedelta(hours=rng.choice([1, 30]) * (attempt - 1))
+            plans.append((later, status, name, len(attempts) - 2 if attempt > 1 else None))
+    ids = Outbox(store).queue(attempts)
+    outcomes = [
+        {
+            "id": entry,
+            "created_at": when,
+            "status": status,
+            "error_class": name,
+            "retry_of": None if repeats is None else ids[repeats],
+        }
+        for entry, (when, status, name, repeats) in zip(ids, plans, strict=True)
+    ]
+    with store.session() as session:
+        session.execute(update(OutboxRow), outcomes)
+    yield store
+    store.close()
+
+
+# Each example loads the frame three times and summarises it twice (about 0.1 s): a tenth of the profile's examples.
+@settings(max_examples=max(20, settings().max_examples // 10))
+@given(
+    first=st.dates(dt.date(2026, 2, 26), dt.date(2026, 4, 12)),
+    days=st.integers(0, 20),
+    before=st.none() | st.integers(1, 14),
+    gap=st.integers(0, 3),
+    timezone=st.sampled_from(
+        ["Europe/Berlin", "UTC", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe", "Pacific/Kiritimati"]
+    ),
+    accounts=st.none() | st.sets(st.sampled_from([SHOP, INFO.upper(), HIDDEN])),
+)
+def test_the_store_summary_of_any_period_is_what_the_frame_functions_give(
+    logged: StateStore,
+    first: dt.date,
+    days: int,
+    before: int | None,
+    gap: int,
+    timezone: str,
+    accounts: set[str] | None,
+) -> None:
+    previous = None if before is None else (first - dt.timedelta(days=gap + before), first - dt.timedelta(days=gap + 1))
+    last = first + dt.timedelta(days=days)
+    assert_store_summary_is_the_frames(logged, first, last, timezone=timezone, accounts=accounts, previous=previous)

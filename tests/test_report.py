@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -26,7 +27,7 @@ from mailops.state import StateStore
 from mailops.state.outbox import NewAttempt, Outbox, OutboxStatus, Outcome
 from mailops.state.tables import OutboxRow
 from mailops.transport.failures import REMEDIES, FailureClass
-from tests.test_outbox_analysis import HIDDEN, INFO, SHOP, at, write_example
+from tests.test_outbox_analysis import HIDDEN, INFO, SHOP, assert_store_summary_is_the_frames, at, write_example
 
 runner = CliRunner()
 
@@ -85,7 +86,15 @@ def store(workdir: Path) -> Iterator[StateStore]:
     opened.close()
 
 
-def hostile_failure(store: StateStore, when: dt.datetime, *, subject: str, reply: str) -> None:
+def hostile_failure(
+    store: StateStore,
+    when: dt.datetime,
+    *,
+    subject: str,
+    reply: str,
+    to: tuple[str, ...] = ("victim@kunde.de",),
+    bcc: tuple[str, ...] = (),
+) -> None:
     """A failed mail from SHOP whose subject and reply carry markup and addresses of the web."""
     outbox = Outbox(store)
     [entry] = outbox.queue(
@@ -94,9 +103,9 @@ def hostile_failure(store: StateStore, when: dt.datetime, *, subject: str, reply
                 account=SHOP,
                 sender=SHOP,
                 sender_name="",
-                to=("victim@kunde.de",),
+                to=to,
                 cc=(),
-                bcc=(),
+                bcc=bcc,
                 subject=subject,
                 preview="",
                 message_id="<hostile@example.com>",
@@ -352,8 +361,9 @@ def test_the_store_counts_and_a_narrow_load_agree_with_a_full_load(store: StateS
     assert latest["subject"].tolist()[-1] == HOSTILE_SUBJECT  # the newest last, as every frame is ordered
 
 
-def test_a_postgresql_store_loads_as_the_same_frame_as_sqlite(store: StateStore, postgres_url: str) -> None:
-    """The driver's own values differ (times as datetimes, lists as text, booleans): the frames may not."""
+@pytest.fixture
+def postgres(postgres_url: str) -> Iterator[StateStore]:
+    """A new PostgreSQL database holding what the SQLite `store` holds."""
     from sqlalchemy import create_engine, text
 
     server = postgres_url.rsplit("/", 1)[0]
@@ -362,14 +372,91 @@ def test_a_postgresql_store_loads_as_the_same_frame_as_sqlite(store: StateStore,
     with admin.connect() as connection:
         connection.execute(text(f"CREATE DATABASE {database}"))
     admin.dispose()
-    postgres = StateStore.open(f"{server}/{database}", create=True)
-    try:
-        write_example(postgres)
-        hostile_failure(postgres, at(4, 12), subject=HOSTILE_SUBJECT, reply=HOSTILE_REPLY)
-        start, end = Period(dt.date(2026, 3, 2), dt.date(2026, 3, 5)).bounds()
-        pd.testing.assert_frame_equal(
-            analysis.load_store(postgres, since=start, until=end), analysis.load_store(store, since=start, until=end)
+    opened = StateStore.open(f"{server}/{database}", create=True)
+    write_example(opened)
+    hostile_failure(opened, at(4, 12), subject=HOSTILE_SUBJECT, reply=HOSTILE_REPLY)
+    yield opened
+    opened.close()
+
+
+def test_a_postgresql_store_loads_as_the_same_frame_as_sqlite(store: StateStore, postgres: StateStore) -> None:
+    """The driver's own values differ (times as datetimes, lists as text, booleans): the frames may not."""
+    start, end = Period(dt.date(2026, 3, 2), dt.date(2026, 3, 5)).bounds()
+    pd.testing.assert_frame_equal(
+        analysis.load_store(postgres, since=start, until=end), analysis.load_store(store, since=start, until=end)
+    )
+    assert analysis.store_counts(postgres) == analysis.store_counts(store)
+
+
+@pytest.mark.parametrize("timezone", ["Europe/Berlin", "Asia/Kolkata"])
+def test_a_postgresql_store_gives_the_same_summary_as_sqlite(
+    store: StateStore, postgres: StateStore, timezone: str
+) -> None:
+    """Counted by PostgreSQL (strpos, timestamptz bounds, its own plans): what the frame functions give, and what
+    SQLite gives."""
+    for first, last, accounts, previous in (
+        (dt.date(2026, 3, 2), dt.date(2026, 3, 5), None, None),
+        (dt.date(2026, 3, 4), dt.date(2026, 3, 5), None, (dt.date(2026, 3, 2), dt.date(2026, 3, 3))),
+        (dt.date(2026, 3, 3), dt.date(2026, 3, 5), {SHOP}, (dt.date(2026, 3, 1), dt.date(2026, 3, 2))),
+    ):
+        counted = assert_store_summary_is_the_frames(
+            postgres, first, last, timezone=timezone, accounts=accounts, previous=previous
         )
-        assert analysis.store_counts(postgres) == analysis.store_counts(store)
+        lite = analysis.summarise_store(
+            store, first, last, timezone=timezone, accounts=accounts, previous=previous, top_domains=3, latest=4
+        )
+        assert counted.headline == lite.headline
+        for name in ("classes", "accounts", "domains", "days", "latest_failures"):
+            pd.testing.assert_frame_equal(getattr(counted, name), getattr(lite, name))
+
+
+def test_a_mail_logged_while_postgresql_is_read_is_in_none_of_the_summary(
+    postgres: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL lets the writer go on: the summary's statements still read one snapshot, so the mail logged
+    between two of them is neither counted as sent nor taken off."""
+    march_2, march_5 = dt.date(2026, 3, 2), dt.date(2026, 3, 5)
+    expected = assert_store_summary_is_the_frames(postgres, march_2, march_5)
+    writer = StateStore.open(postgres.engine.url.render_as_string(hide_password=False), create=False)
+    counts = analysis._attempts_by_account  # the second statement: the rest has been read by now
+
+    def log_a_mail_meanwhile(*arguments: Any, **keywords: Any) -> Any:
+        hostile_failure(writer, at(4, 13), subject="logged meanwhile", reply="550 no")
+        return counts(*arguments, **keywords)
+
+    monkeypatch.setattr(analysis, "_attempts_by_account", log_a_mail_meanwhile)
+    try:
+        summary = analysis.summarise_store(postgres, march_2, march_5, top_domains=3, latest=4)
     finally:
-        postgres.close()
+        writer.close()
+    assert summary.headline == expected.headline
+    monkeypatch.undo()
+    assert (
+        assert_store_summary_is_the_frames(postgres, march_2, march_5).headline.failed == expected.headline.failed + 1
+    )
+
+
+def test_the_report_counts_in_the_database_without_loading_the_period(
+    store: StateStore, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A million attempts must not become a frame: the report takes its figures from `summarise_store`."""
+
+    def no_frame(*arguments: Any, **keywords: Any) -> pd.DataFrame:
+        raise AssertionError("the report loaded the outbox as a frame")
+
+    monkeypatch.setattr(analysis, "load_store", no_frame)
+    code, output = report(*MARCH)
+    assert code == 0, output
+    page = Page((workdir / "reports" / PAGE).read_text(encoding="utf-8"))
+    assert (page.figures["sent"], page.figures["failed"]) == ("3", "6")
+
+
+def test_a_mail_to_bcc_recipients_only_is_reported(store: StateStore, workdir: Path) -> None:
+    """Its To list is empty: no recipient domain, and the report counts it like any other failure."""
+    hostile_failure(store, at(5, 13), subject="Rundschreiben", reply="550 no", to=(), bcc=("kunde@kunde.de",))
+    code, output = report(*MARCH)
+    assert code == 0, output
+    page = Page((workdir / "reports" / PAGE).read_text(encoding="utf-8"))
+    assert (page.figures["sent"], page.figures["failed"]) == ("3", "7")
+    domains = pd.read_csv(workdir / "reports" / "outbox-2026-03-05-domains.csv")
+    assert int(domains["failed"].sum()) == 6  # the one without a To address has no domain

@@ -75,6 +75,9 @@ Narrowing: :func:`filter_frame` (and :func:`filter_mask`). Summaries: :func:`by_
 :func:`top_remedies`, :func:`headline` (and :func:`store_counts`, a period's mails by status
 counted by the database), :func:`whats_new`. Every summary frame has a plain
 ``RangeIndex`` and its key as a column; an empty frame gives an empty summary, not an error.
+:func:`summarise_store` gives the tables of `mailops report` for a period of a state store,
+the same as these functions give for the period's frame, counted in the database instead
+of loading a million rows.
 """
 
 from __future__ import annotations
@@ -83,7 +86,8 @@ import datetime as dt
 import io
 import json
 import zoneinfo
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import getaddresses
 from pathlib import Path
@@ -95,8 +99,26 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
-from sqlalchemy import ColumnElement, Select, Text, case, cast, func, select
-from sqlalchemy.orm import aliased
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    DateTime,
+    Integer,
+    Select,
+    String,
+    Text,
+    and_,
+    case,
+    cast,
+    func,
+    literal_column,
+    or_,
+    select,
+    true,
+    values,
+)
+from sqlalchemy import column as values_column
+from sqlalchemy.orm import Session, aliased
 
 from mailops.errors import MailopsError, quoted
 from mailops.fileio import FileReadError, NotUtf8Error, decode_utf8, read_bytes
@@ -255,12 +277,22 @@ def recipient_domains(to: pd.Series) -> pd.Series:
     the end of the domain then runs over the distinct tails only, which are few (one per
     domain) when, as usual, a field holds one address.
     """
-    tails = pc.list_element(pc.split_pattern(_arrow(to), "@", max_splits=1), 1)
+    parts = pc.split_pattern(_arrow(to), "@", max_splits=1)
+    # A field without an "@" (no To address, only BCC) is one part, whose second list_element would refuse: it is
+    # given an empty tail, which is no domain.
+    split = pc.equal(pc.list_value_length(parts), 2)
+    tails = pc.list_element(pc.if_else(split, parts, pa.scalar(["", ""], type=parts.type)), 1)
+    return pd.Series(_domains_of_tails(tails), index=to.index)
+
+
+def _domains_of_tails(tails: pa.Array) -> pd.Categorical:
+    """The domain at the start of each text that followed a field's first ``@`` (null: the field had none), as
+    a category: cut at the end of the domain, lower-cased, NA when empty."""
     encoded = pc.dictionary_encode(tails)
     domains = pc.utf8_rtrim(pc.utf8_lower(pc.replace_substring_regex(encoded.dictionary, _DOMAIN_END, "")), ".")
     codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
     names = pd.Series(pd.array(domains, dtype=STRING))
-    return pd.Series(_merged_category(codes, names.where(names.str.len() > 0)), index=to.index)
+    return _merged_category(codes, names.where(names.str.len() > 0))
 
 
 def _merged_category(codes: npt.NDArray[Any], names: pd.Series) -> pd.Categorical:
@@ -365,7 +397,7 @@ def load_store(
     """
     if not store.exists:
         return empty_frame()
-    wanted = [name for name in _STORE_COLUMNS if columns is None or name in columns or _needs(columns, name)]
+    wanted = _wanted(columns)
     query = select(*(_STORE_COLUMNS[name] for name in wanted), _final_in_store().label("final")).order_by(OutboxRow.id)
     query = _bounded(query, accounts, since, until)
     if statuses is not None:
@@ -373,18 +405,40 @@ def load_store(
     if newest is not None:
         query = query.order_by(None).order_by(OutboxRow.id.desc()).limit(newest)
     with store.session() as session:
-        result = session.connection().execute(query)
-        # Straight from the driver: SQLAlchemy's per-row processing (SQLite's times are parsed by a Python
-        # regular expression, row by row) cost three times the fetch itself. The typing is done per column below.
-        rows = list(result.cursor.fetchall())
-        result.close()
+        rows = _fetch(session, query)
     if newest is not None:
         rows.reverse()
-    names = [*wanted, "final"]
+    return _frame_of(_cut(rows, [*wanted, "final"]), len(rows), columns)
+
+
+def _wanted(columns: Collection[str] | None) -> list[str]:
+    """The names of :data:`_STORE_COLUMNS` to read for the frame's ``columns`` (None: all)."""
+    return [name for name in _STORE_COLUMNS if columns is None or name in columns or _needs(columns, name)]
+
+
+def _fetch(session: Session, query: Select[*tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The rows of ``query`` as the driver gives them.
+
+    Straight from the driver: SQLAlchemy's per-row processing (SQLite's times are parsed by a Python regular
+    expression, row by row) cost three times the fetch itself. The typing is done per column, in
+    :func:`_frame_of`.
+    """
+    result = session.connection().execute(query)
+    rows = list(result.cursor.fetchall())
+    result.close()
+    return rows
+
+
+def _cut(rows: list[tuple[Any, ...]], names: list[str]) -> dict[str, pd.Series]:
+    """The rows' values by column name, as untyped (object) columns."""
     # One object array of the tuples, cut into columns: zip(*rows) would build a tuple per column in Python.
     table = np.array(rows, dtype=object).reshape(len(rows), len(names))
     # dtype=object: each column is typed once, in _assemble, not first guessed by pandas.
-    raw: dict[str, Any] = {name: pd.Series(table[:, position], dtype=object) for position, name in enumerate(names)}
+    return {name: pd.Series(table[:, position], dtype=object) for position, name in enumerate(names)}
+
+
+def _frame_of(raw: dict[str, Any], length: int, columns: Collection[str] | None) -> pd.DataFrame:
+    """The frame of the state store's columns (:data:`_STORE_COLUMNS`, by the frame's names) as read."""
     for name, categories in (("status", STATUSES), ("class", CLASSES)):
         if name in raw:
             codes = raw[name].to_numpy(dtype=np.int64)
@@ -395,7 +449,7 @@ def load_store(
     for name in ("to", "cc", "bcc"):
         if name in raw:
             raw[name] = _joined(raw[name])
-    return _assemble(raw, len(rows))
+    return _assemble(raw, length)
 
 
 def _needs(columns: Collection[str], name: str) -> bool:
@@ -742,18 +796,24 @@ def headline(frame: pd.DataFrame, previous: pd.DataFrame | Mapping[str, int] | N
     (:func:`store_counts`, which spares loading it)."""
     sent, failed = _finished(frame)
     queued = _final_mask(frame) & (frame["status"].cat.codes.to_numpy() == _QUEUED)
-    now = Headline(sent=int(sent.sum()), failed=int(failed.sum()), queued=int(queued.sum()), rate=None)
-    rate = _ratio(now.failed, now.sent + now.failed)
-    if previous is None:
-        return Headline(now.sent, now.failed, now.queued, rate)
+    before: tuple[int, int] | None = None
     if isinstance(previous, pd.DataFrame):
-        before_sent, before_failed = (int(mask.sum()) for mask in _finished(previous))
-    else:
-        before_sent = previous.get(OutboxStatus.SENT.value, 0)
-        before_failed = sum(previous.get(status, 0) for status in UNDELIVERED)
+        before_sent, before_failed = _finished(previous)
+        before = int(before_sent.sum()), int(before_failed.sum())
+    elif previous is not None:
+        before = previous.get(OutboxStatus.SENT.value, 0), sum(previous.get(status, 0) for status in UNDELIVERED)
+    return _headline(int(sent.sum()), int(failed.sum()), int(queued.sum()), before)
+
+
+def _headline(sent: int, failed: int, queued: int, previous: tuple[int, int] | None) -> Headline:
+    """The headline of a period's mails by outcome, against the previous period's (sent, failed) if given."""
+    rate = _ratio(failed, sent + failed)
+    if previous is None:
+        return Headline(sent, failed, queued, rate)
+    before_sent, before_failed = previous
     before = _ratio(before_failed, before_sent + before_failed)
     change = rate - before if rate is not None and before is not None else None
-    return Headline(now.sent, now.failed, now.queued, rate, before_sent, before_failed, before, change)
+    return Headline(sent, failed, queued, rate, before_sent, before_failed, before, change)
 
 
 def store_counts(
@@ -806,17 +866,24 @@ def top_remedies(frame: pd.DataFrame, n: int = 5) -> pd.DataFrame:
 def by_account(frame: pd.DataFrame) -> pd.DataFrame:
     """Per sending account with a finished mail: ``account``, ``sent``, ``failed``, ``mails``, ``rate``;
     most failures first (ties by address)."""
-    table = _tally(frame, "account")
-    table = table[table["mails"] > 0]
-    return _sorted(table, "account")
+    return _accounts_shown(_tally(frame, "account"))
+
+
+def _accounts_shown(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of an account tally that :func:`by_account` shows, in its order."""
+    return _sorted(table[table["mails"] > 0], "account")
 
 
 def by_domain(frame: pd.DataFrame, top: int = 10) -> pd.DataFrame:
     """The ``top`` recipient domains by failed mails: ``domain``, ``sent``, ``failed``, ``mails``, ``rate``;
     most failures first (ties by name). Only domains with a failure; a mail without a To address has none."""
-    table = _tally(frame, "recipient_domain").rename(columns={"recipient_domain": "domain"})
-    table = table[table["failed"] > 0]
-    return _sorted(table, "domain").head(top)
+    return _domains_shown(_tally(frame, "recipient_domain"), top)
+
+
+def _domains_shown(table: pd.DataFrame, top: int) -> pd.DataFrame:
+    """The rows of a recipient domain tally that :func:`by_domain` shows, in its order."""
+    table = table.rename(columns={"recipient_domain": "domain"})
+    return _sorted(table[table["failed"] > 0], "domain").head(top)
 
 
 def by_day(
@@ -879,6 +946,250 @@ def whats_new(frame: pd.DataFrame, *, today: dt.date, timezone: str = DEFAULT_TI
     return table
 
 
+# --- a period counted in the state store -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreSummary:
+    """What :func:`summarise_store` gives: the tables the frame functions make of a period's frame."""
+
+    headline: Headline
+    classes: pd.DataFrame  # top_remedies(frame, n=len(CLASSES)): every class that failed, with both remedies
+    accounts: pd.DataFrame  # by_account(frame)
+    domains: pd.DataFrame  # by_domain(frame, top=top_domains)
+    days: pd.DataFrame  # by_day(frame, timezone=timezone, start=first, end=last)
+    latest_failures: pd.DataFrame  # load_store(..., statuses=["failed"], newest=latest)
+
+
+def summarise_store(
+    store: StateStore,
+    first: dt.date,
+    last: dt.date,
+    *,
+    timezone: str = DEFAULT_TIMEZONE,
+    accounts: Collection[str] | None = None,
+    previous: tuple[dt.date, dt.date] | None = None,
+    top_domains: int = 10,
+    latest: int = 10,
+) -> StoreSummary:
+    """The summaries of the calendar days ``first`` to ``last`` (both included, in ``timezone``) of a state store,
+    as the frame functions give them for ``frame = load_store(store, accounts=accounts, since=..., until=...)`` over
+    those days, without loading that frame (`mailops report` over a million attempts).
+
+    ``previous`` (the first and last day of a period before ``first``) is what the headline compares with, as
+    ``headline(frame, store_counts(...))`` does; ``latest_failures`` is ``load_store(..., statuses=["failed"],
+    newest=latest)`` over the period.
+
+    Most mails go out at their first try, and of those a report shows only how many there are per account, day
+    and recipient domain. So the attempts are taken in two parts. *The rest*, every attempt that was not sent or
+    was retried (a small share), is loaded as a frame, ``final`` decided over the whole store as
+    :func:`load_store` does, and summarised like any frame. *The sent mails* are counted by the database: all
+    attempts per account and day from the index on account and time (without reading the table), and per
+    recipient domain in one scan grouped on the text after the first ``@``, each less the rest. An attempt
+    belongs to the day whose bounds its stored time lies between, compared by the database for both parts alike.
+    """
+    _zone(timezone)
+    if first > last:
+        raise AnalysisError(f"the period {first.isoformat()} to {last.isoformat()} ends before it starts")
+    if previous is not None and not previous[0] <= previous[1] < first:
+        raise AnalysisError("the previous period must end before the period starts")
+    length = (last - first).days + 1
+    days = [_day_start(first + dt.timedelta(days=number), timezone) for number in range(length + 1)]
+    spans = list(zip(days[:-1], days[1:], strict=True))  # span n: day n of the period; span `length`: previous
+    if previous is not None:
+        spans.append((_day_start(previous[0], timezone), _day_start(previous[1] + dt.timedelta(days=1), timezone)))
+    names: list[str] = []
+    totals = np.zeros((0, len(spans)), dtype=np.int64)
+    tails: list[str | None] = []
+    tail_totals = np.zeros(0, dtype=np.int64)
+    rest, span, latest_failures = empty_frame(), np.zeros(0, dtype=np.int64), empty_frame()
+    if store.exists:
+        with _snapshot(store) as session:
+            rest, span = _rest(session, spans, accounts)
+            now, failed = _failed_now(rest, span, length)
+            names, totals = _attempts_by_account(session, spans, accounts)
+            # Only domains with a failed mail are shown: without one, the scan for the domains is spared.
+            if (now & failed & rest["recipient_domain"].notna().to_numpy()).any():
+                tails, tail_totals = _attempts_by_domain(session, days[0], days[-1], accounts)
+            latest_failures = _latest_failures(session, rest, now, latest)
+
+    now, failed = _failed_now(rest, span, length)
+    queued = _final_mask(rest) & (rest["status"].cat.codes.to_numpy() == _QUEUED)
+    sent_per_day = totals[:, :length].sum(axis=0) - np.bincount(span[now], minlength=length)
+    failed_per_day = np.bincount(span[now & failed], minlength=length)
+    before = None
+    if previous is not None:
+        earlier = span == length
+        before = int(totals[:, length].sum()) - int(earlier.sum()), int((earlier & failed).sum())
+
+    # The frame lower-cases the accounts (an empty one is none): so are their totals, before the rest is taken off.
+    account_names = pd.Series(names, dtype=STRING).str.lower()
+    account_totals = pd.Series(totals[:, :length].sum(axis=1)).groupby(account_names.where(account_names != "")).sum()
+    domain_names = _domains_of_tails(pa.array(tails, type=pa.large_string()))
+    domain_totals = pd.Series(tail_totals).groupby(pd.Series(domain_names), observed=True).sum()
+    return StoreSummary(
+        headline=_headline(int(sent_per_day.sum()), int((now & failed).sum()), int((now & queued).sum()), before),
+        classes=top_remedies(rest[now], n=len(CLASSES)),
+        accounts=_accounts_shown(_sent_and_failed("account", account_totals, rest["account"], now, failed)),
+        domains=_domains_shown(
+            _sent_and_failed("recipient_domain", domain_totals, rest["recipient_domain"], now, failed), top_domains
+        ),
+        days=_day_table(np.arange(_ordinal(first), _ordinal(last) + 1), sent_per_day, failed_per_day),
+        latest_failures=latest_failures,
+    )
+
+
+def _failed_now(
+    rest: pd.DataFrame, span: npt.NDArray[np.int64], length: int
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Per attempt of the rest: is it in the period (spans 0 to ``length - 1``), and is it a mail that failed? (The
+    rest holds no final attempt that was sent.)"""
+    return (span >= 0) & (span < length), _finished(rest)[1]
+
+
+@contextmanager
+def _snapshot(store: StateStore) -> Iterator[Session]:
+    """A session whose statements all read the same state of the store: the totals and the rest are taken from
+    each other, so a mail logged between two statements would otherwise count as sent, or not at all.
+
+    SQLite's driver begins no transaction for a read (each statement would be one of its own): it is begun here.
+    PostgreSQL gives each statement of a transaction its own snapshot unless it repeats its first.
+    """
+    with store.session() as session:
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        elif dialect == "sqlite":
+            session.connection().exec_driver_sql("BEGIN")
+        yield session
+
+
+def _day_start(day: dt.date, timezone: str) -> dt.datetime:
+    """The first moment of ``day`` in ``timezone``, in UTC, as the database's bound."""
+    return _midnight(day, timezone).to_pydatetime()  # type: ignore[no-any-return]
+
+
+def _sent_and_failed(
+    key: str, totals: pd.Series, column: pd.Series, now: npt.NDArray[np.bool_], failed: npt.NDArray[np.bool_]
+) -> pd.DataFrame:
+    """The tally per name of ``totals`` (all attempts per name): its sent mails are the attempts that are not in the
+    rest (``column``, the rest's names; ``now``: in the period), its failed mails the rest's."""
+    # The rest's names in the period are among the totals' names; those only in other spans may not be.
+    names = column.cat.categories
+    rest = pd.Series(_count(column, now), index=names).reindex(totals.index, fill_value=0)
+    failures = pd.Series(_count(column, now & failed), index=names).reindex(totals.index, fill_value=0)
+    sent = (totals - rest).to_numpy(dtype=np.int64)
+    return _tally_table(key, totals.index, sent, failures.to_numpy(dtype=np.int64))
+
+
+def _attempts_by_account(
+    session: Session, spans: list[tuple[dt.datetime, dt.datetime]], accounts: Collection[str] | None
+) -> tuple[list[str], npt.NDArray[np.int64]]:
+    """The accounts, and how many attempts each made in each span (since, until): a row per account, a column per
+    span. Counted in the index on account and time: a range of it per account and span, the table is not read."""
+    if accounts is not None:
+        listed = sorted({address.lower() for address in accounts})
+        if not listed:
+            return [], np.zeros((0, len(spans)), dtype=np.int64)
+        senders = values(values_column("account", String), name="senders").data([(address,) for address in listed])
+        account = senders.cte("senders").c.account
+    else:
+        account = _accounts_in_store().c.account
+    moment = DateTime(timezone=True)
+    listed_spans = values(
+        values_column("number", Integer), values_column("since", moment), values_column("until", moment), name="spans"
+    ).data([(number, _as_utc(since), _as_utc(until)) for number, (since, until) in enumerate(spans)])
+    bounds = listed_spans.cte("spans")
+    attempt = aliased(OutboxRow)
+    count = (
+        select(func.count())
+        .select_from(attempt)
+        .where(attempt.account == account, attempt.created_at >= bounds.c.since, attempt.created_at < bounds.c.until)
+        .scalar_subquery()
+    )
+    pairs = account.table.join(bounds, true())  # every account with every span
+    rows = _fetch(session, select(account, bounds.c.number, count).select_from(pairs).where(account.is_not(None)))
+    names = sorted({str(row[0]) for row in rows})
+    totals = np.zeros((len(names), len(spans)), dtype=np.int64)
+    position = {name: index for index, name in enumerate(names)}
+    for name, number, attempts in rows:  # a row per account and span: a few hundred
+        totals[position[name], number] = attempts
+    return names, totals
+
+
+def _accounts_in_store() -> CTE:
+    """The distinct accounts of the outbox, each found by one step along the index on account and time (a loose
+    index scan: DISTINCT would read every entry of the index)."""
+    found = select(func.min(OutboxRow.account).label("account")).cte("accounts", recursive=True)
+    later = aliased(OutboxRow)
+    following = select(func.min(later.account)).where(later.account > found.c.account).scalar_subquery()
+    return found.union_all(select(following).where(found.c.account.is_not(None)))
+
+
+def _attempts_by_domain(
+    session: Session, since: dt.datetime, until: dt.datetime, accounts: Collection[str] | None
+) -> tuple[list[str | None], npt.NDArray[np.int64]]:
+    """How many attempts there are per text after the first ``@`` of their To field (None: no ``@``), the text from
+    which :func:`recipient_domains` takes the domain. One scan of the table; the distinct texts are few where, as
+    usual, a To field holds one address."""
+    to = cast(OutboxRow.to_addresses, Text)
+    # No portable SQL finds a character in a text: PostgreSQL has strpos, SQLite (and most others) instr.
+    at = func.strpos(to, "@") if session.get_bind().dialect.name == "postgresql" else func.instr(to, "@")
+    tail = func.substr(to, func.nullif(at, 0) + 1).label("tail")  # no "@": position NULL, and so the tail
+    # Grouped by the result's name: the expression spelt out again would be computed twice per row.
+    query = _bounded(select(tail, func.count()).group_by(literal_column("tail")), accounts, since, until)
+    rows = _fetch(session, query)
+    return [row[0] for row in rows], np.array([row[1] for row in rows], dtype=np.int64)
+
+
+def _rest(
+    session: Session, spans: list[tuple[dt.datetime, dt.datetime]], accounts: Collection[str] | None
+) -> tuple[pd.DataFrame, npt.NDArray[np.int64]]:
+    """Every attempt in the spans that was not sent or was retried, as a frame of the summaries' columns, and the
+    number of the span each is in (-1: between them)."""
+    retry = aliased(OutboxRow)
+    retried = select(retry.retry_of).where(retry.retry_of.is_not(None)).cte("retried")  # one scan, used twice
+    sent = OutboxStatus.SENT.value
+    names = ["id", "account", "status", "class", "to"]
+    in_time = sorted((since, until, number) for number, (since, until) in enumerate(spans))
+    query = select(
+        *(_STORE_COLUMNS[name] for name in names),
+        OutboxRow.id.not_in(select(retried.c.retry_of)).label("final"),
+        _span_number(OutboxRow.created_at, [(_as_utc(since), _as_utc(until), n) for since, until, n in in_time]),
+    ).where(
+        # Two ranges of the index on status, where `status != 'sent'` would read the whole table.
+        or_(OutboxRow.status < sent, OutboxRow.status > sent, OutboxRow.id.in_(select(retried.c.retry_of)))
+    )
+    query = _bounded(query, accounts, in_time[0][0], max(until for _, until, _ in in_time))
+    rows = _fetch(session, query)
+    raw = _cut(rows, [*names, "final", "span"])
+    span = raw.pop("span").to_numpy(dtype=np.int64)
+    return _frame_of(raw, len(rows), SUMMARY_COLUMNS), span
+
+
+def _span_number(time: Any, spans: list[tuple[dt.datetime, dt.datetime, int]]) -> ColumnElement[int]:
+    """The number of the span (since, until, number; in time order, apart) that holds ``time``, -1 for none: a
+    binary search in SQL, a few comparisons per row rather than two per span."""
+    if len(spans) == 1:
+        since, until, number = spans[0]
+        return case((and_(time >= since, time < until), number), else_=-1)
+    middle = len(spans) // 2
+    return case((time < spans[middle][0], _span_number(time, spans[:middle])), else_=_span_number(time, spans[middle:]))
+
+
+def _latest_failures(session: Session, rest: pd.DataFrame, now: npt.NDArray[np.bool_], latest: int) -> pd.DataFrame:
+    """The ``latest`` newest failed attempts of the period in full, oldest first, as :func:`load_store` gives them:
+    the rest holds every failed attempt, and whether it was its mail's last."""
+    failing = rest.loc[now & (rest["status"] == OutboxStatus.FAILED.value).to_numpy(), ["id", "final"]]
+    chosen = failing.sort_values("id").tail(latest)
+    wanted = _wanted(None)
+    query = select(*(_STORE_COLUMNS[name] for name in wanted)).where(OutboxRow.id.in_(chosen["id"].tolist()))
+    rows = _fetch(session, query.order_by(OutboxRow.id))
+    raw = _cut(rows, wanted)
+    raw["final"] = chosen["final"].reset_index(drop=True)
+    return _frame_of(raw, len(rows), None)
+
+
 def _final_mask(frame: pd.DataFrame) -> npt.NDArray[np.bool_]:
     if "final" not in frame.columns:
         return np.ones(len(frame), dtype=bool)
@@ -903,15 +1214,21 @@ def _tally(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     """Sent and failed mails per category of ``key``, with their sum and failure rate."""
     sent, failed = _finished(frame)
     column = frame[key]
-    sent_counts, failed_counts = _count(column, sent), _count(column, failed)
-    mails = sent_counts + failed_counts
+    return _tally_table(key, column.cat.categories, _count(column, sent), _count(column, failed))
+
+
+def _tally_table(
+    key: str, names: Collection[object], sent: npt.NDArray[np.int64], failed: npt.NDArray[np.int64]
+) -> pd.DataFrame:
+    """Sent and failed mails per name, with their sum and failure rate."""
+    mails = sent + failed
     return pd.DataFrame(
         {
-            key: pd.Series([str(name) for name in column.cat.categories], dtype=STRING),
-            "sent": sent_counts,
-            "failed": failed_counts,
+            key: pd.Series([str(name) for name in names], dtype=STRING),
+            "sent": sent,
+            "failed": failed,
             "mails": mails,
-            "rate": _rates(failed_counts, mails),
+            "rate": _rates(failed, mails),
         }
     )
 

@@ -193,35 +193,34 @@ def build_report(
     need action.
     """
     from mailops.outbox import analysis, charts
-    from mailops.outbox.classify import CLASSES
 
-    start, end = span.bounds()
-    before_start, before_end = span.previous().bounds()
-    frame = analysis.load_store(store, accounts=accounts, since=start, until=end, columns=analysis.SUMMARY_COLUMNS)
-    # The period before counts in the headline only: the database counts it, nothing of it is loaded.
-    before = analysis.store_counts(store, accounts=accounts, since=before_start, until=before_end)
-    classes = analysis.top_remedies(frame, n=len(CLASSES))  # every class that occurs: the CSV has them all
-    accounts_table = analysis.by_account(frame)
-    domains = analysis.by_domain(frame, top=TOP_DOMAINS)
-    days = analysis.by_day(frame, timezone=span.timezone, start=span.first, end=span.last)
-    latest = analysis.load_store(
-        store, accounts=accounts, since=start, until=end, statuses=["failed"], newest=LATEST_FAILURES
+    previous = span.previous()
+    # Counted in the database, not loaded: the tables the frame functions give for the period's frame.
+    summary = analysis.summarise_store(
+        store,
+        span.first,
+        span.last,
+        timezone=span.timezone,
+        accounts=accounts,
+        previous=(previous.first, previous.last),
+        top_domains=TOP_DOMAINS,
+        latest=LATEST_FAILURES,
     )
     drawings = {
-        "Failed mails by error class": charts.failures_by_class(classes),
-        "Failure rate by day": charts.failure_rate_by_day(days),
-        "Recipient domains with the most failed mails": charts.failures_by_domain(domains),
-        "Failed mails by account": charts.failures_by_account(accounts_table),
+        "Failed mails by error class": charts.failures_by_class(summary.classes),
+        "Failure rate by day": charts.failure_rate_by_day(summary.days),
+        "Recipient domains with the most failed mails": charts.failures_by_domain(summary.domains),
+        "Failed mails by account": charts.failures_by_account(summary.accounts),
     }
     return Report(
         period=span,
         generated_at=now or dt.datetime.now(dt.UTC),
-        headline=analysis.headline(frame, before),
-        classes=classes,
-        accounts=accounts_table,
-        domains=domains,
-        days=days,
-        latest_failures=_latest(latest, span.timezone),
+        headline=summary.headline,
+        classes=summary.classes,  # every class that failed: the CSV has them all, the page the top ones
+        accounts=summary.accounts,
+        domains=summary.domains,
+        days=summary.days,
+        latest_failures=_latest(summary.latest_failures, span.timezone),
         actions=accounts_needing_action(overview),
         charts={title: charts.svg(drawing) for title, drawing in drawings.items()},
     )
