@@ -45,7 +45,7 @@ system-deps:
 
 bench: $(STAMP) system-deps
 	@missed=""; \
-	for name in cli_startup plan apply_concurrency outbox_classify send_batch outbox_analysis outbox_explorer; do \
+	for name in cli_startup plan apply_concurrency outbox_classify send_batch outbox_analysis outbox_explorer import_tickets; do \
 		echo "$(BIN)/python benchmarks/$$name.py"; \
 		$(BIN)/python benchmarks/$$name.py || missed="$$missed $$name"; \
 	done; \

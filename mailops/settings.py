@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     lock_wait: float = Field(
         5.0, ge=0, le=3600, description="Seconds an apply waits for another apply's lock before failing."
     )
+    worker_lease: float = Field(
+        60.0,
+        ge=1,
+        le=3600,
+        description="Seconds a worker's lease on its accounts lasts (`mailops run`); the worker renews it every "
+        "third of that. A worker that dies loses its accounts to the others after this long.",
+    )
     ca_file: Path | None = Field(
         None, description="Extra CA bundle (PEM) that is trusted besides the system's, for self-hosted servers."
     )

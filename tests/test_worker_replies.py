@@ -269,7 +269,8 @@ def test_two_workers_at_once_send_one_reply_per_sender(engine_env, mail_servers,
     ]
     for worker in workers:
         output, errors = worker.communicate(timeout=120)
-        assert worker.returncode == 0, output + errors
+        # SQLite runs one worker: while the first runs, a second one is refused (and sends nothing).
+        assert worker.returncode == 0 or b"SQLite runs one worker" in errors, output + errors
     assert sorted(row["subject"] for row in rows(engine_env, "messages")) == [f"Mail {n}" for n in range(8)]
     assert len(replies(engine_env)) == 1
     assert len(received(mail_servers, customer.address)) == 1

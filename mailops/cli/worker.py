@@ -6,7 +6,8 @@ import datetime as dt
 import json
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,8 +18,8 @@ from mailops.cli.common import ConfigDirOption, load_spec_or_exit, open_store, r
 
 if TYPE_CHECKING:
     from mailops.engine.visibility import Actor
-    from mailops.runtime import AccountRun, ImportReport
-    from mailops.runtime.archive import RetentionReport
+    from mailops.runtime.worker import Worker
+    from mailops.runtime.worker_log import WorkerLog
     from mailops.settings import Settings
     from mailops.spec import LoadedSpec
     from mailops.state.store import StateStore
@@ -29,44 +30,56 @@ tickets_app = typer.Typer(help="Tickets made from imported mail (read-only).", n
 app.add_typer(tickets_app, name="tickets")
 
 
+class LogFormat(StrEnum):
+    AUTO = "auto"
+    TEXT = "text"
+    JSON = "json"
+
+
 @app.command("run")
 def run_worker(
     ctx: typer.Context,
     once: bool = typer.Option(False, "--once", help="One pass, then exit (for cron and CI)."),
     account: list[str] = typer.Option([], "--account", help="Only this account (repeat for several)."),
     interval: float = typer.Option(60.0, "--interval", min=0.1, help="Seconds between passes without --once."),
+    log_format: LogFormat = typer.Option(
+        LogFormat.AUTO,
+        "--log-format",
+        help="auto: a progress display on a terminal, plain lines otherwise; text: plain lines; "
+        "json: one JSON object per line.",
+    ),
     config_dir: Path | None = ConfigDirOption,
 ) -> None:
     """The worker: import new mail into tickets and the archive, apply the archive's retention, send
     auto-replies, and mark bounced mail in the outbox. SIGTERM or Ctrl-C lets the current batch
-    finish and starts nothing new; without --once the worker then exits 0, with --once 130."""
+    finish and starts nothing new; without --once the worker then exits 0, with --once 130. Several
+    workers share the accounts of a PostgreSQL state store; a SQLite store runs one."""
+    from mailops.runtime.worker_log import make_log
+
     settings = settings_of(ctx, config_dir)
-    loaded = load_spec_or_exit(settings, as_json=False) if once else None
-    with _stop_on_signals() as stop:
-        if loaded is None:
-            _loop(settings, account, interval, stop)
-            return
-        with reported_errors():
-            runs = _one_pass(loaded, settings, account, stop=stop)
-    failed = sum(not run.ok for run in runs)
-    if failed:
-        typer.echo(f"{failed} of {len(runs)} account(s) failed.", err=True)
-    if stop.is_set():
-        raise typer.Exit(130)
-    if failed:
-        raise typer.Exit(1)
+    log = make_log(log_format.value)
+    try:
+        with _stop_on_signals(log) as stop:
+            code = _one_pass(settings, account, stop, log) if once else _loop(settings, account, interval, stop, log)
+    finally:
+        log.close()
+    if code:
+        raise typer.Exit(code)
 
 
 @contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
+def _stop_on_signals(log: WorkerLog) -> Iterator[threading.Event]:
     """An event that SIGTERM and SIGINT set (instead of ending the process at once), for the duration."""
     import signal
+
+    from mailops.runtime.worker_log import Event, WorkerEvent
 
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: Any) -> None:
         if not stop.is_set():
-            typer.echo(f"{signal.Signals(signum).name}: finishing the current batch, then stopping.", err=True)
+            message = f"{signal.Signals(signum).name}: finishing the current batch, then stopping."
+            log.emit(WorkerEvent(Event.WORKER_STOPPING, message))
         stop.set()
 
     previous = {number: signal.signal(number, request_stop) for number in (signal.SIGTERM, signal.SIGINT)}
@@ -77,38 +90,110 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(number, handler)
 
 
-def _one_pass(
-    loaded: LoadedSpec, settings: Settings, addresses: list[str], *, stop: threading.Event
-) -> list[AccountRun]:
-    from mailops.runtime import run_once
-    from mailops.runtime.worker import chosen_accounts
+def _one_pass(settings: Settings, addresses: list[str], stop: threading.Event, log: WorkerLog) -> int:
+    """``--once``: one pass; the exit code (130 when stopped by a signal)."""
+    from mailops.errors import MailopsError
+    from mailops.runtime.worker import OneWorkerOnly, Worker, chosen_accounts
 
-    chosen_accounts(loaded, addresses)  # an unknown --account is refused before the store is opened
-    store = _worker_store(settings)
+    loaded = _spec_or_none(settings, log)
+    if loaded is None:
+        return 1
     try:
-        runs = run_once(loaded, store, settings, addresses=addresses, stop=stop, on_done=_print_run)
+        chosen_accounts(loaded, addresses)  # an unknown --account is refused before the store is opened
+        store = _worker_store(settings)
+    except MailopsError as exc:
+        _report_error(log, exc)
+        return 1
+    try:
+        with Worker(store, settings, log=log, stop=stop) as worker:
+            runs = worker.run_pass(loaded, addresses)
+    except OneWorkerOnly as exc:
+        _report_error(log, exc, refused=True)
+        return 1
+    except MailopsError as exc:
+        _report_error(log, exc)
+        return 1
     finally:
         store.close()
-    if not runs:
-        typer.echo("No account has ticket import, the archive or auto-replies enabled in the spec.")
-    return runs
+    if stop.is_set():
+        return 130
+    return 1 if worker.lost_store is not None or any(not run.ok for run in runs) else 0
 
 
-def _loop(settings: Settings, addresses: list[str], interval: float, stop: threading.Event) -> None:
-    """Pass after pass until ``stop``; the spec is read again for each pass."""
-    from mailops.errors import MailopsError, SpecError, printable
+def _loop(settings: Settings, addresses: list[str], interval: float, stop: threading.Event, log: WorkerLog) -> int:
+    """Pass after pass until ``stop``; the spec is read again for each pass, and a state store that is
+    away is tried again at the next one. The exit code."""
+    from mailops.errors import MailopsError, SpecError
+    from mailops.runtime.worker import OneWorkerOnly
+    from mailops.runtime.worker_log import Event, Level, WorkerEvent
     from mailops.spec import load_spec
 
-    while not stop.is_set():
-        try:
-            _one_pass(load_spec(settings.config_dir), settings, addresses, stop=stop)
-        except SpecError as exc:
-            problems = len(exc.problems)
-            typer.echo(f"Error: the spec has {problems} problem(s); `mailops validate` lists them", err=True)
-        except MailopsError as exc:  # the state store is away, say: the next pass tries again
-            typer.echo(f"Error: {printable(str(exc))}", err=True)
-        stop.wait(interval)
-    typer.echo("Stopped.")
+    with ExitStack() as running:
+        worker: Worker | None = None
+        while not stop.is_set():
+            try:
+                if worker is None:
+                    worker = _started_worker(settings, log, stop, running)
+                worker.run_pass(load_spec(settings.config_dir), addresses)
+            except OneWorkerOnly as exc:
+                _report_error(log, exc, refused=True)
+                return 1
+            except SpecError as exc:
+                message = f"the spec has {len(exc.problems)} problem(s); `mailops validate` lists them"
+                log.emit(WorkerEvent(Event.SPEC_INVALID, message, Level.ERROR, counts={"problems": len(exc.problems)}))
+            except MailopsError as exc:  # the state store is away, say: the next pass tries again
+                _report_error(log, exc)
+            if worker is not None and worker.lost_store is not None:
+                return 1
+            stop.wait(interval)
+    log.emit(WorkerEvent(Event.WORKER_STOPPED, "Stopped."))
+    return 0
+
+
+def _started_worker(settings: Settings, log: WorkerLog, stop: threading.Event, running: ExitStack) -> Worker:
+    """Open the state store and start a worker on it; ``running`` stops the worker, then closes the store."""
+    from mailops.runtime.worker import Worker
+
+    store = _worker_store(settings)
+    try:
+        worker = Worker(store, settings, log=log, stop=stop)
+        worker.start()
+    except BaseException:
+        store.close()
+        raise
+    running.callback(store.close)
+    running.callback(worker.finish)
+    return worker
+
+
+def _spec_or_none(settings: Settings, log: WorkerLog) -> LoadedSpec | None:
+    """The spec; None when it has problems, which are reported (each on its own line)."""
+    from mailops.errors import SpecError
+    from mailops.runtime.worker_log import Event, JsonLog, Level, WorkerEvent
+    from mailops.spec import load_spec
+
+    if not isinstance(log, JsonLog):
+        return load_spec_or_exit(settings, as_json=False)
+    try:
+        return load_spec(settings.config_dir)
+    except SpecError as exc:
+        problems = [str(problem) for problem in exc.problems]
+        message = f"the spec has {len(problems)} problem(s); nothing was changed"
+        counts = {"problems": len(problems)}
+        log.emit(WorkerEvent(Event.SPEC_INVALID, message, Level.ERROR, counts=counts, extra={"problems": problems}))
+        return None
+
+
+def _report_error(log: WorkerLog, exc: Exception, *, refused: bool = False) -> None:
+    from mailops.errors import printable
+    from mailops.runtime.worker_log import Event, Level, WorkerEvent
+
+    extra: dict[str, object] = {}
+    holder = getattr(exc, "holder", None)
+    if refused and holder is not None and holder.owner is not None:
+        extra["held_by"] = {"host": holder.owner.host, "pid": holder.owner.pid}
+    event = Event.WORKER_REFUSED if refused else Event.FAILED
+    log.emit(WorkerEvent(event, printable(str(exc)), Level.ERROR, extra=extra))
 
 
 def _worker_store(settings: Settings) -> StateStore:
@@ -120,93 +205,6 @@ def _worker_store(settings: Settings) -> StateStore:
     if path is not None and not path.exists():
         raise MailopsError("no account is applied yet; run `mailops apply` first")
     return open_store(settings, create=True)
-
-
-def _print_run(run: AccountRun) -> None:
-    from mailops.errors import printable
-
-    if run.error is not None:
-        typer.echo(f"{run.address}: failed ({run.error.failure_class.value}): {printable(run.error.detail)}", err=True)
-        typer.echo(f"  {run.error.remedy}", err=True)
-        if run.retention is not None and (run.retention.purged or run.retention.kept_open):
-            typer.echo(f"{run.address}: the archive's retention" + "".join(_retention_parts(run.retention)))
-        return
-    if run.report is None:
-        typer.echo(f"{run.address}: nothing to do: {run.idle}")
-        return
-    report = run.report
-    why = [
-        f"{count} {what}"
-        for count, what in (
-            (report.before_since, "before import_since"),
-            (report.already_stored, "already stored"),
-            (report.vanished, "gone from the server meanwhile"),
-        )
-        if count
-    ]
-    line = f"{run.address}: imported {report.imported}, skipped {report.skipped}"
-    line += f" ({', '.join(why)})" if why else ""
-    if report.joined:
-        line += f"; {report.joined} joined the ticket of their thread"
-    if report.deleted:
-        line += f"; deleted {report.deleted} on the server"
-    line += "".join(_outcome_parts(report))
-    if run.retention is not None:
-        line += "".join(_retention_parts(run.retention))
-    if report.left_flagged:
-        line += (
-            f"; {report.left_flagged} flagged \\Deleted, not expunged yet (no UIDPLUS, and other mail "
-            "flagged \\Deleted that a plain EXPUNGE would remove too)"
-        )
-    if report.resynced_from is not None:
-        line += f"; UIDVALIDITY changed (was {report.resynced_from}): stored mail recognised by Message-ID"
-    if report.rescanned:
-        line += "; import_since moved earlier: older mail looked at again"
-    if report.stopped:
-        line += "; stopped, the rest waits for the next pass"
-    typer.echo(line)
-    if report.replies is not None and report.replies.error is not None:
-        typer.echo(f"{run.address}: auto-replies not sent: {printable(report.replies.error)}", err=True)
-
-
-def _outcome_parts(report: ImportReport) -> list[str]:
-    """The archive, bounce and auto-reply figures of a pass, those that are not 0."""
-    from mailops.runtime.autoreply import REPLY_WITHIN
-
-    parts = []
-    if report.archived:
-        parts.append(f"; archived {report.archived}")
-    if report.bounced:
-        parts.append(f"; {report.bounced} bounce(s) marked in the outbox")
-    if report.reports_unmatched:
-        parts.append(f"; {report.reports_unmatched} delivery report(s) matching no outbox entry (archived)")
-    if report.reports_other:
-        parts.append(f"; {report.reports_other} delivery report(s) of a delay or success")
-    replies = report.replies
-    if replies is not None:
-        counts = [
-            f"{count} {what}"
-            for count, what in (
-                (replies.sent, "sent"),
-                (replies.failed, "failed"),
-                (replies.automatic, "not to automatic mail or our own addresses"),
-                (replies.answered_today, "not to senders answered today"),
-                (replies.too_old, f"not to mail older than {REPLY_WITHIN.days} days"),
-            )
-            if count
-        ]
-        if counts:
-            parts.append(f"; auto-replies: {', '.join(counts)}")
-    return parts
-
-
-def _retention_parts(retention: RetentionReport) -> list[str]:
-    parts = []
-    if retention.purged:
-        parts.append(f"; purged {retention.purged} from the archive (older than {retention.retention_days} days)")
-    if retention.kept_open:
-        parts.append(f"; {retention.kept_open} past the retention kept for their open ticket")
-    return parts
 
 
 # -- tickets list|show ------------------------------------------------------------------------------

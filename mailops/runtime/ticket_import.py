@@ -13,11 +13,21 @@ The order of things, and why it loses and doubles nothing:
    size and Message-ID of a batch, so that mail before ``import_since`` and mail stored already
    is never downloaded; then the rest with ``UID FETCH … BODY.PEEK[]``, which leaves ``\\Seen``
    alone. A batch is also bounded in bytes: memory depends on the batch, not on the mailbox.
-3. Per message: write the raw .eml (synced and renamed into place), then commit in ONE
-   transaction the ticket (new in the default queue and project, closed with ``auto_close``, or
-   the thread's ticket when In-Reply-To/References name a stored message), its index row and
-   the folder's highest UID. A crash before the commit leaves the message for the next run
-   (the raw file is simply written again); after it, the message is done.
+3. Per downloaded batch: write the raw .eml files (each synced before it is renamed into place,
+   the directories synced after), then commit in ONE transaction each message's ticket (new in
+   the default queue and project, closed with ``auto_close``, or the thread's ticket when
+   In-Reply-To/References name a stored message, also one earlier in the batch), its index row,
+   and the folder's highest UID. The batch commits whole or not at all, so each message is
+   imported entirely or not at all: a crash before the commit leaves the batch for the next run
+   (the raw files are simply found or written again); after it, the batch is done. A message
+   with writes of its own (a DSN marking its outbox entry, an auto-reply claim) is committed alone
+   and in its order, the batch's messages before it first: those are few (a reply goes only to
+   mail of the last days, never to a backlog), and they touch rows other processes write too. If
+   a message of a batch turns out stored already (another worker, or the same mail twice in the
+   batch), the batch is recorded again without it (one message at a time if that fails too).
+   A batch is stored on a thread of its own while the next one is downloaded, so that waiting for
+   the disk overlaps with waiting for the server; batches are stored one at a time and in order,
+   and the pass waits for one to be stored before it stores anything after it (or ends).
 4. With ``delete_after_import``, delete on the server only what is committed: the index rows
    marked for deletion, by UID, after each batch (and those an interrupted run left, first).
    A crash between the delete and its record deletes again next time; a UID that is gone
@@ -37,38 +47,34 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
+import re
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from imapclient import IMAPClient
-
-from mailops.engine.verify import endpoints, timeouts_of
 from mailops.errors import MailopsError
-from mailops.providers.base import CredentialContext, provider_for
-from mailops.runtime.autoreply import AutoReplier, ReplyCounts
-from mailops.runtime.bounces import bounce_of
-from mailops.runtime.dsn import read_delivery_report
 from mailops.runtime.faults import crash_point
-from mailops.runtime.headers import message_id_in_header, read_headers
 from mailops.runtime.rawstore import RawStore
-from mailops.settings import Settings
-from mailops.spec import LoadedSpec
-from mailops.spec.models import Account
-from mailops.state.store import StateStore
-from mailops.state.tickets import AlsoRecord, NewMessage, ServerState, SyncPoint, Tickets, message_key, raw_key
-from mailops.transport.connection import Credential
+from mailops.state.tickets import NewMessage, Recorded, Recording, ServerState, SyncPoint, Tickets
 from mailops.transport.failures import FailureClass, TransportError
-from mailops.transport.imap import (
-    MailboxStatus,
-    MessageSummary,
-    delete_by_uid,
-    fetch_raw,
-    fetch_summaries,
-    imap_session,
-    open_mailbox,
-    uids_between,
-)
+
+if TYPE_CHECKING:
+    from imapclient import IMAPClient
+
+    from mailops.providers.base import CredentialContext
+    from mailops.runtime.autoreply import AutoReplier, ReplyCounts, _Claim
+    from mailops.runtime.bounces import BounceWrite
+    from mailops.runtime.headers import MessageHeaders
+    from mailops.settings import Settings
+    from mailops.spec import LoadedSpec
+    from mailops.spec.models import Account
+    from mailops.state.store import StateStore
+    from mailops.state.tickets import AlsoRecord
+    from mailops.transport.connection import Credential
+    from mailops.transport.imap import MailboxStatus, MessageSummary
 
 FOLDER = "INBOX"
 BATCH_MESSAGES = 200  # messages per UID FETCH
@@ -113,18 +119,31 @@ def import_mail(
     context: CredentialContext,
     *,
     stop: threading.Event | None = None,
-    batch_messages: int = BATCH_MESSAGES,
+    batch_messages: int | None = None,
 ) -> ImportReport:
     """Import the new mail of ``account``'s INBOX (see the module doc); ``stop`` ends the pass after the
-    current batch. Failures come out as :class:`TransportError`."""
+    current batch; ``batch_messages`` defaults to :data:`BATCH_MESSAGES`. Failures come out as
+    :class:`TransportError`."""
+    # Imported here, not at the top: a pass that finds nothing new should not pay for more than it uses.
+    from mailops.transport.connection import Endpoint, Timeouts
+    from mailops.transport.imap import imap_session
+
     credential = _credential(account, context)
-    imap, _smtp = endpoints(account)
-    replier = AutoReplier(account, loaded, store, settings) if account.autoreply.enabled else None
+    assert account.imap is not None  # filled by the spec loader
+    imap = Endpoint(account.imap.host, account.imap.port, account.imap.encryption)
+    timeouts = Timeouts(connect=settings.connect_timeout, command=settings.command_timeout)
+    replier = None
+    if account.autoreply.enabled:
+        from mailops.runtime.autoreply import AutoReplier
+
+        replier = AutoReplier(account, loaded, store, settings)
+    batch = batch_messages or BATCH_MESSAGES
     local_failure: MailopsError | None = None
     try:
-        with imap_session(imap, credential, timeouts_of(settings), settings.ca_file) as client:
+        with imap_session(imap, credential, timeouts, settings.ca_file) as client:
+            _quiet_imaplib(client)
             try:
-                return _Import(account, store, raw_store, client, stop, batch_messages, replier).run()
+                return _Import(account, store, raw_store, client, stop, batch, replier).run()
             except TransportError:
                 raise
             except MailopsError as exc:  # the state or the raw store: raised here, the session would call it IMAP's
@@ -136,13 +155,55 @@ def import_mail(
     raise local_failure
 
 
+def _quiet_imaplib(client: IMAPClient) -> None:
+    """imapclient turns imaplib's debug output on (to its logger "imapclient.imaplib"), and imaplib then
+    formats every line it reads, the bytes of each message included, whether anything logs it or not:
+    that took longer than reading the mail. Off, unless that logger is set to show it."""
+    if not logging.getLogger("imapclient.imaplib").isEnabledFor(logging.DEBUG):
+        client._imap.debug = 0
+
+
 def _credential(account: Account, context: CredentialContext) -> Credential:
+    from mailops.providers.base import provider_for
+
     try:
         return provider_for(account.provider).credential(account, context)
     except TransportError:
         raise
     except Exception as exc:  # noqa: BLE001 - a secret that cannot be read fails this account, not the run
         raise TransportError(FailureClass.SECRET, f"the credential of {account.address}: {exc}") from None
+
+
+@dataclass
+class _Mail:
+    """A downloaded message, read and judged, on its way into the store."""
+
+    summary: MessageSummary
+    raw: bytes
+    headers: MessageHeaders
+    received_at: dt.datetime
+    ticket: bool  # it becomes a ticket's (not a DSN, and ticket import is on)
+    archive: bool
+    keep_raw: bool  # its .eml is kept (a ticket, an archive entry, a DSN)
+    bounce: BounceWrite | None  # a DSN's writes
+    reply: _Claim | None  # an auto-reply claim
+
+    @property
+    def also(self) -> list[AlsoRecord]:
+        """The writes of its own, beyond its rows: such a message is committed alone."""
+        return [write for write in (self.bounce, self.reply) if write is not None]
+
+
+# The blank line that ends a message's header (LF, CRLF or CR line ends; mixed too): every match is one
+# that a header parser stops at, so what comes before the first one holds the whole header.
+_HEADER_END = re.compile(rb"\n\r?\n|\r\r")
+
+
+def header_of(raw: bytes) -> bytes:
+    """The header of the message ``raw`` with the blank line that ends it (all of ``raw`` without one):
+    parsing it yields the header fields that parsing the whole message would, without reading the body."""
+    end = _HEADER_END.search(raw)
+    return raw if end is None else raw[: end.end()]
 
 
 class _Import:
@@ -166,8 +227,13 @@ class _Import:
         self.report = ImportReport(account.address, replies=replier.counts if replier is not None else None)
         self.box: MailboxStatus
         self.sync: SyncPoint
+        self.advanced = 0  # the highest UID that a commit of this pass moved the folder's mark to
+        self._storer: ThreadPoolExecutor | None = None
+        self._pending: tuple[Future[list[Recorded | None]], list[_Mail]] | None = None  # on the store's thread
 
     def run(self) -> ImportReport:
+        from mailops.transport.imap import open_mailbox
+
         self.box = open_mailbox(self.client, FOLDER, writable=self.deleting)
         self.sync = self.tickets.start_sync(
             self.account.address, FOLDER, self.box.uidvalidity, self.settings.import_since
@@ -175,35 +241,86 @@ class _Import:
         self.report.resynced_from = self.sync.previous_uidvalidity
         self.report.rescanned = self.sync.rescan
         self._delete_stored()  # what an interrupted pass stored but did not delete yet
+        # One thread stores a batch (files synced, then its transaction) while this one reads the next:
+        # the waits for the disk overlap with those for the server. Leaving the block waits for it.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailops-store") as storer:
+            self._storer = storer
+            self._scan()
+            self._settle()
+        self._delete_stored()  # what the last batch stored
+        return self.report
+
+    def _scan(self) -> None:
+        from mailops.transport.imap import uids_between
+
         last = self.box.uidnext - 1  # mail arriving meanwhile gets a higher UID: the next pass takes it
         for first in range(self.sync.last_uid + 1, last + 1, WINDOW_UIDS):
             window_end = min(first + WINDOW_UIDS - 1, last)
             uids = uids_between(self.client, first, window_end)
             for start in range(0, len(uids), self.batch_messages):
-                batch = uids[start : start + self.batch_messages]
-                self._import_batch(batch)
-                self.tickets.advance(self.account.address, FOLDER, self.box.uidvalidity, batch[-1])
-                self._delete_stored()
+                self._import_batch(uids[start : start + self.batch_messages])
+                self._delete_stored()  # what is committed so far (this batch's, after the next one)
                 if self.replier is not None:
                     self.replier.send()
                 if self.stop is not None and self.stop.is_set():
                     self.report.stopped = True
-                    return self.report
+                    return
             # No message can appear at a UID below UIDNEXT later: the window's gaps are done too.
-            self.tickets.advance(self.account.address, FOLDER, self.box.uidvalidity, window_end)
-        return self.report
+            self._queue_group([], advance_to=window_end)
+
+    def _advance(self, uid: int) -> None:
+        """Every UID up to ``uid`` is dealt with; a commit that recorded ``uid`` itself said so already."""
+        if uid > self.advanced:
+            self.tickets.advance(self.account.address, FOLDER, self.box.uidvalidity, uid)
+            self.advanced = uid
 
     def _import_batch(self, uids: list[int]) -> None:
+        """Import the messages ``uids``, and move the folder's mark past the last: each part's messages go to
+        the store's thread (:meth:`_queue_group`) and are stored while the next part is read."""
+        from mailops.transport.imap import fetch_raw, fetch_summaries
+
         wanted = self._not_stored(fetch_summaries(self.client, uids))
-        for part in _by_size(wanted, BATCH_BYTES):
-            raws = fetch_raw(self.client, [summary.uid for summary in part])
-            crash_point("after-fetch")
+        parts = list(_by_size(wanted, BATCH_BYTES)) or [[]]
+        for number, part in enumerate(parts, 1):
+            raws = {}
+            if part:
+                raws = fetch_raw(self.client, [summary.uid for summary in part])
+                crash_point("after-fetch")
+            group: list[_Mail] = []
             for summary in part:
-                raw = raws.pop(summary.uid, None)  # dropped as soon as it is stored
+                raw = raws.pop(summary.uid, None)
                 if raw is None:
                     self.report.vanished += 1
                     continue
-                self._import_one(summary, raw)
+                mail = self._read(summary, raw)
+                if mail.also:  # committed alone, in its order: what came before it first
+                    self._queue_group(group)
+                    group = []
+                    self._settle()
+                    self._store_alone(mail)
+                else:
+                    group.append(mail)
+            self._queue_group(group, advance_to=uids[-1] if number == len(parts) else None)
+
+    def _queue_group(self, group: list[_Mail], *, advance_to: int | None = None) -> None:
+        """Store ``group`` (and then move the folder's mark to ``advance_to``) on the store's thread, once what
+        it stores now is done: one group at a time, in order."""
+        self._settle()
+        assert self._storer is not None  # set for the whole scan
+        self._pending = (self._storer.submit(self._store_group, group, advance_to), group)
+
+    def _settle(self) -> None:
+        """Wait for the group on the store's thread; raise its failure, or count what it stored."""
+        if self._pending is None:
+            return
+        future, group = self._pending
+        self._pending = None
+        for mail, recorded in zip(group, future.result(), strict=True):
+            if recorded is None:  # stored meanwhile (another worker, or the same mail twice in the batch)
+                self.report.already_stored += 1
+                continue
+            crash_point("after-commit")
+            self._count(mail, recorded)
 
     def _not_stored(self, summaries: list[MessageSummary]) -> list[MessageSummary]:
         """The summaries worth downloading: on or after import_since, and not stored already.
@@ -212,10 +329,12 @@ class _Import:
         UIDVALIDITY change, is moved there, so that it is deleted (only when the size matches:
         the same Message-ID on different content is not the message that was stored).
         """
+        from mailops.state.tickets import message_key
+
         since = self.settings.import_since
         keys: dict[int, str] = {}
         for summary in summaries:
-            message_id = message_id_in_header(summary.message_id_header)
+            message_id = _message_id_in(summary.message_id_header)
             if message_id is not None:
                 keys[summary.uid] = message_key(message_id)
         known = self.tickets.known(self.account.address, sorted(set(keys.values())))
@@ -236,70 +355,152 @@ class _Import:
         self.tickets.relocate(moves, self.box.uidvalidity)
         return wanted
 
-    def _import_one(self, summary: MessageSummary, raw: bytes) -> None:
-        headers = read_headers(raw)
+    def _read(self, summary: MessageSummary, raw: bytes) -> _Mail:
+        """What ``raw`` is and what becomes of it; reads its header only, and the whole of it only when
+        the header may be a delivery report's."""
+        from mailops.runtime.headers import read_headers
+
+        head = header_of(raw)
         received_at = summary.internal_date.astimezone(dt.UTC)
-        report = read_delivery_report(raw)  # None: not a DSN
+        report = None
+        if b"report" in head.lower():  # multipart/report: only then is it worth parsing the whole message
+            from mailops.runtime.dsn import read_delivery_report
+
+            report = read_delivery_report(raw)  # None: not a DSN
         ticket = self.settings.enabled and report is None
         archive = self.account.archive.enabled
-        keep_raw = ticket or archive or report is not None
-        sha256 = self.raw_store.put(raw) if keep_raw else hashlib.sha256(raw).hexdigest()
-        crash_point("after-raw-write")
-        dedupe_key = message_key(headers.message_id) if headers.message_id else raw_key(sha256)
-        also: list[AlsoRecord] = []
-        bounce = bounce_of(report, self.account.address, received_at) if report is not None else None
-        if bounce is not None:
-            also.append(bounce)
+        bounce = None
+        if report is not None:
+            from mailops.runtime.bounces import bounce_of
+
+            bounce = bounce_of(report, self.account.address, received_at)
+        headers = read_headers(head)
         reply = None
         if report is None and self.replier is not None:
-            reply = self.replier.consider(raw, received_at, dedupe_key)
-            if reply is not None:
-                also.append(reply)
+            reply = self.replier.consider(head, received_at, _dedupe_key(headers.message_id, raw))
+        keep_raw = ticket or archive or report is not None
+        return _Mail(summary, raw, headers, received_at, ticket, archive, keep_raw, bounce, reply)
+
+    def _store_group(self, group: list[_Mail], advance_to: int | None) -> list[Recorded | None]:
+        """On the store's thread: ``group``'s .eml files stored durably, then its messages in one transaction
+        (see the module doc), then the folder's mark moved to ``advance_to``. What each message became."""
+        results: list[Recorded | None] = []
+        if group:
+            hashes = iter(self.raw_store.put_many([mail.raw for mail in group if mail.keep_raw]))
+            recordings = []
+            for mail in group:
+                sha256 = next(hashes) if mail.keep_raw else hashlib.sha256(mail.raw).hexdigest()
+                crash_point("after-raw-write")
+                recordings.append(self._recording(mail, sha256))
+            results = self._record_together(group, recordings)
+        if advance_to is not None:
+            self._advance(advance_to)
+        return results
+
+    def _record_together(self, group: list[_Mail], recordings: list[Recording]) -> list[Recorded | None]:
+        """``group``'s messages in one transaction; None for those stored already. When one is (another
+        worker, or the same mail twice in the batch), the group goes again without them, and one by one
+        only if it fails again."""
+        for attempt in range(2):
+            chosen = list(range(len(group)))
+            if attempt:
+                stored = self.tickets.known(self.account.address, [r.message.dedupe_key for r in recordings])
+                keys: set[str] = set()
+                chosen = []
+                for index, recording in enumerate(recordings):
+                    key = recording.message.dedupe_key
+                    if key not in stored and key not in keys:  # of the same mail twice, the first goes in
+                        keys.add(key)
+                        chosen.append(index)
+            recorded = self.tickets.record_group(
+                [recordings[index] for index in chosen],
+                queue=self.settings.default_queue,
+                project=self.settings.default_project,
+                close=self.settings.auto_close,
+            )
+            if recorded is not None:
+                results: list[Recorded | None] = [None] * len(group)
+                for index, result in zip(chosen, recorded, strict=True):
+                    results[index] = result
+                    self.advanced = max(self.advanced, recordings[index].message.uid)
+                self._restore_purged([group[i] for i in chosen], [recordings[i] for i in chosen])
+                return results
+        return [self._record(mail, recording) for mail, recording in zip(group, recordings, strict=True)]
+
+    def _store_alone(self, mail: _Mail) -> None:
+        """Store one message with writes of its own: its .eml, then its own transaction."""
+        sha256 = self.raw_store.put(mail.raw) if mail.keep_raw else hashlib.sha256(mail.raw).hexdigest()
+        crash_point("after-raw-write")
+        recorded = self._record(mail, self._recording(mail, sha256))
+        if recorded is None:
+            self.report.already_stored += 1
+            return
+        crash_point("after-commit")
+        self._count(mail, recorded)
+
+    def _recording(self, mail: _Mail, sha256: str) -> Recording:
+        from mailops.state.tickets import message_key
+
+        headers = mail.headers
         message = NewMessage(
             account=self.account.address,
             folder=FOLDER,
             uidvalidity=self.box.uidvalidity,
-            uid=summary.uid,
-            dedupe_key=dedupe_key,
+            uid=mail.summary.uid,
+            dedupe_key=_dedupe_key(headers.message_id, mail.raw, sha256),
             message_id=headers.message_id,
             sender=headers.sender,
             to=headers.to,
             cc=headers.cc,
             subject=headers.subject,
             sent_at=headers.sent_at,
-            received_at=received_at,
-            size=len(raw),
+            received_at=mail.received_at,
+            size=len(mail.raw),
             raw_sha256=sha256,
             thread_keys=tuple(message_key(answered) for answered in headers.answers),
         )
+        # Mail that is not kept stays on the server.
+        return Recording(message, mail.ticket, mail.archive, mail.keep_raw, self.deleting and mail.keep_raw)
+
+    def _record(self, mail: _Mail, recording: Recording) -> Recorded | None:
+        """One message's own transaction (:meth:`Tickets.record`); None when it is stored already (another
+        worker, or a Message-ID the server's look missed)."""
         recorded = self.tickets.record(
-            message,
+            recording.message,
             queue=self.settings.default_queue,
             project=self.settings.default_project,
             close=self.settings.auto_close,
-            delete_on_server=self.deleting and keep_raw,  # mail that is not kept stays on the server
-            ticket=ticket,
-            archive=archive,
-            raw_kept=keep_raw,
-            also=also,
+            delete_on_server=recording.delete_on_server,
+            ticket=recording.ticket,
+            archive=recording.archive,
+            raw_kept=recording.raw_kept,
+            also=mail.also,
         )
-        if recorded is None:  # stored meanwhile (another worker, or a Message-ID the server's look missed)
-            self.report.already_stored += 1
-            return
-        if keep_raw and not self.raw_store.has(sha256):  # a retention purge took the shared file meanwhile
-            self.raw_store.put(raw)
-        crash_point("after-commit")
+        if recorded is not None:
+            self.advanced = max(self.advanced, recording.message.uid)
+            self._restore_purged([mail], [recording])
+        return recorded
+
+    def _restore_purged(self, mails: list[_Mail], recordings: list[Recording]) -> None:
+        """A retention purge may have taken a shared file between the write and the commit: write it again."""
+        kept = {r.message.raw_sha256: mail.raw for mail, r in zip(mails, recordings, strict=True) if mail.keep_raw}
+        gone = self.raw_store.missing(list(kept))
+        if gone:
+            self.raw_store.put_many([kept[sha256] for sha256 in sorted(gone)])
+
+    def _count(self, mail: _Mail, recorded: Recorded) -> None:
         self.report.imported += 1
         if recorded.new_ticket:
             self.report.new_tickets += 1
         elif recorded.ticket_id is not None:
             self.report.joined += 1
-        if archive or (bounce is not None and bounce.outbox_id is None):
+        bounce = mail.bounce
+        if mail.archive or (bounce is not None and bounce.outbox_id is None):
             self.report.archived += 1
         if bounce is not None:
             self._count_bounce(bounce.outbox_id, bounce.is_failure)
-        if reply is not None and self.replier is not None:
-            self.replier.claimed(reply)
+        if mail.reply is not None and self.replier is not None:
+            self.replier.claimed(mail.reply)
 
     def _count_bounce(self, outbox_id: int | None, failure: bool) -> None:
         if outbox_id is None:
@@ -313,6 +514,8 @@ class _Import:
         """Delete on the server what is stored and marked for deletion, and record that it is gone."""
         if not self.deleting:
             return
+        from mailops.transport.imap import delete_by_uid
+
         while True:
             pending = self.tickets.pending_deletions(
                 self.account.address, FOLDER, self.box.uidvalidity, limit=DELETE_CHUNK
@@ -327,6 +530,30 @@ class _Import:
                 return
             self.tickets.mark_deleted([row for row, _uid in pending])
             self.report.deleted += len(pending)
+
+
+# The Message-ID header as nearly every message has it: one line, one <id> of printable ASCII.
+_PLAIN_MESSAGE_ID = re.compile(rb"Message-ID:[ \t]*(<[!-;=?-~]{1,996}>)[ \t]*\r?\n(?:\r?\n)?", re.IGNORECASE)
+
+
+def _message_id_in(header_lines: bytes) -> str | None:
+    """:func:`mailops.runtime.headers.message_id_in_header`, without parsing the header where it is plain:
+    what the parser would make of such a line is its <id> as it stands (no encoded words in it)."""
+    plain = _PLAIN_MESSAGE_ID.fullmatch(header_lines)
+    if plain is not None and b"=?" not in plain.group(1):
+        return plain.group(1).decode("ascii")
+    from mailops.runtime.headers import message_id_in_header
+
+    return message_id_in_header(header_lines)
+
+
+def _dedupe_key(message_id: str | None, raw: bytes, sha256: str | None = None) -> str:
+    """What makes a message the same as a stored one: its Message-ID, else its bytes."""
+    from mailops.state.tickets import message_key, raw_key
+
+    if message_id:
+        return message_key(message_id)
+    return raw_key(sha256 or hashlib.sha256(raw).hexdigest())
 
 
 def _by_size(summaries: Sequence[MessageSummary], limit: int) -> Iterator[list[MessageSummary]]:

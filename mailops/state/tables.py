@@ -236,3 +236,31 @@ class BounceRow(Base):
     error_class: Mapped[str | None] = mapped_column(String(40), default=None)
     recipients: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # every recipient the report names
     received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LeaseRow(Base):
+    """Which worker (`mailops run` process) works on an account, until when: one row per account, and on
+    SQLite one row for the whole store (``resource`` ``*``). A free lease has no owner; an expired one is
+    free to take over (see mailops.state.leases)."""
+
+    __tablename__ = "leases"
+
+    resource: Mapped[str] = mapped_column(String(320), primary_key=True)  # an address, lower-cased, or "*"
+    owner_host: Mapped[str | None] = mapped_column(String(200), default=None)
+    owner_pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    owner_token: Mapped[str | None] = mapped_column(String(32), default=None)  # tells processes with one pid apart
+    acquired_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class WorkerRow(Base):
+    """A worker sharing the accounts of a PostgreSQL store, renewed with its leases: the live ones
+    (``expires_at`` not past) decide each worker's fair share."""
+
+    __tablename__ = "workers"
+
+    token: Mapped[str] = mapped_column(String(32), primary_key=True)  # LeaseRow.owner_token
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))

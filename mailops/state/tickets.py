@@ -4,7 +4,10 @@ The importer (:mod:`mailops.runtime.ticket_import`) records each message in one 
 its ticket (new, or the thread it answers; none for an account without ticket import, or for a
 delivery report), its index row (an archive entry too, where the account archives), whatever else
 belongs to the message (a bounce, an auto-reply claim) and the highest UID of its folder dealt
-with. What makes a message the same as one already stored is its ``dedupe_key`` (see
+with. Plain mail (nothing else to write) is recorded a group at a time (:meth:`Tickets.record_group`):
+one transaction holds each message's ticket and row, and the group commits whole or not at all, so
+each message is still imported entirely or not at all, for one commit instead of one per message.
+What makes a message the same as one already stored is its ``dedupe_key`` (see
 :func:`message_key`), unique per account in the database: a message is never imported twice,
 even by two workers at once or after a crash at any point.
 """
@@ -16,9 +19,9 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -29,6 +32,8 @@ if TYPE_CHECKING:
     from mailops.state.store import StateStore
 
 QUERY_CHUNK = 500  # SQLite's bound on query parameters
+# The tables, for inserts of a group: the ORM's bulk path for an entity costs more per row than the row.
+_MESSAGES, _TICKETS = cast(Table, MessageRow.__table__), cast(Table, TicketRow.__table__)
 
 
 class TicketStatus(StrEnum):
@@ -128,8 +133,19 @@ class NewMessage:
 
 
 @dataclass(frozen=True)
+class Recording:
+    """A message of a group for :meth:`Tickets.record_group`, with what :meth:`Tickets.record` takes for one."""
+
+    message: NewMessage
+    ticket: bool  # it is a ticket's (new, or the one of its thread)
+    archive: bool
+    raw_kept: bool
+    delete_on_server: bool
+
+
+@dataclass(frozen=True)
 class Recorded:
-    message_row: int
+    message_row: int | None  # None: recorded in a group, whose row ids are not read back
     ticket_id: int | None  # None: the message is no ticket's
     new_ticket: bool
 
@@ -244,8 +260,10 @@ class Tickets:
                 rescan = _scanned_less(import_since, row.import_since)
                 if rescan:
                     row.last_uid = 0
-                # A later date narrows what the rest of the scan takes: the stored one must say so.
-                row.import_since, row.updated_at = import_since, now
+                # A later date narrows what the rest of the scan takes: the stored one must say so. Written
+                # only when it changes: a pass that finds nothing new then commits nothing (no disk sync).
+                if rescan or row.import_since != import_since:
+                    row.import_since, row.updated_at = import_since, now
                 return SyncPoint(uidvalidity, row.last_uid, rescan=rescan)
         except IntegrityError:  # another worker made the row first
             return self.start_sync(account, folder, uidvalidity, import_since)
@@ -253,16 +271,23 @@ class Tickets:
     def known(self, account: str, keys: Sequence[str]) -> dict[str, KnownMessage]:
         """The messages of ``account`` already stored, by dedupe key, among ``keys``."""
         found: dict[str, KnownMessage] = {}
+        if not keys:
+            return found
+        # The columns it needs, not the rows: asked for every batch, and whole rows cost more to load.
+        columns = (
+            MessageRow.id,
+            MessageRow.dedupe_key,
+            MessageRow.size,
+            MessageRow.uidvalidity,
+            MessageRow.uid,
+            MessageRow.server_state,
+        )
         with self._store.session() as session:
             for start in range(0, len(keys), QUERY_CHUNK):
                 chunk = list(keys[start : start + QUERY_CHUNK])
-                query = select(MessageRow).where(
-                    MessageRow.account == account.lower(), MessageRow.dedupe_key.in_(chunk)
-                )
-                for row in session.scalars(query):
-                    found[row.dedupe_key] = KnownMessage(
-                        row.id, row.dedupe_key, row.size, row.uidvalidity, row.uid, row.server_state
-                    )
+                query = select(*columns).where(MessageRow.account == account.lower(), MessageRow.dedupe_key.in_(chunk))
+                for row_id, key, size, uidvalidity, uid, server_state in session.execute(query):
+                    found[key] = KnownMessage(row_id, key, size, uidvalidity, uid, server_state)
         return found
 
     def record(
@@ -341,6 +366,118 @@ class Tickets:
             if row_written:  # not the dedupe key: something else is wrong, and nothing was stored
                 raise
             return None
+
+    def record_group(
+        self, group: Sequence[Recording], *, queue: str | None, project: str | None, close: bool
+    ) -> list[Recorded] | None:
+        """Store the messages of ``group`` (one account's and folder's, in UID order, none with writes of
+        its own beyond its rows) in ONE transaction, each as :meth:`record` would, in order: a reply joins
+        the ticket of its thread also when that came earlier in the group. The highest UID moves to the
+        group's last. None when a message of the group is stored already (its dedupe key is taken): then
+        nothing is changed (:meth:`known` tells which ones are).
+
+        Core statements, not the ORM, and a few for the whole group: per message, the ORM's unit of work
+        costs more than the mail's own parsing.
+        """
+        if not group:
+            return []
+        first = group[0].message
+        account, folder, uidvalidity = first.account.lower(), first.folder, first.uidvalidity
+        now = utcnow()
+        try:
+            with self._store.session() as session:
+                wanted = {key for item in group if item.ticket for key in item.message.thread_keys[:QUERY_CHUNK]}
+                stored = self._tickets_by_key(session, account, sorted(wanted))
+                # A ticket of this group is ("new", its index among the new ones); a stored one ("stored", id).
+                in_group: dict[str, tuple[str, int]] = {}
+                chosen: list[tuple[str, int] | None] = []
+                opens: list[bool] = []  # the message opens its ticket
+                new_subjects: list[str] = []
+                for item in group:
+                    ticket: tuple[str, int] | None = None
+                    if item.ticket:
+                        for key in item.message.thread_keys[:QUERY_CHUNK]:  # the nearest message named wins
+                            if key in in_group:
+                                ticket = in_group[key]
+                                break
+                            if key in stored:
+                                ticket = ("stored", stored[key])
+                                break
+                    opens.append(item.ticket and ticket is None)
+                    if opens[-1]:
+                        ticket = ("new", len(new_subjects))
+                        new_subjects.append(item.message.subject)
+                    if ticket is not None:
+                        in_group[item.message.dedupe_key] = ticket
+                    chosen.append(ticket)
+                new_ids = self._new_tickets(session, account, new_subjects, queue, project, close, now)
+                rows, results = [], []
+                for item, ticket, opened in zip(group, chosen, opens, strict=True):
+                    ticket_id = None if ticket is None else new_ids[ticket[1]] if ticket[0] == "new" else ticket[1]
+                    rows.append(_row_values(item, account, ticket_id, now))
+                    results.append(Recorded(None, ticket_id, opened))
+                session.execute(insert(_MESSAGES), rows)  # the unique dedupe key is checked here
+                answered = sorted({ticket[1] for ticket in chosen if ticket is not None and ticket[0] == "stored"})
+                self._touch(session, answered, close, now)
+                last = max(item.message.uid for item in group)
+                session.execute(_advance(account, folder, uidvalidity, last, now))
+                return results
+        except IntegrityError:
+            return None
+
+    @staticmethod
+    def _tickets_by_key(session: Session, account: str, keys: Sequence[str]) -> dict[str, int]:
+        """The tickets of the stored messages of ``account`` among ``keys``, by dedupe key."""
+        found: dict[str, int] = {}
+        for start in range(0, len(keys), QUERY_CHUNK):
+            query = select(MessageRow.dedupe_key, MessageRow.ticket_id).where(
+                MessageRow.account == account,
+                MessageRow.dedupe_key.in_(keys[start : start + QUERY_CHUNK]),
+                MessageRow.ticket_id.is_not(None),
+            )
+            for key, ticket_id in session.execute(query):
+                if ticket_id is not None:  # the query says so; the type cannot
+                    found[key] = ticket_id
+        return found
+
+    @staticmethod
+    def _new_tickets(
+        session: Session,
+        account: str,
+        subjects: Sequence[str],
+        queue: str | None,
+        project: str | None,
+        close: bool,
+        now: dt.datetime,
+    ) -> list[int]:
+        """Insert one ticket per subject; their ids, in order."""
+        if not subjects:
+            return []
+        status = (TicketStatus.CLOSED if close else TicketStatus.OPEN).value
+        values = [
+            {
+                "account": account,
+                "queue": queue,
+                "project": project,
+                "status": status,
+                "subject": subject,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for subject in subjects
+        ]
+        statement = insert(_TICKETS).returning(_TICKETS.c.id, sort_by_parameter_order=True)
+        return [int(ticket_id) for ticket_id in session.scalars(statement, values)]
+
+    @staticmethod
+    def _touch(session: Session, ticket_ids: Sequence[int], close: bool, now: dt.datetime) -> None:
+        """Stored tickets that got a reply: updated now, and reopened unless ``close`` (auto_close)."""
+        for start in range(0, len(ticket_ids), QUERY_CHUNK):
+            chunk = list(ticket_ids[start : start + QUERY_CHUNK])
+            session.execute(update(TicketRow).where(TicketRow.id.in_(chunk)).values(updated_at=now))
+            if not close:
+                reopen = TicketRow.id.in_(chunk), TicketRow.status == TicketStatus.CLOSED.value
+                session.execute(update(TicketRow).where(*reopen).values(status=TicketStatus.OPEN.value))
 
     @staticmethod
     def _thread_of(session: Any, account: str, thread_keys: Sequence[str]) -> TicketRow | None:
@@ -446,6 +583,32 @@ class Tickets:
             query = query.where(MessageRow.account == account.lower())
         with self._store.session() as session:
             return [message_view(row) for row in session.scalars(query)]
+
+
+def _row_values(item: Recording, account: str, ticket_id: int | None, now: dt.datetime) -> dict[str, Any]:
+    """The index row of a message of a group, as :meth:`Tickets.record` writes it."""
+    message = item.message
+    return {
+        "account": account,
+        "folder": message.folder,
+        "uidvalidity": message.uidvalidity,
+        "uid": message.uid,
+        "dedupe_key": message.dedupe_key,
+        "message_id": message.message_id,
+        "sender": message.sender,
+        "to_addresses": list(message.to),
+        "cc_addresses": list(message.cc),
+        "subject": message.subject,
+        "sent_at": _utc(message.sent_at),
+        "received_at": message.received_at.astimezone(dt.UTC),
+        "size": message.size,
+        "raw_sha256": message.raw_sha256,
+        "ticket_id": ticket_id,
+        "imported_at": now,
+        "server_state": (ServerState.DELETE_PENDING if item.delete_on_server else ServerState.KEPT).value,
+        "archive_state": ArchiveState.ARCHIVED.value if item.archive else None,
+        "raw_kept": item.raw_kept,
+    }
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
