@@ -9,11 +9,11 @@ after every 97th mail, which was throttled.
 
 Measured, one after the other in this process:
 (1) `load_store`: the whole outbox read from SQLite into the analysis frame
-    (mailops.outbox.analysis). Printed, not judged: the frame is the explorer's input, and the
-    explorer takes a frame from any loader (store, export, seed log);
+    (mailops.outbox.analysis), as the notebook's explorer does when it opens;
 (2) opening the explorer on that frame: importing the widgets and the charts (ipywidgets,
     matplotlib) and `OutboxExplorer(frame)`, which draws the summary, the four charts and the
-    first page of the table;
+    first page of the table. Judged together with (1): a person running the notebook's cell
+    waits for both before the first table and charts appear;
 (3) changing a filter: each of a series of filter values set on the explorer's child widgets
     (`.value`, as a person or a test does), each redrawing summary, charts and table page. Each
     redraw is timed alone, with the part spent drawing the charts (mailops.outbox.charts) shown
@@ -203,7 +203,7 @@ def run(database: Path, config: Path, rows: int) -> int:
     # create=True: a database kept (--keep) from an older mailops is migrated first.
     frame = load_store(StateStore.open(settings.state_url, create=True))
     loaded = time.perf_counter() - started
-    print(f"(1) load_store of {len(frame):,} rows: {loaded:.2f} s (input, not judged here)")
+    print(f"(1) load_store of {len(frame):,} rows: {loaded:.2f} s")
 
     started = time.perf_counter()
     from mailops.notebook.explorer import OutboxExplorer
@@ -214,9 +214,9 @@ def run(database: Path, config: Path, rows: int) -> int:
     charts_imported = time.perf_counter()
     explorer = OutboxExplorer(frame, settings=settings)
     finished = time.perf_counter()
-    opened = finished - started
+    opened = loaded + (finished - started)  # what the person at the notebook waits for
     print(
-        f"(2) open the explorer: {opened:.2f} s (import ipywidgets {imported - started:.2f} s, matplotlib "
+        f"(2) open the explorer: {finished - started:.2f} s (import ipywidgets {imported - started:.2f} s, matplotlib "
         f"{charts_imported - imported:.2f} s; summary, 4 charts and the first page {finished - charts_imported:.2f} s)"
     )
     charting = _time_charts(explorer)
@@ -256,7 +256,7 @@ def run(database: Path, config: Path, rows: int) -> int:
         f"redraw after a filter change: median {statistics.median(times) * 1000:.0f} ms, worst {worst * 1000:.0f} ms "
         f"over {len(times)} changes (target: each under {REDRAW_TARGET * 1000:.0f} ms)"
     )
-    print(f"open: {opened:.2f} s (target: under {OPEN_TARGET:.0f} s) on {rows:,} rows")
+    print(f"open, loading included: {opened:.2f} s (target: under {OPEN_TARGET:.0f} s) on {rows:,} rows")
     print(f"load average (1 min) of this machine at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     if not ok:
         return 2
