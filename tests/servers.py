@@ -229,7 +229,8 @@ class Dovecot:
     With an identity provider on the user table: XOAUTH2 and OAUTHBEARER too (see the module doc).
     """
 
-    def __init__(self, root: Path, users: MailUsers, cert: Path, key: Path):
+    def __init__(self, root: Path, users: MailUsers, cert: Path, key: Path, *, extra_config: str = ""):
+        """``extra_config`` is appended to the generated dovecot.conf (e.g. to change the capabilities)."""
         self.root, self.users = root, users
         self.plain_port, self.tls_port = free_port(), free_port()
         self.config = root / "dovecot.conf"
@@ -315,7 +316,8 @@ service imap-login {{
     ssl = yes
   }}
 }}
-""",
+"""
+            + (f"{extra_config}\n" if extra_config else ""),
             encoding="utf-8",
         )
         self.process: subprocess.Popen | None = None
