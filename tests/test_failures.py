@@ -76,3 +76,23 @@ def test_server_bytes_are_shown_as_text() -> None:
 def test_control_characters_in_a_servers_reply_are_shown_escaped() -> None:
     error = classify(aiosmtplib.SMTPAuthenticationError(535, "5.7.8 \x1b]0;pwned\x07FAKE: all good\rOVERWRITE"), "smtp")
     assert error.summary() == "SMTP auth [535 5.7.8]: 5.7.8 \\x1b]0;pwned\\x07FAKE: all good\\rOVERWRITE"
+
+
+def test_a_connection_that_breaks_off_is_connection_lost_not_a_protocol_error() -> None:
+    import imaplib
+
+    lost = [
+        (imaplib.IMAP4.abort("command: FETCH => socket error: EOF"), "imap"),
+        (imaplib.IMAP4.abort("Disconnected for inactivity."), "imap"),  # the server's BYE
+        (ConnectionResetError(104, "Connection reset by peer"), "imap"),
+        (BrokenPipeError(32, "Broken pipe"), "smtp"),
+        (ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), "imap"),
+        (aiosmtplib.SMTPServerDisconnected("Unexpected EOF received"), "smtp"),
+    ]
+    for exc, protocol in lost:
+        error = classify(exc, protocol)
+        assert error.failure_class is FailureClass.CONNECTION_LOST, exc
+        assert error.remedy.startswith("The server closed the connection in the middle of the exchange")
+    # A server that answers in another protocol stays a protocol error.
+    other = classify(imaplib.IMAP4.abort("unexpected response: b'220 smtp.example.com ESMTP'"), "imap")
+    assert other.failure_class is FailureClass.PROTOCOL

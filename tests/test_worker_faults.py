@@ -177,7 +177,7 @@ def test_a_connection_cut_in_the_middle_of_a_fetch_imports_each_mail_once_on_the
     cut = run("run", "--once")
     assert proxy.cuts == 1  # the worker's connection was cut, in the middle of a message's body
     assert cut.exit_code == 1, cut.output
-    assert f"{support.address}: failed (" in cut.stderr and "1 of 1 account(s) failed." in cut.stderr
+    assert f"{support.address}: failed (connection_lost): " in cut.stderr and "1 of 1 account(s) failed." in cut.stderr
     assert f"{support.address}: imported" not in cut.stdout
 
     # Nothing half-imported: each index row has its file, each ticket its message, and a batch is all or nothing.

@@ -6,6 +6,13 @@ imported in the order `mailops --help` lists their commands.
 """
 
 # isort: skip_file
+import os
+
+# mailops uses no pydantic plugins; looking for them reads the metadata of every installed
+# distribution, tens of milliseconds on each start. The command and what it starts (the
+# console's kernels) inherit it; a user's own setting wins.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
 from mailops.cli import spec  # noqa: F401 - each module registers its commands
 from mailops.cli import reconcile  # noqa: F401
 from mailops.cli import accounts  # noqa: F401

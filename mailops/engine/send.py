@@ -311,7 +311,7 @@ async def _send_account(
                             continue
                         await asyncio.sleep(pause)
                         pause *= 2
-                        if error.failure_class in (FailureClass.CONNECT, FailureClass.TIMEOUT, FailureClass.PROTOCOL):
+                        if error.failure_class in _SESSION_GONE:
                             break  # the session is likely gone: open a new one
                         continue
                     pending.pop(0)
@@ -323,6 +323,9 @@ async def _send_account(
             if pending:
                 await asyncio.sleep(pause)
                 pause *= 2
+
+
+_SESSION_GONE = (FailureClass.CONNECT, FailureClass.TIMEOUT, FailureClass.PROTOCOL, FailureClass.CONNECTION_LOST)
 
 
 def _fail(job: _Job, error: TransportError, outbox: Outbox, recorder: _Recorder) -> bool:

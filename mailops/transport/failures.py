@@ -25,6 +25,7 @@ class FailureClass(StrEnum):
     TIMEOUT = "timeout"
     SECRET = "secret"
     PROTOCOL = "protocol"
+    CONNECTION_LOST = "connection_lost"
     NOT_DELIVERED = "not_delivered"
     LOCAL = "local"
     TOKEN = "token"  # the OAuth token is gone or refused: the account needs a person to reconnect it
@@ -68,6 +69,12 @@ REMEDIES: dict[FailureClass, str] = {
     FailureClass.PROTOCOL: (
         "The server answered in an unexpected way. Check that host and port belong to the right "
         "protocol (IMAP or SMTP) and see the server's text below."
+    ),
+    FailureClass.CONNECTION_LOST: (
+        "The server closed the connection in the middle of the exchange: a restart, a network drop, "
+        "or an idle or connection limit. Nothing stored is lost; the next try starts over (a mail being "
+        "sent at that moment may have arrived). If it keeps happening with one server, check its log "
+        "and its connection limits."
     ),
     FailureClass.NOT_DELIVERED: (
         "The server accepted the mail, but it did not arrive in the mailbox in time. Look for it in "
@@ -174,10 +181,16 @@ def classify(exc: BaseException, protocol: str) -> TransportError:
     return _classify_os(exc, protocol)
 
 
+# The peer went away after the connection was made (an EOF inside TLS is one too).
+_CONNECTION_LOST = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, ssl.SSLEOFError)
+
+
 def _classify_os(exc: BaseException, protocol: str) -> TransportError:
     # Walk the cause chain: libraries wrap the socket/SSL error that tells what happened.
     seen: BaseException | None = exc
     while seen is not None:
+        if isinstance(seen, _CONNECTION_LOST):
+            return TransportError(FailureClass.CONNECTION_LOST, _text(seen) or type(seen).__name__, protocol=protocol)
         if isinstance(seen, ssl.SSLError | ssl.CertificateError):
             return TransportError(FailureClass.TLS, _text(seen), protocol=protocol)
         if isinstance(seen, socket.gaierror):
@@ -195,10 +208,19 @@ def _classify_os(exc: BaseException, protocol: str) -> TransportError:
 
 
 def _classify_imap(exc: BaseException, protocol: str) -> TransportError | None:
+    import imaplib
+
     from imapclient.exceptions import LoginError
 
     if isinstance(exc, LoginError):
         return TransportError(FailureClass.AUTH, _text(exc), protocol=protocol)
+    if isinstance(exc, imaplib.IMAP4.abort) and "unexpected response" not in str(exc):
+        # imaplib's abort is a read or write that failed, or the server's BYE: the session is gone.
+        # An unexpected response is the server speaking another protocol, which stays `protocol`.
+        classified = _classify_os(exc, protocol)
+        if classified.failure_class is FailureClass.PROTOCOL:
+            return TransportError(FailureClass.CONNECTION_LOST, _text(exc), protocol=protocol)
+        return classified
     return None
 
 
@@ -235,7 +257,7 @@ def _classify_smtp(exc: BaseException, protocol: str) -> TransportError | None:
             if classified.failure_class is not FailureClass.PROTOCOL:
                 return classified
         return TransportError(
-            FailureClass.CONNECT if isinstance(exc, aiosmtplib.SMTPConnectError) else FailureClass.PROTOCOL,
+            FailureClass.CONNECT if isinstance(exc, aiosmtplib.SMTPConnectError) else FailureClass.CONNECTION_LOST,
             message,
             protocol=protocol,
         )
