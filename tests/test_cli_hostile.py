@@ -607,7 +607,7 @@ def test_plan_out_follows_a_symlink_and_refuses_what_is_not_a_writable_file(writ
     assert (tmp_path / "locked.json").read_text() == "{}"
 
 
-@pytest.mark.parametrize("edit", [{"format_version": 2.0}, {"note": "extra"}, {"summary": {"add": 0}}])
+@pytest.mark.parametrize("edit", [{"format_version": 3.0}, {"note": "extra"}, {"summary": {"add": 0}}])
 def test_a_saved_plan_with_edited_metadata_is_refused(engine_env, mail_servers, new_account, edit) -> None:
     spec_files(engine_env, new_account().yaml(mail_servers))
     assert run("plan", "--out", "plan.json").exit_code == 0

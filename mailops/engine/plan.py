@@ -25,7 +25,8 @@ from mailops.spec.models import Account, Policies, Spec
 from mailops.state.accounts import AccountState, AccountStatus, LiveAccounts, state_fingerprint
 
 # 2: the body carries its own digest, and apply compares the changes, not only the inputs.
-PLAN_FORMAT_VERSION = 2
+# 3: the fingerprints digest pydantic_core's JSON of the inputs.
+PLAN_FORMAT_VERSION = 3
 SENSITIVE = "(sensitive)"
 SENSITIVE_FIELDS = frozenset({"password"})
 # A change to any of these means the account must be verified (and test-mailed) again.
@@ -215,8 +216,11 @@ def _comparable(changes: Any) -> Any:
 
 
 def spec_fingerprint(desired: list[dict[str, Any]], policies: Policies) -> str:
+    from pydantic_core import to_json  # several times faster than json.dumps on ten thousand accounts
+
+    # Keys come in the models' field order: the same spec always gives the same bytes.
     payload = {"accounts": desired, "policies": policies.model_dump(mode="json")}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(to_json(payload)).hexdigest()
 
 
 def plan_for(loaded: LoadedSpec, live_state: LiveAccounts, **judging: Any) -> Plan:
