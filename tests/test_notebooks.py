@@ -294,15 +294,7 @@ def approve_device_codes(identity_provider, login: str, stop: threading.Event) -
     """Approve each device code of the notebooks' app that waits, as ``login`` (the code is shown only in
     the kernel's widget, which nobody reads here; the provider knows which codes wait)."""
     while not stop.wait(0.2):
-        with identity_provider._lock:  # noqa: SLF001 - the provider has no public list of waiting codes
-            waiting = [
-                user_code
-                for user_code, device_code in identity_provider._user_codes.items()  # noqa: SLF001
-                if (device := identity_provider._device_codes.get(device_code)) is not None  # noqa: SLF001
-                and device.state == "pending"
-                and device.client_id == CLIENT_ID
-            ]
-        for user_code in waiting:
+        for user_code in identity_provider.pending_device_codes(CLIENT_ID):
             try:
                 identity_provider.approve_device_code(user_code, login)
             except KeyError:  # expired or taken meanwhile: the notebook's own assertion says what happened

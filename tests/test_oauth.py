@@ -42,7 +42,7 @@ def idp(identity_provider):
     # Access tokens that expire within minutes are refreshed by msal and google-auth before use:
     # with a short lifetime, every login after the consent refreshes, as a day later would.
     identity_provider.token_lifetime = 60
-    if identity_provider._clients.get(CLIENT_ID) is None:  # noqa: SLF001 - registered once per session
+    if identity_provider.client(CLIENT_ID) is None:  # registered once per session
         identity_provider.add_client(CLIENT_ID)
         identity_provider.add_client(GOOGLE_CLIENT_ID, public=False, secret="not-very-secret")
     yield identity_provider

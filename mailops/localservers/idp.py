@@ -490,6 +490,10 @@ class LocalIdentityProvider:
             self._clients[client_id] = client
         return client
 
+    def client(self, client_id: str) -> Client | None:
+        with self._lock:
+            return self._clients.get(client_id)
+
     def user(self, email: str) -> User | None:
         with self._lock:
             return self._users.get(email.lower())
@@ -504,6 +508,16 @@ class LocalIdentityProvider:
             if user is None:
                 raise KeyError(f"no such user: {email}")
             device.email, device.state = user.email, "approved"
+
+    def pending_device_codes(self, client_id: str) -> list[str]:
+        """The user codes of `client_id` that wait for a person, as a verification page would list them."""
+        now = time.time()
+        with self._lock:
+            return [
+                device.user_code
+                for device in self._device_codes.values()
+                if device.client_id == client_id and device.state == "pending" and device.expires_at >= now
+            ]
 
     def deny_device_code(self, user_code: str) -> None:
         with self._lock:
