@@ -7,6 +7,7 @@ here once.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import re
 from pathlib import Path
@@ -67,6 +68,10 @@ class Settings(BaseSettings):
         None,
         description="Key that encrypts the stored OAuth tokens (`mailops keygen`): the key, or file:PATH.",
     )
+    timezone: str = Field(
+        "Europe/Berlin",
+        description="The business's time zone (IANA name): whose calendar day `once_per_day_per_sender` counts.",
+    )
 
     def token_key(self) -> str | None:
         """The key itself, read from its file when the setting says file:PATH."""
@@ -84,12 +89,29 @@ class Settings(BaseSettings):
                 "MAILOPS_SECRET_KEY: the key file holds no key (make one with `mailops keygen`)"
             ) from None
 
-    @field_validator("config_dir", "state_url", "user", "ca_file", mode="before")
+    @field_validator("config_dir", "state_url", "user", "ca_file", "timezone", mode="before")
     @classmethod
     def _single_line(cls, value: object) -> object:
         if isinstance(value, str) and _CONTROL.search(value):
             raise ValueError("holds a control character (a line break?)")
         return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(value)
+        except (KeyError, ValueError, OSError):  # not found is a KeyError, a path-like name a ValueError
+            raise ValueError(f"{value!r} is not a known time zone; use an IANA name such as Europe/Berlin") from None
+        return value
+
+    @property
+    def zone(self) -> dt.tzinfo:
+        from zoneinfo import ZoneInfo
+
+        return ZoneInfo(self.timezone)
 
     @field_validator("ca_file")
     @classmethod

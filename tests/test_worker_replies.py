@@ -257,6 +257,31 @@ def test_one_auto_reply_per_sender_and_day_across_runs(engine_env, mail_servers,
     assert len(rows(engine_env, "tickets")) == 5  # answering changes nothing about the tickets
 
 
+def test_the_day_of_once_a_day_is_the_calendar_day_of_the_business(
+    engine_env, mail_servers, new_account, monkeypatch
+) -> None:
+    """UTC+14 and UTC-11: at any moment at least one of the two is on another date than UTC."""
+    from zoneinfo import ZoneInfo
+
+    zones = {"Pacific/Kiritimati": new_account(), "Pacific/Pago_Pago": new_account()}
+    customer = new_account("kunde")
+    applied(engine_env, mail_servers, list(zones.values()), {a.address: {"autoreply": REPLY} for a in zones.values()})
+    for zone, account in zones.items():
+        monkeypatch.setenv("MAILOPS_TIMEZONE", zone)
+        Mailbox(mail_servers, account).append(inbound(customer.address, "Hello", f"<{zone}@example.org>"))
+        before = dt.datetime.now(ZoneInfo(zone)).date()
+        result = run("run", "--once", "--account", account.address)
+        after = dt.datetime.now(ZoneInfo(zone)).date()
+        assert result.exit_code == 0, result.output
+        [claim] = [row for row in rows(engine_env, "autoreplies") if row["account"] == account.address.lower()]
+        assert dt.date.fromisoformat(claim["day"]) in (before, after), zone
+
+    monkeypatch.setenv("MAILOPS_TIMEZONE", "Mars/Olympus_Mons")
+    refused = run("run", "--once")
+    assert refused.exit_code == 1
+    assert "MAILOPS_TIMEZONE" in refused.stderr and "is not a known time zone" in refused.stderr
+
+
 def test_two_workers_at_once_send_one_reply_per_sender(engine_env, mail_servers, new_account) -> None:
     support, customer = new_account(), new_account("kunde")
     applied(engine_env, mail_servers, [support], {support.address: {"ticket": ticket(), "autoreply": REPLY}})

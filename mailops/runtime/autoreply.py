@@ -22,8 +22,9 @@ therefore automatic mail to every other mailops: two accounts answering each oth
 reply.
 
 With ``once_per_day_per_sender`` a sender gets at most one reply per account and calendar day
-(UTC), held by a unique claim in the state store (:mod:`mailops.state.autoreplies`) that is taken
-in the same transaction as the import of the message answered, before anything is sent.
+(the day in ``MAILOPS_TIMEZONE``, the business's zone), held by a unique claim in the state store
+(:mod:`mailops.state.autoreplies`) that is taken in the same transaction as the import of the
+message answered, before anything is sent.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ class AutoReplier:
             return None
         settings = self.account.autoreply
         scope = ONCE_A_DAY if settings.once_per_day_per_sender else dedupe_key
-        key = ReplyClaim(self.account.address, recipient, now.date(), scope)
+        key = ReplyClaim(self.account.address, recipient, now.astimezone(self.settings.zone).date(), scope)
         message_id = _message_ids(header_text(headers, "Message-ID"))
         references = _message_ids(header_text(headers, "References")) + message_id
         return _Claim(key, next(iter(message_id), None), tuple(dict.fromkeys(references))[-REFERENCES_KEPT:])
