@@ -399,6 +399,33 @@ def test_a_killed_delete_after_a_rebuilt_mailbox_still_deletes_what_is_stored(en
     assert set(box.messages()) == {"<one@example.org>"} and len(rows(engine_env, "messages")) == 2
 
 
+def test_a_file_purged_before_the_delete_is_stored_again_from_the_server(engine_env, mail_servers, new_account):
+    """A retention purge of another account can take a shared file after this import committed its row and
+    before it wrote the file again; a kill then leaves the server's copy as the only one."""
+    support = new_account()
+    applied(engine_env, mail_servers, [support], {support.address: ticket(delete_after_import=True)})
+    box = Mailbox(mail_servers, support)
+    originals = {"<one@example.org>": mail("One", "<one@example.org>"), "<two@example.org>": mail("Two", None)}
+    box.append(*originals.values())
+    killed = subprocess.run(
+        [*MAILOPS, "run", "--once"],
+        cwd=engine_env,
+        env=os.environ | {"MAILOPS_TEST_CRASH_AT": "before-delete"},
+        capture_output=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    [one] = [row for row in rows(engine_env, "messages") if row["message_id"] == "<one@example.org>"]
+    sha = one["raw_sha256"]
+    (engine_env / "messages" / sha[:2] / f"{sha}.eml").unlink()  # what the purge took
+
+    result = run("run", "--once")
+    assert result.exit_code == 0, result.output
+    assert "deleted 2 on the server" in result.stdout
+    assert box.messages() == {}
+    assert stored(engine_env, one) == originals["<one@example.org>"]  # fetched again before the server's delete
+
+
 # -- who sees what, and bad input ------------------------------------------------------------------
 
 
@@ -586,3 +613,55 @@ def test_postgresql_state_store_imports_like_sqlite(postgres_url, engine_env, ma
         ("NUL \ufffd and \ufffd in a header", 1),
         ("Question", 2),
     ]
+
+
+def test_the_retention_step_removes_raw_files_that_a_killed_import_left(engine_env, mail_servers, new_account) -> None:
+    """A worker killed after writing the .eml files of a batch and before committing their rows leaves files that
+    no index row may ever take (the mail is gone from the server meanwhile). The worker's retention step removes
+    such a file once it is older than a day; a referenced file stays however old, and so does an unreferenced
+    young one (another worker's, written and not committed yet). The sweep runs at most once a day."""
+    support = new_account()
+    applied(engine_env, mail_servers, [support], {support.address: ticket()})
+    box = Mailbox(mail_servers, support)
+    kept, gone = mail("Kept", "<kept@example.org>"), mail("Gone", "<gone@example.org>")
+    box.append(kept, gone)
+    killed = subprocess.run(
+        [*MAILOPS, "run", "--once"],
+        cwd=engine_env,
+        env=os.environ | {"MAILOPS_TEST_CRASH_AT": "after-raw-write"},
+        capture_output=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL and rows(engine_env, "messages") == []
+    client = box.client()
+    try:
+        client.select_folder("INBOX")
+        client.delete_messages(client.search(["HEADER", "Message-ID", "<gone@example.org>"]))
+        client.expunge()
+    finally:
+        client.logout()
+
+    def file_of(raw: bytes) -> Path:
+        sha = hashlib.sha256(raw).hexdigest()
+        return engine_env / "messages" / sha[:2] / f"{sha}.eml"
+
+    assert file_of(kept).exists() and file_of(gone).exists()
+    first = run("run", "--once")  # imports Kept into its file; Gone's file is unreferenced, but young
+    assert first.exit_code == 0 and first.stdout == f"{support.address}: imported 1, skipped 0\n"
+    assert file_of(kept).exists() and file_of(gone).exists()
+
+    two_days_ago = time.time() - 2 * 24 * 3600
+    leftover = file_of(gone).parent / f".{file_of(gone).name}.0badcafe.tmp"  # of a replacement cut short
+    leftover.write_bytes(gone[:10])
+    young = file_of(b"another worker's message, not committed yet\r\n")
+    young.parent.mkdir(exist_ok=True)
+    young.write_bytes(b"another worker's message, not committed yet\r\n")
+    for path in (file_of(kept), file_of(gone), leftover, engine_env / "messages" / ".orphans-swept"):
+        os.utime(path, (two_days_ago, two_days_ago))
+    assert run("run", "--once").exit_code == 0
+    assert file_of(kept).exists() and young.exists()
+    assert not file_of(gone).exists() and not leftover.exists()
+    assert stored(engine_env, rows(engine_env, "messages")[0]) == kept
+
+    os.utime(young, (two_days_ago, two_days_ago))  # an orphan now, but a sweep ran less than a day ago
+    assert run("run", "--once").exit_code == 0 and young.exists()

@@ -51,6 +51,13 @@ def purge_expired(
     return RetentionReport(purged.entries, purged.kept_open, removed, days)
 
 
+def remove_orphaned_files(store: StateStore, raw_store: RawStore) -> int | None:
+    """Delete the .eml files that no index entry keeps and that an importer, killed between writing them and
+    committing their rows, left behind; at most once a day (:meth:`RawStore.remove_orphans_when_due`). The
+    number deleted, None when no sweep was due."""
+    return raw_store.remove_orphans_when_due(Archive(store).unreferenced)
+
+
 def search(
     store: StateStore,
     raw_store: RawStore,

@@ -9,12 +9,14 @@ The order of things, and why it loses and doubles nothing:
    Message-ID, or for a message without one its bytes' hash) tells what is stored already.
    The key is unique per account in the state store, so nothing is imported twice, also when
    the resync itself is interrupted and run again.
-2. Walk the new UIDs in windows (UID SEARCH over a bounded UID range) and batches: first date,
-   size and Message-ID of a batch, so that mail before ``import_since`` and mail stored already
-   is never downloaded; then the rest with ``UID FETCH … BODY.PEEK[]``, which leaves ``\\Seen``
-   alone. A batch is also bounded in bytes: memory depends on the batch, not on the mailbox.
-3. Per downloaded batch: write the raw .eml files (each synced before it is renamed into place,
-   the directories synced after), then commit in ONE transaction each message's ticket (new in
+2. Walk the new UIDs in windows (a bounded UID range) and batches: first date, size and
+   Message-ID of a window's messages, so that mail before ``import_since`` and mail stored
+   already is never downloaded; then the rest a batch at a time with ``UID FETCH … BODY.PEEK[]``,
+   which leaves ``\\Seen`` alone. A batch is also bounded in bytes: memory depends on the window
+   and the batch, not on the mailbox. The next batch is asked for before the one downloaded is
+   read, so that the server sends it meanwhile.
+3. Per downloaded batch: write the raw .eml files and sync them, directories included
+   (:mod:`mailops.runtime.rawstore`), then commit in ONE transaction each message's ticket (new in
    the default queue and project, closed with ``auto_close``, or the thread's ticket when
    In-Reply-To/References name a stored message, also one earlier in the batch), its index row,
    and the folder's highest UID. The batch commits whole or not at all, so each message is
@@ -25,9 +27,10 @@ The order of things, and why it loses and doubles nothing:
    mail of the last days, never to a backlog), and they touch rows other processes write too. If
    a message of a batch turns out stored already (another worker, or the same mail twice in the
    batch), the batch is recorded again without it (one message at a time if that fails too).
-   A batch is stored on a thread of its own while the next one is downloaded, so that waiting for
-   the disk overlaps with waiting for the server; batches are stored one at a time and in order,
-   and the pass waits for one to be stored before it stores anything after it (or ends).
+   A batch's files are written as it is read; it is synced and committed on a thread of its own
+   while the next one is downloaded, so that waiting for the disk overlaps with waiting for the
+   server; batches are stored one at a time and in order, and the pass waits for one to be stored
+   before it stores anything after it (or ends).
 4. With ``delete_after_import``, delete on the server only what is committed: the index rows
    marked for deletion, by UID, after each batch (and those an interrupted run left, first).
    A crash between the delete and its record deletes again next time; a UID that is gone
@@ -46,8 +49,6 @@ sent twice.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import logging
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -57,7 +58,7 @@ from typing import TYPE_CHECKING
 
 from mailops.errors import MailopsError
 from mailops.runtime.faults import crash_point
-from mailops.runtime.rawstore import RawStore
+from mailops.runtime.rawstore import RawStore, Written, sha256_of
 from mailops.state.tickets import NewMessage, Recorded, Recording, ServerState, SyncPoint, Tickets
 from mailops.transport.failures import FailureClass, TransportError
 
@@ -79,7 +80,7 @@ if TYPE_CHECKING:
 FOLDER = "INBOX"
 BATCH_MESSAGES = 200  # messages per UID FETCH
 BATCH_BYTES = 32 * 1024 * 1024  # and at most this much mail per UID FETCH (one larger message goes alone)
-WINDOW_UIDS = 5000  # UIDs per UID SEARCH: the UID list held at once
+WINDOW_UIDS = 2000  # UIDs per window: the most summaries held at once
 DELETE_CHUNK = 500  # UIDs per UID STORE/EXPUNGE
 
 
@@ -141,7 +142,6 @@ def import_mail(
     local_failure: MailopsError | None = None
     try:
         with imap_session(imap, credential, timeouts, settings.ca_file) as client:
-            _quiet_imaplib(client)
             try:
                 return _Import(account, store, raw_store, client, stop, batch, replier).run()
             except TransportError:
@@ -153,14 +153,6 @@ def import_mail(
             replier.send()  # what was claimed before a failure still goes out
     assert local_failure is not None  # the session returned or raised otherwise
     raise local_failure
-
-
-def _quiet_imaplib(client: IMAPClient) -> None:
-    """imapclient turns imaplib's debug output on (to its logger "imapclient.imaplib"), and imaplib then
-    formats every line it reads, the bytes of each message included, whether anything logs it or not:
-    that took longer than reading the mail. Off, unless that logger is set to show it."""
-    if not logging.getLogger("imapclient.imaplib").isEnabledFor(logging.DEBUG):
-        client._imap.debug = 0
 
 
 def _credential(account: Account, context: CredentialContext) -> Credential:
@@ -180,6 +172,7 @@ class _Mail:
 
     summary: MessageSummary
     raw: bytes
+    sha256: str  # of ``raw``: its .eml file's name
     headers: MessageHeaders
     received_at: dt.datetime
     ticket: bool  # it becomes a ticket's (not a DSN, and ticket import is on)
@@ -192,6 +185,15 @@ class _Mail:
     def also(self) -> list[AlsoRecord]:
         """The writes of its own, beyond its rows: such a message is committed alone."""
         return [write for write in (self.bounce, self.reply) if write is not None]
+
+
+@dataclass
+class _Fetched:
+    """A part of a batch, downloaded and not read yet."""
+
+    part: list[MessageSummary]
+    raws: dict[int, bytes]  # by UID; a message expunged meanwhile is missing
+    advance_to: int | None  # where the folder's mark moves once the part is stored (the batch's last part)
 
 
 # The blank line that ends a message's header (LF, CRLF or CR line ends; mixed too): every match is one
@@ -230,6 +232,7 @@ class _Import:
         self.advanced = 0  # the highest UID that a commit of this pass moved the folder's mark to
         self._storer: ThreadPoolExecutor | None = None
         self._pending: tuple[Future[list[Recorded | None]], list[_Mail]] | None = None  # on the store's thread
+        self._fetched: _Fetched | None = None  # downloaded, read next (while the server sends what follows)
 
     def run(self) -> ImportReport:
         from mailops.transport.imap import open_mailbox
@@ -246,19 +249,27 @@ class _Import:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailops-store") as storer:
             self._storer = storer
             self._scan()
+            self._take_fetched()
             self._settle()
         self._delete_stored()  # what the last batch stored
         return self.report
 
     def _scan(self) -> None:
-        from mailops.transport.imap import uids_between
+        from mailops.transport.imap import fetch_summaries
 
         last = self.box.uidnext - 1  # mail arriving meanwhile gets a higher UID: the next pass takes it
         for first in range(self.sync.last_uid + 1, last + 1, WINDOW_UIDS):
             window_end = min(first + WINDOW_UIDS - 1, last)
-            uids = uids_between(self.client, first, window_end)
-            for start in range(0, len(uids), self.batch_messages):
-                self._import_batch(uids[start : start + self.batch_messages])
+            summaries = fetch_summaries(self.client, first, window_end)
+            wanted = iter(self._not_stored(summaries))
+            following = next(wanted, None)
+            for start in range(0, len(summaries), self.batch_messages):
+                batch = summaries[start : start + self.batch_messages]
+                in_batch = []
+                while following is not None and following.uid <= batch[-1].uid:
+                    in_batch.append(following)
+                    following = next(wanted, None)
+                self._import_batch(in_batch, batch[-1].uid)
                 self._delete_stored()  # what is committed so far (this batch's, after the next one)
                 if self.replier is not None:
                     self.replier.send()
@@ -266,6 +277,7 @@ class _Import:
                     self.report.stopped = True
                     return
             # No message can appear at a UID below UIDNEXT later: the window's gaps are done too.
+            self._take_fetched()
             self._queue_group([], advance_to=window_end)
 
     def _advance(self, uid: int) -> None:
@@ -274,40 +286,67 @@ class _Import:
             self.tickets.advance(self.account.address, FOLDER, self.box.uidvalidity, uid)
             self.advanced = uid
 
-    def _import_batch(self, uids: list[int]) -> None:
-        """Import the messages ``uids``, and move the folder's mark past the last: each part's messages go to
-        the store's thread (:meth:`_queue_group`) and are stored while the next part is read."""
-        from mailops.transport.imap import fetch_raw, fetch_summaries
+    def _import_batch(self, wanted: list[MessageSummary], last_uid: int) -> None:
+        """Import the messages ``wanted`` of a batch, and move the folder's mark to its ``last_uid``, a part
+        (bounded in bytes) at a time: each part is downloaded while the one before it is read
+        (:meth:`_take_fetched`), and stored on the store's thread (:meth:`_queue_group`) while the next one is
+        read. The last part is left downloaded, to be read while the next batch downloads."""
+        from mailops.transport.imap import RawFetch
 
-        wanted = self._not_stored(fetch_summaries(self.client, uids))
         parts = list(_by_size(wanted, BATCH_BYTES)) or [[]]
         for number, part in enumerate(parts, 1):
-            raws = {}
+            fetch = RawFetch(self.client, [summary.uid for summary in part])
+            # The server sends this part meanwhile; nothing here may use the connection.
+            self._take_fetched()
+            raws = fetch.result()
             if part:
-                raws = fetch_raw(self.client, [summary.uid for summary in part])
                 crash_point("after-fetch")
-            group: list[_Mail] = []
-            for summary in part:
-                raw = raws.pop(summary.uid, None)
-                if raw is None:
-                    self.report.vanished += 1
-                    continue
-                mail = self._read(summary, raw)
-                if mail.also:  # committed alone, in its order: what came before it first
-                    self._queue_group(group)
-                    group = []
-                    self._settle()
-                    self._store_alone(mail)
-                else:
-                    group.append(mail)
-            self._queue_group(group, advance_to=uids[-1] if number == len(parts) else None)
+            self._fetched = _Fetched(part, raws, last_uid if number == len(parts) else None)
+
+    def _take_fetched(self) -> None:
+        """Read the downloaded part and queue its messages for the store (see :meth:`_import_batch`); no use of
+        the IMAP connection."""
+        fetched, self._fetched = self._fetched, None
+        if fetched is None:
+            return
+        group: list[_Mail] = []
+        for summary in fetched.part:
+            raw = fetched.raws.pop(summary.uid, None)
+            if raw is None:
+                self.report.vanished += 1
+                continue
+            mail = self._read(summary, raw)
+            if mail.also:  # committed alone, in its order: what came before it first
+                self._queue_group(group)
+                group = []
+                self._settle()
+                self._store_alone(mail)
+            else:
+                group.append(mail)
+        self._queue_group(group, advance_to=fetched.advance_to)
 
     def _queue_group(self, group: list[_Mail], *, advance_to: int | None = None) -> None:
-        """Store ``group`` (and then move the folder's mark to ``advance_to``) on the store's thread, once what
-        it stores now is done: one group at a time, in order."""
-        self._settle()
-        assert self._storer is not None  # set for the whole scan
-        self._pending = (self._storer.submit(self._store_group, group, advance_to), group)
+        """Write ``group``'s .eml files here, then sync them, record the group and move the folder's mark to
+        ``advance_to`` on the store's thread, once what it stores now is done: one group at a time, in order.
+
+        The files are written on this thread: the store's thread would wait for the interpreter lock after
+        each of their system calls while this one parses mail."""
+        kept = [mail for mail in group if mail.keep_raw]
+        written = None
+        try:
+            if kept:
+                written = self.raw_store.write([mail.raw for mail in kept], [mail.sha256 for mail in kept])
+        except MailopsError:
+            self._settle()  # what the store's thread has is counted before the failure ends the pass
+            raise
+        try:
+            self._settle()
+            assert self._storer is not None  # set for the whole scan
+            self._pending = (self._storer.submit(self._store_group, group, written, advance_to), group)
+        except BaseException:
+            if written is not None:
+                written.close()
+            raise
 
     def _settle(self) -> None:
         """Wait for the group on the store's thread; raise its failure, or count what it stored."""
@@ -361,6 +400,7 @@ class _Import:
         from mailops.runtime.headers import read_headers
 
         head = header_of(raw)
+        sha256 = sha256_of(raw)
         received_at = summary.internal_date.astimezone(dt.UTC)
         report = None
         if b"report" in head.lower():  # multipart/report: only then is it worth parsing the whole message
@@ -377,21 +417,24 @@ class _Import:
         headers = read_headers(head)
         reply = None
         if report is None and self.replier is not None:
-            reply = self.replier.consider(head, received_at, _dedupe_key(headers.message_id, raw))
+            reply = self.replier.consider(head, received_at, _dedupe_key(headers.message_id, sha256))
         keep_raw = ticket or archive or report is not None
-        return _Mail(summary, raw, headers, received_at, ticket, archive, keep_raw, bounce, reply)
+        return _Mail(summary, raw, sha256, headers, received_at, ticket, archive, keep_raw, bounce, reply)
 
-    def _store_group(self, group: list[_Mail], advance_to: int | None) -> list[Recorded | None]:
-        """On the store's thread: ``group``'s .eml files stored durably, then its messages in one transaction
-        (see the module doc), then the folder's mark moved to ``advance_to``. What each message became."""
+    def _store_group(
+        self, group: list[_Mail], written: Written | None, advance_to: int | None
+    ) -> list[Recorded | None]:
+        """On the store's thread: ``group``'s .eml files (``written``) made durable, then its messages in one
+        transaction (see the module doc), then the folder's mark moved to ``advance_to``. What each message
+        became."""
         results: list[Recorded | None] = []
+        if written is not None:
+            self.raw_store.sync(written)
         if group:
-            hashes = iter(self.raw_store.put_many([mail.raw for mail in group if mail.keep_raw]))
             recordings = []
             for mail in group:
-                sha256 = next(hashes) if mail.keep_raw else hashlib.sha256(mail.raw).hexdigest()
                 crash_point("after-raw-write")
-                recordings.append(self._recording(mail, sha256))
+                recordings.append(self._recording(mail))
             results = self._record_together(group, recordings)
         if advance_to is not None:
             self._advance(advance_to)
@@ -429,16 +472,17 @@ class _Import:
 
     def _store_alone(self, mail: _Mail) -> None:
         """Store one message with writes of its own: its .eml, then its own transaction."""
-        sha256 = self.raw_store.put(mail.raw) if mail.keep_raw else hashlib.sha256(mail.raw).hexdigest()
+        if mail.keep_raw:
+            self.raw_store.put_many([mail.raw], [mail.sha256])
         crash_point("after-raw-write")
-        recorded = self._record(mail, self._recording(mail, sha256))
+        recorded = self._record(mail, self._recording(mail))
         if recorded is None:
             self.report.already_stored += 1
             return
         crash_point("after-commit")
         self._count(mail, recorded)
 
-    def _recording(self, mail: _Mail, sha256: str) -> Recording:
+    def _recording(self, mail: _Mail) -> Recording:
         from mailops.state.tickets import message_key
 
         headers = mail.headers
@@ -447,7 +491,7 @@ class _Import:
             folder=FOLDER,
             uidvalidity=self.box.uidvalidity,
             uid=mail.summary.uid,
-            dedupe_key=_dedupe_key(headers.message_id, mail.raw, sha256),
+            dedupe_key=_dedupe_key(headers.message_id, mail.sha256),
             message_id=headers.message_id,
             sender=headers.sender,
             to=headers.to,
@@ -456,7 +500,7 @@ class _Import:
             sent_at=headers.sent_at,
             received_at=mail.received_at,
             size=len(mail.raw),
-            raw_sha256=sha256,
+            raw_sha256=mail.sha256,
             thread_keys=tuple(message_key(answered) for answered in headers.answers),
         )
         # Mail that is not kept stays on the server.
@@ -484,9 +528,9 @@ class _Import:
     def _restore_purged(self, mails: list[_Mail], recordings: list[Recording]) -> None:
         """A retention purge may have taken a shared file between the write and the commit: write it again."""
         kept = {r.message.raw_sha256: mail.raw for mail, r in zip(mails, recordings, strict=True) if mail.keep_raw}
-        gone = self.raw_store.missing(list(kept))
+        gone = sorted(self.raw_store.missing(list(kept)))
         if gone:
-            self.raw_store.put_many([kept[sha256] for sha256 in sorted(gone)])
+            self.raw_store.put_many([kept[sha256] for sha256 in gone], gone)
 
     def _count(self, mail: _Mail, recorded: Recorded) -> None:
         self.report.imported += 1
@@ -522,14 +566,35 @@ class _Import:
             )
             if not pending:
                 return
+            self._restore_before_delete(pending)
             crash_point("before-delete")
-            expunged = delete_by_uid(self.client, [uid for _row, uid in pending], uidplus=self.box.uidplus)
+            expunged = delete_by_uid(self.client, [uid for _row, uid, _sha in pending], uidplus=self.box.uidplus)
             crash_point("after-delete")
             if not expunged:  # they stay marked: a later pass expunges them once nothing else is in the way
                 self.report.left_flagged = len(pending)
                 return
-            self.tickets.mark_deleted([row for row, _uid in pending])
+            self.tickets.mark_deleted([row for row, _uid, _sha in pending])
             self.report.deleted += len(pending)
+
+    def _restore_before_delete(self, pending: list[tuple[int, int, str]]) -> None:
+        """The server's copy is the last one when a retention purge took a shared file after this import
+        committed its row and before it wrote the file again (a kill in between): store it again from
+        the server before deleting there."""
+        from mailops.transport.imap import fetch_raw
+
+        gone = self.raw_store.missing([sha256 for _row, _uid, sha256 in pending])
+        if not gone:
+            return
+        wanted = {uid: sha256 for _row, uid, sha256 in pending if sha256 in gone}
+        fetched = fetch_raw(self.client, sorted(wanted))
+        raws = [fetched.get(uid) for uid in sorted(wanted)]
+        if any(raw is None or sha256_of(raw) != wanted[uid] for uid, raw in zip(sorted(wanted), raws, strict=True)):
+            # Not the stored message any more: deleting it would lose the only copy.
+            raise MailopsError(
+                f"{len(wanted)} stored message(s) of {self.account.address} lost their file and the server's "
+                "copy differs; nothing was deleted on the server"
+            )
+        self.raw_store.put_many([raw for raw in raws if raw is not None], [wanted[uid] for uid in sorted(wanted)])
 
 
 # The Message-ID header as nearly every message has it: one line, one <id> of printable ASCII.
@@ -547,13 +612,13 @@ def _message_id_in(header_lines: bytes) -> str | None:
     return message_id_in_header(header_lines)
 
 
-def _dedupe_key(message_id: str | None, raw: bytes, sha256: str | None = None) -> str:
-    """What makes a message the same as a stored one: its Message-ID, else its bytes."""
+def _dedupe_key(message_id: str | None, sha256: str) -> str:
+    """What makes a message the same as a stored one: its Message-ID, else its bytes (``sha256``)."""
     from mailops.state.tickets import message_key, raw_key
 
     if message_id:
         return message_key(message_id)
-    return raw_key(sha256 or hashlib.sha256(raw).hexdigest())
+    return raw_key(sha256)
 
 
 def _by_size(summaries: Sequence[MessageSummary], limit: int) -> Iterator[list[MessageSummary]]:

@@ -2,7 +2,8 @@
 
 An account is worked on when the spec enables its ticket import, archive or auto-reply and the
 live state has it applied and connected. After its import, an archiving account's retention is
-applied (also when the import failed: retention does not wait for a mail server). Accounts run
+applied (also when the import failed: retention does not wait for a mail server), and, once a day,
+the .eml files that no index entry keeps are swept (:func:`remove_orphaned_files`). Accounts run
 at the same time, at most ``MAILOPS_CONCURRENCY`` of them (imapclient is synchronous: one thread
 each); whatever goes wrong with one account is reported as its classified failure and never
 stops the others.
@@ -23,7 +24,7 @@ from dataclasses import dataclass, replace
 from mailops.engine.credentials import credential_context
 from mailops.errors import MailopsError, quoted
 from mailops.providers.base import CredentialContext
-from mailops.runtime.archive import RetentionReport, purge_expired
+from mailops.runtime.archive import RetentionReport, purge_expired, remove_orphaned_files
 from mailops.runtime.leases import HELD_BY_ANOTHER, AccountStop, LeaseKeeper
 from mailops.runtime.rawstore import RawStore, message_dir_of
 from mailops.runtime.ticket_import import ImportReport, import_mail
@@ -149,6 +150,7 @@ def _run_account(
     outcome = _import(account, loaded, store, raw_store, settings, context, stop)
     try:
         retention = purge_expired(account, store, raw_store)
+        remove_orphaned_files(store, raw_store)  # of every account: whichever gets here first when one is due
     except MailopsError as error:  # the state store or the raw store failed: report it, unless the import did
         failure = TransportError(FailureClass.LOCAL, f"the archive's retention: {error}")
         return outcome if outcome.error is not None else AccountRun(address, error=failure)

@@ -26,14 +26,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailops.state.accounts import aware, utcnow
+from mailops.state.schema import StateError
 from mailops.state.tables import MailSyncRow, MessageRow, TicketRow
 
 if TYPE_CHECKING:
     from mailops.state.store import StateStore
 
 QUERY_CHUNK = 500  # SQLite's bound on query parameters
-# The tables, for inserts of a group: the ORM's bulk path for an entity costs more per row than the row.
+# The tables, for the statements of the import (a batch at a time, of every pass): on an ORM entity, a statement
+# goes through the ORM's bulk and synchronisation steps, which cost more than the rows they write.
 _MESSAGES, _TICKETS = cast(Table, MessageRow.__table__), cast(Table, TicketRow.__table__)
+_SYNC = cast(Table, MailSyncRow.__table__)
 
 
 class TicketStatus(StrEnum):
@@ -274,18 +277,12 @@ class Tickets:
         if not keys:
             return found
         # The columns it needs, not the rows: asked for every batch, and whole rows cost more to load.
-        columns = (
-            MessageRow.id,
-            MessageRow.dedupe_key,
-            MessageRow.size,
-            MessageRow.uidvalidity,
-            MessageRow.uid,
-            MessageRow.server_state,
-        )
+        table = _MESSAGES.c
+        columns = (table.id, table.dedupe_key, table.size, table.uidvalidity, table.uid, table.server_state)
         with self._store.session() as session:
             for start in range(0, len(keys), QUERY_CHUNK):
                 chunk = list(keys[start : start + QUERY_CHUNK])
-                query = select(*columns).where(MessageRow.account == account.lower(), MessageRow.dedupe_key.in_(chunk))
+                query = select(*columns).where(table.account == account.lower(), table.dedupe_key.in_(chunk))
                 for row_id, key, size, uidvalidity, uid, server_state in session.execute(query):
                     found[key] = KnownMessage(row_id, key, size, uidvalidity, uid, server_state)
         return found
@@ -430,10 +427,11 @@ class Tickets:
         """The tickets of the stored messages of ``account`` among ``keys``, by dedupe key."""
         found: dict[str, int] = {}
         for start in range(0, len(keys), QUERY_CHUNK):
-            query = select(MessageRow.dedupe_key, MessageRow.ticket_id).where(
-                MessageRow.account == account,
-                MessageRow.dedupe_key.in_(keys[start : start + QUERY_CHUNK]),
-                MessageRow.ticket_id.is_not(None),
+            table = _MESSAGES.c
+            query = select(table.dedupe_key, table.ticket_id).where(
+                table.account == account,
+                table.dedupe_key.in_(keys[start : start + QUERY_CHUNK]),
+                table.ticket_id.is_not(None),
             )
             for key, ticket_id in session.execute(query):
                 if ticket_id is not None:  # the query says so; the type cannot
@@ -466,18 +464,28 @@ class Tickets:
             }
             for subject in subjects
         ]
-        statement = insert(_TICKETS).returning(_TICKETS.c.id, sort_by_parameter_order=True)
-        return [int(ticket_id) for ticket_id in session.scalars(statement, values)]
+        if session.get_bind().dialect.name != "sqlite":
+            statement = insert(_TICKETS).returning(_TICKETS.c.id, sort_by_parameter_order=True)
+            return [int(ticket_id) for ticket_id in session.scalars(statement, values)]
+        # SQLite cannot say which returned id is which inserted row (SQLAlchemy would insert them one at a time,
+        # at a cost per row above the row's own). But this transaction now holds the database's only write
+        # lock, and a new row gets the largest id plus one: the new tickets are the last ids, in order.
+        session.execute(insert(_TICKETS), values)
+        query = select(_TICKETS.c.id, _TICKETS.c.account, _TICKETS.c.subject).order_by(_TICKETS.c.id.desc())
+        last = session.execute(query.limit(len(values))).all()[::-1]
+        if [(account, subject) for _id, account, subject in last] != [(account, subject) for subject in subjects]:
+            raise StateError("the new tickets' ids could not be read back")  # the transaction is rolled back
+        return [int(ticket_id) for ticket_id, _account, _subject in last]
 
     @staticmethod
     def _touch(session: Session, ticket_ids: Sequence[int], close: bool, now: dt.datetime) -> None:
         """Stored tickets that got a reply: updated now, and reopened unless ``close`` (auto_close)."""
         for start in range(0, len(ticket_ids), QUERY_CHUNK):
             chunk = list(ticket_ids[start : start + QUERY_CHUNK])
-            session.execute(update(TicketRow).where(TicketRow.id.in_(chunk)).values(updated_at=now))
+            session.execute(update(_TICKETS).where(_TICKETS.c.id.in_(chunk)).values(updated_at=now))
             if not close:
-                reopen = TicketRow.id.in_(chunk), TicketRow.status == TicketStatus.CLOSED.value
-                session.execute(update(TicketRow).where(*reopen).values(status=TicketStatus.OPEN.value))
+                reopen = _TICKETS.c.id.in_(chunk), _TICKETS.c.status == TicketStatus.CLOSED.value
+                session.execute(update(_TICKETS).where(*reopen).values(status=TicketStatus.OPEN.value))
 
     @staticmethod
     def _thread_of(session: Any, account: str, thread_keys: Sequence[str]) -> TicketRow | None:
@@ -509,10 +517,13 @@ class Tickets:
                     update(MessageRow).where(MessageRow.id == row_id).values(uidvalidity=uidvalidity, uid=uid)
                 )
 
-    def pending_deletions(self, account: str, folder: str, uidvalidity: int, *, limit: int) -> list[tuple[int, int]]:
-        """Stored messages still to be deleted on the server, as ``(row id, uid)``, lowest UID first."""
+    def pending_deletions(
+        self, account: str, folder: str, uidvalidity: int, *, limit: int
+    ) -> list[tuple[int, int, str]]:
+        """Stored messages still to be deleted on the server, as ``(row id, uid, raw SHA-256)``, lowest UID
+        first."""
         query = (
-            select(MessageRow.id, MessageRow.uid)
+            select(MessageRow.id, MessageRow.uid, MessageRow.raw_sha256)
             .where(
                 MessageRow.account == account.lower(),
                 MessageRow.folder == folder,
@@ -523,7 +534,7 @@ class Tickets:
             .limit(limit)
         )
         with self._store.session() as session:
-            return [(row_id, uid) for row_id, uid in session.execute(query)]
+            return [(row_id, uid, sha256) for row_id, uid, sha256 in session.execute(query)]
 
     def mark_deleted(self, row_ids: Sequence[int]) -> None:
         with self._store.session() as session:
@@ -619,12 +630,12 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 def _advance(account: str, folder: str, uidvalidity: int, uid: int, now: dt.datetime) -> Any:
     # Only forward, and only while the folder is still the one these UIDs belong to.
     return (
-        update(MailSyncRow)
+        update(_SYNC)
         .where(
-            MailSyncRow.account == account,
-            MailSyncRow.folder == folder,
-            MailSyncRow.uidvalidity == uidvalidity,
-            MailSyncRow.last_uid < uid,
+            _SYNC.c.account == account,
+            _SYNC.c.folder == folder,
+            _SYNC.c.uidvalidity == uidvalidity,
+            _SYNC.c.last_uid < uid,
         )
         .values(last_uid=uid, updated_at=now)
     )

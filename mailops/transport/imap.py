@@ -1,17 +1,24 @@
 """IMAP with imapclient: log in (password or XOAUTH2) and look into the inbox.
 
 imapclient is synchronous; the engine runs these functions in worker threads.
+
+The ticket import's two UID FETCH commands (:func:`fetch_summaries`, :func:`fetch_raw`) read the
+answer themselves where it has the plain shape servers give it (:func:`_parse_fetch`), and hand
+anything else to imapclient's parser: imapclient reads each answer a character at a time in Python,
+which took longer than receiving the mail.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imapclient import IMAPClient
 from imapclient.imapclient import SocketTimeout
@@ -35,6 +42,7 @@ def imap_session(
             ssl_context=context,
             timeout=SocketTimeout(connect=timeouts.connect, read=timeouts.command),
         )
+        _quiet_imaplib(client)
         if endpoint.encryption == "starttls":
             client.starttls(context)
         if credential.oauth_token is not None:
@@ -52,6 +60,14 @@ def imap_session(
         raise classify(exc, "imap") from None
     finally:
         _close(client, logout=True)
+
+
+def _quiet_imaplib(client: IMAPClient) -> None:
+    """imapclient turns imaplib's debug output on (to its logger "imapclient.imaplib"), and imaplib then
+    formats every line it reads, the bytes of each message included, whether anything logs it or not:
+    that took longer than reading the mail. Off, unless that logger is set to show it."""
+    if not logging.getLogger("imapclient.imaplib").isEnabledFor(logging.DEBUG):
+        client._imap.debug = 0
 
 
 # Characters of an IMAP atom (RFC 3501): no space, controls, quotes, brackets or wildcards.
@@ -160,25 +176,16 @@ def open_mailbox(client: IMAPClient, folder: str, *, writable: bool) -> MailboxS
     )
 
 
-def uids_between(client: IMAPClient, first: int, last: int) -> list[int]:
-    """The UIDs of the messages from ``first`` to ``last`` (at most ``last - first + 1``), ascending."""
-    return sorted(int(uid) for uid in client.search(["UID", f"{first}:{last}"]) if first <= int(uid) <= last)
-
-
 _MESSAGE_ID_FIELD = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"
 
 
-def fetch_summaries(client: IMAPClient, uids: list[int]) -> list[MessageSummary]:
-    """Date, size and Message-ID of ``uids`` (PEEK: no flag changes); a message gone meanwhile is left out."""
-    if not uids:
-        return []
-    normalise, client.normalise_times = client.normalise_times, False  # keep the server's offset
-    try:
-        response = client.fetch(uids, ["INTERNALDATE", "RFC822.SIZE", _MESSAGE_ID_FIELD])
-    finally:
-        client.normalise_times = normalise
+def fetch_summaries(client: IMAPClient, first: int, last: int) -> list[MessageSummary]:
+    """Date, size and Message-ID of the messages with UIDs from ``first`` to ``last`` (at most ``last - first +
+    1`` of them), in UID order; PEEK: no flag changes."""
+    tag = _send_uid_fetch(client, f"{first}:{last}", f"(INTERNALDATE RFC822.SIZE {_MESSAGE_ID_FIELD})")
+    response = _uid_fetch_result(client, tag)
     summaries = []
-    for uid in sorted(response):
+    for uid in sorted(uid for uid in response if first <= uid <= last):
         data = response[uid]
         internal, size = data.get(b"INTERNALDATE"), data.get(b"RFC822.SIZE")
         if not isinstance(internal, dt.datetime) or size is None:
@@ -193,10 +200,160 @@ def fetch_summaries(client: IMAPClient, uids: list[int]) -> list[MessageSummary]
 def fetch_raw(client: IMAPClient, uids: list[int]) -> dict[int, bytes]:
     """The whole messages ``uids`` as the server keeps them, by UID. ``BODY.PEEK[]`` leaves ``\\Seen``
     alone (``BODY[]`` and ``RFC822`` would set it). A message gone meanwhile is missing from the answer."""
-    if not uids:
-        return {}
-    response = client.fetch(uids, ["BODY.PEEK[]"])
-    return {int(uid): data[b"BODY[]"] for uid, data in response.items() if isinstance(data.get(b"BODY[]"), bytes)}
+    return RawFetch(client, uids).result()
+
+
+class RawFetch:
+    """:func:`fetch_raw` in two steps: made, it sends the command; :meth:`result` reads the answer. In between,
+    the server sends the mail (into the connection's buffers) while this side does other work. Nothing else may
+    be sent on the connection before :meth:`result` (an answer to it would take this one's data)."""
+
+    def __init__(self, client: IMAPClient, uids: list[int]):
+        self.client, self.uids = client, uids
+        self._tag = _send_uid_fetch(client, ",".join(str(uid) for uid in uids), "(BODY.PEEK[])") if uids else None
+
+    def result(self) -> dict[int, bytes]:
+        if self._tag is None:
+            return {}
+        response = _uid_fetch_result(self.client, self._tag)
+        self._tag = None
+        raws = {}
+        for uid in self.uids:  # unsolicited responses of other messages left out, as IMAPClient.fetch does
+            raw = response.get(uid, {}).get(b"BODY[]")
+            if isinstance(raw, bytes):
+                raws[uid] = raw
+        return raws
+
+
+def _send_uid_fetch(client: IMAPClient, uids: str, items: str) -> Any:
+    """Send ``UID FETCH uids items`` (imaplib's first step of a command, as :meth:`IMAPClient.fetch` takes it);
+    its tag, for :func:`_uid_fetch_result`."""
+    return client._imap._command("UID", "FETCH", uids, items)
+
+
+def _uid_fetch_result(client: IMAPClient, tag: Any) -> dict[int, dict[bytes, Any]]:
+    """The answer to the UID FETCH ``tag`` (imaplib's second step: read up to the tagged answer), as
+    :func:`imapclient.response_parser.parse_fetch_response` reads it with ``normalise_times`` off (dates keep
+    the server's offset): by UID, unsolicited responses included (the caller picks)."""
+    imap = client._imap
+    typ, data = imap._untagged_response(*imap._command_complete("UID", tag), "FETCH")
+    if typ != "OK":
+        from imapclient.exceptions import IMAPClientError
+
+        raise IMAPClientError(f"UID FETCH failed: {data[0]!r}")
+    response = _parse_fetch(data)
+    if response is None:  # not of the plain shape: imapclient's parser reads anything
+        from imapclient.response_parser import parse_fetch_response
+
+        response = parse_fetch_response(data, normalise_times=False, uid_is_key=True)
+    return dict(response)
+
+
+# A FETCH answer as imaplib hands it over: a response's line up to each literal ({n} at its end) with the literal,
+# then the rest of the line. A response starts "seq (" and holds "NAME value" pairs: the name may carry a section
+# ("BODY[HEADER.FIELDS (MESSAGE-ID)]", spaces and parentheses included) and a partial ("<0>"); the value is a
+# number, a quoted string without escapes, NIL, a literal, or a list of atoms (flags).
+_FETCH_START = re.compile(rb"(\d+) \(")
+_FETCH_PAIR = re.compile(
+    rb" ?([A-Za-z0-9.\-]+(?:\[[^\]\r\n]*\](?:<\d+>)?)?)"
+    rb' (?:(?P<number>\d+)|"(?P<quoted>[^"\\\r\n]*)"|(?P<nil>NIL)|\{(?P<literal>\d+)\}$|\((?P<list>[^()"{}\r\n]*)\))'
+)
+_INTERNALDATE = re.compile(rb" ?(\d{1,2})-([A-Z][a-z]{2})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)")
+_CONVERTED = frozenset({b"ENVELOPE", b"BODY", b"BODYSTRUCTURE"})  # imapclient makes objects of these
+_MONTHS = {name: number for number, name in enumerate(b"Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split(), 1)}
+
+
+def _parse_fetch(data: Sequence[bytes | tuple[bytes, bytes] | None]) -> dict[int, dict[bytes, Any]] | None:
+    """The FETCH responses ``data`` (from imaplib) as imapclient's ``parse_fetch_response`` reads them: keyed by
+    UID (by sequence number where no UID came), each with its ``SEQ``, names upper-cased, numbers as int,
+    strings and literals as bytes, NIL as None, lists as tuples, INTERNALDATE as a datetime in its own offset.
+    For responses of the plain shape only (see above); None for anything else."""
+    response: dict[int, dict[bytes, Any]] = {}
+    parts = iter(data)
+    for part in parts:
+        if part is None:  # imaplib's answer when there was no FETCH response at all
+            continue
+        line, literal = part if isinstance(part, tuple) else (part, None)
+        start = _FETCH_START.match(line)
+        if start is None:
+            return None
+        seq = int(start[1])
+        fields: dict[bytes, Any] = {b"SEQ": seq}
+        key, position = seq, start.end()
+        while True:
+            pair = _FETCH_PAIR.match(line, position)
+            if pair is None:
+                if line[position:] != b")":
+                    return None
+                break
+            position = pair.end()
+            name = pair[1].upper()
+            value: Any
+            if pair["number"] is not None:
+                value = int(pair["number"])
+            elif pair["quoted"] is not None:
+                value = pair["quoted"]
+            elif pair["nil"] is not None:
+                value = None
+            elif pair["list"] is not None:
+                value = tuple(_list_item(item) for item in pair["list"].split())
+            else:  # a literal, at the end of the line: the response goes on in the next part
+                if literal is None or len(literal) != int(pair["literal"]):
+                    return None
+                value, following = literal, next(parts, None)
+                if following is None:
+                    return None
+                line, literal = following if isinstance(following, tuple) else (following, None)
+                position = 0
+            if name == b"UID":
+                if not isinstance(value, int):
+                    return None
+                key = value
+            elif name == b"INTERNALDATE":
+                if isinstance(value, int | tuple):
+                    return None  # imapclient's parser fails on it
+                fields[name] = _internal_date(value)
+            elif name in _CONVERTED:
+                return None
+            else:
+                fields[name] = value
+        if literal is not None:
+            return None  # a literal no pair took
+        response.setdefault(key, {}).update(fields)
+    return response
+
+
+def _list_item(atom: bytes) -> bytes | int | None:
+    return int(atom) if atom.isdigit() else None if atom == b"NIL" else atom
+
+
+def _internal_date(value: bytes | None) -> dt.datetime | None:
+    """An INTERNALDATE as imapclient reads it with ``normalise_times`` off (None when it cannot be read)."""
+    if value is None:
+        return None
+    plain = _INTERNALDATE.fullmatch(value)
+    month = _MONTHS.get(plain[2]) if plain is not None else None
+    if plain is None or month is None:
+        from imapclient.datetime_util import parse_to_datetime
+
+        try:
+            parsed: dt.datetime = parse_to_datetime(value, normalise=False)
+        except ValueError:
+            return None
+        return parsed
+    offset = dt.timedelta(hours=int(plain[8]), minutes=int(plain[9]))
+    try:
+        return dt.datetime(
+            int(plain[3]),
+            month,
+            int(plain[1]),
+            int(plain[4]),
+            int(plain[5]),
+            int(plain[6]),
+            tzinfo=dt.timezone(-offset if plain[7] == b"-" else offset),
+        )
+    except ValueError:  # a day or time out of range
+        return None
 
 
 def delete_by_uid(client: IMAPClient, uids: list[int], *, uidplus: bool) -> bool:
