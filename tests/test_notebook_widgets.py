@@ -605,3 +605,60 @@ def test_a_frame_handed_in_is_limited_to_what_the_user_may_see(outbox_env: Path)
     assert explorer.rows == 6
     numbers = [line.split(" | ")[0] for line in visible_text(explorer.table).splitlines()[1:]]
     assert numbers == ["7", "5", "4", "3", "2", "1"]  # newest first
+
+
+def test_the_store_explorer_shows_what_the_frame_explorer_shows_for_each_filter(outbox_env: Path) -> None:
+    """The explorer counts the store in the database; on the loaded frame it filters in memory: each filter change
+    must show the same figures, pages and details, and export the same rows."""
+    settings = load_settings()
+    store = StateStore.open(settings.state_url, create=False)
+    counted = OutboxExplorer(page_size=2)
+    loaded = OutboxExplorer(load_store(store), page_size=2)  # alice's accounts, limited as the store's are
+    changes: list[tuple[str, object]] = [
+        ("status", "failed"),
+        ("domain", "web.de"),
+        ("domain", ""),
+        ("account", SHOP),
+        ("project", ""),
+        ("status", None),
+        ("project", "SHOP"),
+        ("start", dt.date(2026, 3, 3)),
+        ("account", None),
+        ("project", None),
+        ("error_class", "throttled"),
+        ("end", dt.date(2026, 3, 4)),
+        ("error_class", None),
+    ]
+
+    def shown(explorer: OutboxExplorer) -> tuple[object, ...]:
+        return (
+            explorer.rows,
+            visible_text(explorer.summary),
+            visible_text(explorer.table),
+            explorer.page_label.value,
+            [label for label, _ in explorer.selected.options],
+        )
+
+    assert shown(counted) == shown(loaded)
+    for name, value in changes:
+        for explorer in (counted, loaded):
+            getattr(explorer, name).value = value
+        assert shown(counted) == shown(loaded), (name, value)
+        if counted.selected.options:
+            for explorer in (counted, loaded):
+                explorer.selected.value = explorer.selected.options[-1][1]
+            assert visible_text(counted.detail) == visible_text(loaded.detail)
+        if not counted.next_button.disabled:
+            for explorer in (counted, loaded):
+                explorer.next_button.click()
+            assert shown(counted) == shown(loaded), (name, value, "the next page")
+    # Back to every attempt of the period: the newest of the store's six first.
+    for explorer in (counted, loaded):
+        explorer.end.value = None
+        explorer.start.value = None
+    assert counted.rows == 6 and visible_text(counted.table).splitlines()[1].startswith("7 | 2026-03-05 10:00 |")
+    for explorer, name in ((counted, "counted.csv"), (loaded, "loaded.csv")):
+        explorer.status.value = "failed"
+        explorer.export_path.value = str(outbox_env / name)
+        explorer.export_button.click()
+    assert (outbox_env / "counted.csv").read_bytes() == (outbox_env / "loaded.csv").read_bytes()

@@ -460,3 +460,41 @@ def test_a_mail_to_bcc_recipients_only_is_reported(store: StateStore, workdir: P
     assert (page.figures["sent"], page.figures["failed"]) == ("3", "7")
     domains = pd.read_csv(workdir / "reports" / "outbox-2026-03-05-domains.csv")
     assert int(domains["failed"].sum()) == 6  # the one without a To address has no domain
+
+
+def test_the_summary_reads_the_indexes_of_migration_0007_not_the_table(store: StateStore) -> None:
+    """Each of `summarise_store`'s statements is answered from an index (a range of it, or the small one of the
+    attempts not sent); SQLite uses the one on the recipient domain only for a query that spells it alike."""
+    plans: list[str] = []
+    fetch = analysis._fetch
+
+    def explain(session: Any, query: Any) -> list[tuple[Any, ...]]:
+        connection = session.connection()
+        compiled = query.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True})
+        plans.append(" | ".join(str(row[3]) for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")))
+        return fetch(session, query)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(analysis, "_fetch", explain)
+        analysis.summarise_store(
+            store, dt.date(2026, 3, 2), dt.date(2026, 3, 5), previous=(dt.date(2026, 2, 26), dt.date(2026, 3, 1))
+        )
+    assert plans and not [plan for plan in plans if re.search(r"SCAN outbox(_\d+)?( |$)(?!USING)", plan)], plans
+    assert any("COVERING INDEX ix_outbox_unsent" in plan for plan in plans)
+    assert any("INDEX ix_outbox_recipient_domain (<expr>=? AND account=? AND project=?" in plan for plan in plans)
+
+
+def test_the_report_draws_without_pyplot_or_a_gui_toolkit(store: StateStore, workdir: Path) -> None:
+    """matplotlib's figure and canvases only: pyplot would pick a backend for the whole process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from mailops.cli import app\n"
+        "try:\n    app(['report', '--since', '2026-03-02', '--until', '2026-03-05'])\n"
+        "except SystemExit as exit:\n    assert not exit.code, exit.code\n"
+        "gui = ('matplotlib.pyplot', 'tkinter', 'PyQt5', 'PyQt6', 'PySide6', 'gi')\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in gui or name in gui))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workdir, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr

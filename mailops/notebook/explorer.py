@@ -1,20 +1,22 @@
 """`OutboxExplorer`: why outgoing mail failed, over the outbox analysis (`mailops.outbox.analysis`).
 
-Filters narrow the outbox frame; a headline with the summary by error class, four charts
+Filters narrow the outbox; a headline with the summary by error class, four charts
 (`mailops.outbox.charts`) and a paged table of the attempts follow them, and the filtered rows
-can be exported to CSV. The frame comes from the state store, limited to the accounts the
-acting user may see (as `mailops outbox list` does), or is handed in (an export, a seed log).
+can be exported to CSV. The outbox is the state store's, limited to the accounts the acting user
+may see (as `mailops outbox list` does), or a frame handed in (an export, a seed log).
 
-A redraw on a million rows stays well under a second because nothing in it runs per row in
-Python: the filter is one boolean mask (`filter_mask`), the summaries read only the few
-columns they need, the table's newest-first order is sorted once when the explorer opens and
-only masked on a filter, and only the page shown is formatted. A chart is drawn again only
-when its summary changed (a small cache keyed by the summary's content).
+A state store is never loaded whole: the explorer opens on counts that the database makes
+(`StoreOutbox`), a filter counts again, and a page of the table reads only the rows it shows,
+so that a million attempts open in about a second and a redraw stays well under half a second.
+A frame handed in is filtered with one boolean mask (`filter_mask`); its newest-first order is
+sorted once. Either way only the page shown is formatted, and a chart is drawn again only when its
+summary changed (a small cache keyed by the summary's content).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
+    from mailops.outbox.analysis import StoreOutbox, Summaries
     from mailops.settings import Settings
 
 NO_PROJECT = ""  # the project filter's value for mails sent without a project (no project is named "")
@@ -52,7 +55,10 @@ class OutboxExplorer:
     ``domain``, ``start``, ``end``; None or empty means all), and ``summary``, the four charts
     (``class_chart``, ``rate_chart``, ``domain_chart``, ``account_chart``) and the ``table``
     page (``page``) follow. ``selected`` picks an attempt of the page for ``detail``;
-    ``export_button`` writes the filtered rows to ``export_path`` as CSV."""
+    ``export_button`` writes the filtered rows to ``export_path`` as CSV.
+
+    Without ``frame`` the outbox is the state store's (``settings``: where it is; default: the
+    environment's, as for the command line), as it was when the explorer opened."""
 
     def __init__(
         self,
@@ -67,35 +73,37 @@ class OutboxExplorer:
         self.timezone = timezone or DEFAULT_TIMEZONE
         self.page_size = page_size
         self.notice = widgets.HTML()
+        self._source: _FrameSource | _StoreSource
         try:
-            self._frame = self._visible(frame, load_settings_once(settings))
+            self._source = self._open(frame, load_settings_once(settings))
+            # matplotlib (about a second), imported while the database still counts the store's outbox (which it
+            # does without Python's lock); then the counts are waited for.
+            import mailops.outbox.charts  # noqa: F401
+
+            self._source.wait()
         except MailopsError as exc:
-            self._frame = empty_frame()
+            self._source = _FrameSource(empty_frame(), self.timezone)
             self.notice.value = error_message(exc, "No outbox to explore")
-        # Newest first, rows without a time last; sorted once, masked on every filter.
-        times = self._frame["time"].to_numpy(dtype="datetime64[us]").view(np.int64)
-        if (np.diff(times) >= 0).all():  # the usual case: the store's ids follow time (NaT sorts first)
-            self._order: npt.NDArray[np.intp] = np.arange(len(times))[::-1]
-        else:
-            self._order = np.argsort(times, kind="stable")[::-1]
-        self._mask: npt.NDArray[np.bool_] = np.ones(len(self._frame), dtype=bool)
-        self._positions = self._order
+        self._attempts = 0
+        self._rows: pd.DataFrame | None = None  # the page shown
         self._charts: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._figures: dict[str, Figure] = {}  # each chart's last drawing
         self._drawing = False
 
+        choices = self._source
         self.account = widgets.Dropdown(
-            options=self._choices("account", "all accounts"), description="Account", **sized("22em", "7em")
+            options=_options(choices.accounts(), "all accounts"), description="Account", **sized("22em", "7em")
         )
-        projects = self._choices("project", "all projects") + [("(no project)", NO_PROJECT)]
+        projects = _options(choices.projects(), "all projects") + [("(no project)", NO_PROJECT)]
         self.project = widgets.Dropdown(options=projects, description="Project", **sized("22em", "7em"))
         self.error_class = widgets.Dropdown(
-            options=self._choices("class", "all classes"), description="Class", **sized("22em", "7em")
+            options=_options(choices.classes(), "all classes"), description="Class", **sized("22em", "7em")
         )
         self.status = widgets.Dropdown(
-            options=self._choices("status", "all statuses"), description="Status", **sized("22em", "7em")
+            options=_options(choices.statuses(), "all statuses"), description="Status", **sized("22em", "7em")
         )
         self.domain = widgets.Combobox(
-            options=self._top_domains(),
+            options=choices.domains(MAX_DOMAIN_SUGGESTIONS),
             placeholder="all recipient domains",
             description="Domain",
             ensure_option=False,
@@ -156,14 +164,14 @@ class OutboxExplorer:
     @property
     def rows(self) -> int:
         """How many attempts pass the filters."""
-        return len(self._positions)
+        return self._attempts
 
     # -- loading ------------------------------------------------------------------------------
 
-    def _visible(self, frame: pd.DataFrame | None, settings: Settings) -> pd.DataFrame:
+    def _open(self, frame: pd.DataFrame | None, settings: Settings) -> _FrameSource | _StoreSource:
         """The outbox (or ``frame``) limited to the accounts the acting user may see."""
         from mailops.engine.visibility import visible_addresses
-        from mailops.outbox.analysis import filter_frame, load_store
+        from mailops.outbox.analysis import StoreOutbox, filter_frame
 
         context = Context.load(settings)
         actor = context.actor()
@@ -172,25 +180,8 @@ class OutboxExplorer:
         if not actor.admin:
             visible = visible_addresses(context.loaded.spec, actor, store.accounts(include_deleted=True))
         if frame is None:
-            return load_store(store, accounts=visible)
-        return frame if visible is None else filter_frame(frame, accounts=visible)
-
-    def _choices(self, column: str, everything: str) -> list[tuple[str, str | None]]:
-        """The values that occur in ``column`` (in the category's order), after an "all" choice."""
-        values = self._frame[column]
-        codes = values.cat.codes.to_numpy()
-        present = np.bincount(codes[codes >= 0], minlength=len(values.cat.categories)) > 0
-        names = [str(name) for name, used in zip(values.cat.categories, present, strict=True) if used]
-        if column in ("account", "project"):
-            names.sort()
-        return [(everything, None)] + [(name, name) for name in names]
-
-    def _top_domains(self) -> list[str]:
-        column = self._frame["recipient_domain"]
-        codes = column.cat.codes.to_numpy()
-        counts = np.bincount(codes[codes >= 0], minlength=len(column.cat.categories))
-        top = np.argsort(-counts, kind="stable")[:MAX_DOMAIN_SUGGESTIONS]
-        return [str(column.cat.categories[i]) for i in top if counts[i] > 0]
+            return _StoreSource(StoreOutbox(store, accounts=visible, timezone=self.timezone))
+        return _FrameSource(frame if visible is None else filter_frame(frame, accounts=visible), self.timezone)
 
     # -- drawing ------------------------------------------------------------------------------
 
@@ -212,7 +203,6 @@ class OutboxExplorer:
 
     def redraw(self) -> None:
         """Apply the filters: summary, charts and the first page of the table."""
-        from mailops.outbox.analysis import SUMMARY_COLUMNS, by_account, by_class, by_day, by_domain, filter_mask
         from mailops.outbox.charts import (
             failure_rate_by_day,
             failures_by_account,
@@ -220,18 +210,14 @@ class OutboxExplorer:
             failures_by_domain,
         )
 
-        self._mask = filter_mask(self._frame, timezone=self.timezone, **self._filters())
-        self._positions = self._order[self._mask[self._order]]
-        # The summaries read a handful of columns: copying only those is a fraction of the bytes.
-        view = self._frame.loc[self._mask, list(SUMMARY_COLUMNS)]
-        classes = by_class(view)
-        self.summary.value = _summary_html(view, classes)
-        days = by_day(view, timezone=self.timezone, start=self.start.value, end=self.end.value)
-        self._chart(self.class_chart, "class", classes, failures_by_class)
-        self._chart(self.rate_chart, "day", days, failure_rate_by_day)
-        self._chart(self.domain_chart, "domain", by_domain(view), failures_by_domain)
-        self._chart(self.account_chart, "account", by_account(view), failures_by_account)
-        pages = max(1, -(-len(self._positions) // self.page_size))
+        found = self._source.select(self._filters())
+        self._attempts = found.attempts
+        self.summary.value = _summary_html(found)
+        self._chart(self.class_chart, "class", found.classes, failures_by_class)
+        self._chart(self.rate_chart, "day", found.days, failure_rate_by_day)
+        self._chart(self.domain_chart, "domain", found.domains, failures_by_domain)
+        self._chart(self.account_chart, "account", found.accounts, failures_by_account)
+        pages = max(1, -(-found.attempts // self.page_size))
         self._drawing = True  # one page drawing for the new filter, not one per trait change
         try:
             self.page.max = pages
@@ -246,7 +232,9 @@ class OutboxExplorer:
         key = (name, summary.to_json(date_format="iso"))
         data = self._charts.get(key)
         if data is None:
-            figure: Figure = draw(summary)
+            # Drawn on the chart's previous figure: its axes and ticks stay, which halves the time of a chart.
+            figure: Figure = draw(summary, figure=self._figures.get(name))
+            self._figures[name] = figure
             # `svg` leaves out the namespaces, as HTML's parser adds them to an inline <svg>; an image
             # of its own needs them.
             data = svg(figure).replace("<svg ", f"<svg {SVG_NAMESPACES} ", 1).encode("utf-8")
@@ -267,15 +255,15 @@ class OutboxExplorer:
         from mailops.outbox.classify import remedy
 
         first = (self.page.value - 1) * self.page_size
-        positions = self._positions[first : first + self.page_size]
-        rows = self._frame.iloc[positions]
+        rows, numbers = self._source.page(first, self.page_size)
+        self._rows = rows
         times = _local_times(rows["time"], self.timezone)
         body = []
         options: list[tuple[str, int]] = []
-        for position, (_, row), when in zip(positions, rows.iterrows(), times, strict=True):
+        for place, ((_, row), when, fallback) in enumerate(zip(rows.iterrows(), times, numbers, strict=True)):
             error_class = _text(row["class"])
             short = remedy(error_class).short if error_class else ""
-            number = _text(row["id"]) or f"({position + 1})"
+            number = _text(row["id"]) or f"({fallback})"
             status = _text(row["status"])
             failed = status == "failed"
             status_cell = Markup(f'<span style="color:#b3261e">{escape(status)}</span>') if failed else status
@@ -294,9 +282,9 @@ class OutboxExplorer:
                     short,
                 ]
             )
-            options.append((f"{number} {when} {_text(row['to'])}".strip(), int(position)))
+            options.append((f"{number} {when} {_text(row['to'])}".strip(), place))
         self.table.value = table(_TABLE_COLUMNS, body, wrapped=[10]) if body else message("note", "No attempt.")
-        total = len(self._positions)
+        total = self._attempts
         shown_to = min(total, first + self.page_size)
         self.page_label.value = f"{first + 1 if total else 0}–{shown_to} of {total:,} attempts"
         self.previous_button.disabled = self.page.value <= 1
@@ -308,12 +296,12 @@ class OutboxExplorer:
     def _draw_detail(self) -> None:
         from mailops.outbox.classify import remedy
 
-        position = self.selected.value
-        if position is None:
+        place = self.selected.value
+        if place is None or self._rows is None:
             self.detail.value = ""
             return
-        row = self._frame.iloc[int(position)]
-        when = _local_times(self._frame["time"].iloc[[int(position)]], self.timezone)[0]
+        row = self._rows.iloc[int(place)]
+        when = _local_times(self._rows["time"].iloc[[int(place)]], self.timezone)[0]
         fields: list[tuple[str, str]] = [
             ("id", _text(row["id"])),
             (f"time ({self.timezone})", when),
@@ -348,16 +336,126 @@ class OutboxExplorer:
         if not str(self.export_path.value).strip():
             self.export_outcome.value = message("error", "name the CSV file to write")
             return
-        rows = self._frame[self._mask]
-        classes = rows["class"]
-        remedies = classes.map({name: remedy(str(name)).short for name in classes.cat.categories})
-        text = rows.assign(remedy=remedies).to_csv(index=False)
+        parts: list[str] = []
+        written = 0
+        # Chunk by chunk from the store: the CSV text is held, not a frame of every row.
+        for rows in self._source.export():
+            classes = rows["class"]
+            remedies = classes.map({name: remedy(str(name)).short for name in classes.cat.categories})
+            parts.append(rows.assign(remedy=remedies).to_csv(index=False, header=not parts))
+            written += len(rows)
+        if not parts:  # no row: the header alone
+            from mailops.outbox.analysis import COLUMNS
+
+            parts.append(",".join([*COLUMNS, "remedy"]) + "\n")
         try:
-            atomic_write(path, text)
+            atomic_write(path, "".join(parts))
         except MailopsError as exc:
             self.export_outcome.value = error_message(exc, "Not exported")
             return
-        self.export_outcome.value = message("ok", f"Wrote {len(rows):,} attempt(s) to {path}.")
+        self.export_outcome.value = message("ok", f"Wrote {written:,} attempt(s) to {path}.")
+
+
+class _FrameSource:
+    """A frame handed in: filtered with one boolean mask; its newest-first order sorted once."""
+
+    def __init__(self, frame: pd.DataFrame, timezone: str) -> None:
+        self.frame = frame
+        self.timezone = timezone
+        # Newest first, rows without a time last; sorted once, masked on every filter.
+        times = frame["time"].to_numpy(dtype="datetime64[us]").view(np.int64)
+        if (np.diff(times) >= 0).all():  # the usual case: the store's ids follow time (NaT sorts first)
+            self._order: npt.NDArray[np.intp] = np.arange(len(times))[::-1]
+        else:
+            self._order = np.argsort(times, kind="stable")[::-1]
+        self._mask: npt.NDArray[np.bool_] = np.ones(len(frame), dtype=bool)
+        self._positions = self._order
+
+    def wait(self) -> None:
+        """Nothing to wait for: the frame is all there."""
+
+    def accounts(self) -> list[str]:
+        return sorted(self._present("account"))
+
+    def projects(self) -> list[str]:
+        return sorted(self._present("project"))
+
+    def classes(self) -> list[str]:
+        return self._present("class")
+
+    def statuses(self) -> list[str]:
+        return self._present("status")
+
+    def _present(self, column: str) -> list[str]:
+        """The values that occur in ``column``, in the category's order."""
+        values = self.frame[column]
+        codes = values.cat.codes.to_numpy()
+        present = np.bincount(codes[codes >= 0], minlength=len(values.cat.categories)) > 0
+        return [str(name) for name, used in zip(values.cat.categories, present, strict=True) if used]
+
+    def domains(self, limit: int) -> list[str]:
+        column = self.frame["recipient_domain"]
+        codes = column.cat.codes.to_numpy()
+        counts = np.bincount(codes[codes >= 0], minlength=len(column.cat.categories))
+        top = np.argsort(-counts, kind="stable")[:limit]
+        return [str(column.cat.categories[i]) for i in top if counts[i] > 0]
+
+    def select(self, filters: dict[str, Any]) -> Summaries:
+        from mailops.outbox.analysis import filter_mask, summaries
+
+        self._mask = filter_mask(self.frame, timezone=self.timezone, **filters)
+        self._positions = self._order[self._mask[self._order]]
+        return summaries(self.frame, timezone=self.timezone, **filters)
+
+    def page(self, first: int, size: int) -> tuple[pd.DataFrame, list[int]]:
+        """The rows of a page, and each one's number in the frame (from 1) for a row without an id."""
+        positions = self._positions[first : first + size]
+        return self.frame.iloc[positions], [int(position) + 1 for position in positions]
+
+    def export(self) -> Iterator[pd.DataFrame]:
+        yield self.frame[self._mask]
+
+
+class _StoreSource:
+    """The state store's outbox: counted, paged and exported by the database."""
+
+    def __init__(self, outbox: StoreOutbox) -> None:
+        self.outbox = outbox
+        self._filters: dict[str, Any] = {}
+
+    def wait(self) -> None:
+        self.outbox.wait()
+
+    def accounts(self) -> list[str]:
+        return self.outbox.accounts()
+
+    def projects(self) -> list[str]:
+        return self.outbox.projects()
+
+    def classes(self) -> list[str]:
+        return self.outbox.classes()
+
+    def statuses(self) -> list[str]:
+        return self.outbox.statuses()
+
+    def domains(self, limit: int) -> list[str]:
+        return self.outbox.domains(limit)
+
+    def select(self, filters: dict[str, Any]) -> Summaries:
+        self._filters = filters
+        return self.outbox.summaries(**filters)
+
+    def page(self, first: int, size: int) -> tuple[pd.DataFrame, list[int]]:
+        rows = self.outbox.page(first, size, **self._filters)
+        return rows, list(range(first + 1, first + len(rows) + 1))
+
+    def export(self) -> Iterator[pd.DataFrame]:
+        return self.outbox.export(**self._filters)
+
+
+def _options(names: list[str], everything: str) -> list[tuple[str, str | None]]:
+    """A dropdown's choices: "all", then each name."""
+    return [(everything, None)] + [(name, name) for name in names]
 
 
 def _chart_image() -> Any:
@@ -365,10 +463,8 @@ def _chart_image() -> Any:
     return widgets.Image(format="svg+xml", layout=widgets.Layout(width="100%", height="auto"))
 
 
-def _summary_html(view: pd.DataFrame, classes: pd.DataFrame) -> str:
-    from mailops.outbox.analysis import headline
-
-    figures = headline(view)
+def _summary_html(found: Summaries) -> str:
+    figures, classes = found.headline, found.classes
     rate = "no finished mail" if figures.rate is None else f"{figures.rate:.1%} failed"
     line = f"{figures.sent + figures.failed:,} mails: {figures.sent:,} sent, {figures.failed:,} failed ({rate})"
     if figures.queued:

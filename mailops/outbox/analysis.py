@@ -77,7 +77,10 @@ counted by the database), :func:`whats_new`. Every summary frame has a plain
 ``RangeIndex`` and its key as a column; an empty frame gives an empty summary, not an error.
 :func:`summarise_store` gives the tables of `mailops report` for a period of a state store,
 the same as these functions give for the period's frame, counted in the database instead
-of loading a million rows.
+of loading a million rows. The notebook's explorer shows :func:`summaries` (the tables of a
+filtered frame) of a frame, and of a state store :class:`StoreOutbox`, which gives the same
+for any filter, pages through the attempts and exports them, without loading the store either.
+Both read the indexes of migration 0007 (see ``mailops.state.tables``).
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ import io
 import json
 import zoneinfo
 from collections.abc import Collection, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import getaddresses
@@ -107,24 +111,27 @@ from sqlalchemy import (
     Select,
     String,
     Text,
-    and_,
     case,
     cast,
+    false,
     func,
     literal_column,
     or_,
     select,
     true,
+    type_coerce,
     values,
 )
 from sqlalchemy import column as values_column
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql.expression import UnaryExpression
+from sqlalchemy.sql.operators import custom_op
 
 from mailops.errors import MailopsError, quoted
 from mailops.fileio import FileReadError, NotUtf8Error, decode_utf8, read_bytes
 from mailops.outbox.classify import CLASSES, MAX_LOG_BYTES, UNKNOWN, OutboxLogError, read_seed_log, remedy
 from mailops.state.outbox import IMPORTED, OutboxStatus
-from mailops.state.tables import OutboxRow
+from mailops.state.tables import OutboxRow, recipient_domain_text
 
 if TYPE_CHECKING:
     from mailops.state.store import StateStore
@@ -349,6 +356,10 @@ def _final(ids: pd.Series, message_ids: pd.Series) -> pd.Series:
 # --- loaders ---------------------------------------------------------------------------------------
 
 
+# What the rest of the outbox (a tenth of it, most of them failures) is read with: status and class as the stored
+# texts, which the frame maps to its categories per distinct value; a CASE per row cost SQLite as much as the rest.
+_STORED_LABELS: dict[str, Any] = {"status": OutboxRow.status, "class": OutboxRow.error_class}
+
 # The state store's column behind each column of the frame that is read from it. The address lists come as
 # their JSON text: decoding them row by row in the driver would be the slowest part of a load.
 _STORE_COLUMNS: dict[str, Any] = {  # SQLAlchemy's column expressions
@@ -438,9 +449,10 @@ def _cut(rows: list[tuple[Any, ...]], names: list[str]) -> dict[str, pd.Series]:
 
 
 def _frame_of(raw: dict[str, Any], length: int, columns: Collection[str] | None) -> pd.DataFrame:
-    """The frame of the state store's columns (:data:`_STORE_COLUMNS`, by the frame's names) as read."""
+    """The frame of the state store's columns (:data:`_STORE_COLUMNS`, by the frame's names) as read: status and
+    class as their positions in STATUSES and CLASSES, or as the stored texts (of :data:`_STORED_LABELS`)."""
     for name, categories in (("status", STATUSES), ("class", CLASSES)):
-        if name in raw:
+        if name in raw and pd.api.types.is_integer_dtype(raw[name].infer_objects()):
             codes = raw[name].to_numpy(dtype=np.int64)
             raw[name] = pd.Series(pd.Categorical.from_codes(codes, categories=list(categories)))
     if "to" in raw and columns is not None and "to" not in columns:
@@ -1008,9 +1020,10 @@ def summarise_store(
             rest, span = _rest(session, spans, accounts)
             now, failed = _failed_now(rest, span, length)
             names, totals = _attempts_by_account(session, spans, accounts)
-            # Only domains with a failed mail are shown: without one, the scan for the domains is spared.
-            if (now & failed & rest["recipient_domain"].notna().to_numpy()).any():
-                tails, tail_totals = _attempts_by_domain(session, days[0], days[-1], accounts)
+            # Which domains are shown depends on their failures alone (the rest's): only theirs are counted.
+            shown = _domains_shown(_tally(rest[now], "recipient_domain"), top_domains)["domain"]
+            if len(shown):
+                tails, tail_totals = _attempts_by_domain(session, days[0], days[-1], accounts, [*map(str, shown)])
             latest_failures = _latest_failures(session, rest, now, latest)
 
     now, failed = _failed_now(rest, span, length)
@@ -1127,19 +1140,98 @@ def _accounts_in_store() -> CTE:
 
 
 def _attempts_by_domain(
-    session: Session, since: dt.datetime, until: dt.datetime, accounts: Collection[str] | None
+    session: Session,
+    since: dt.datetime,
+    until: dt.datetime,
+    accounts: Collection[str] | None,
+    domains: Collection[str],
 ) -> tuple[list[str | None], npt.NDArray[np.int64]]:
-    """How many attempts there are per text after the first ``@`` of their To field (None: no ``@``), the text from
-    which :func:`recipient_domains` takes the domain. One scan of the table; the distinct texts are few where, as
-    usual, a To field holds one address."""
-    to = cast(OutboxRow.to_addresses, Text)
-    # No portable SQL finds a character in a text: PostgreSQL has strpos, SQLite (and most others) instr.
-    at = func.strpos(to, "@") if session.get_bind().dialect.name == "postgresql" else func.instr(to, "@")
-    tail = func.substr(to, func.nullif(at, 0) + 1).label("tail")  # no "@": position NULL, and so the tail
-    # Grouped by the result's name: the expression spelt out again would be computed twice per row.
-    query = _bounded(select(tail, func.count()).group_by(literal_column("tail")), accounts, since, until)
-    rows = _fetch(session, query)
-    return [row[0] for row in rows], np.array([row[1] for row in rows], dtype=np.int64)
+    """How many attempts of the ``domains`` there are per spelling of the first To address's domain (see
+    ``recipient_domain_text``), the text from which :func:`recipient_domains` takes the domain. Counted in the index
+    on the domain, account, project and time (migration 0007): a range of it per spelling, account and project, the
+    table is not read."""
+    listed = sorted({address.lower() for address in accounts}) if accounts is not None else _accounts_of(session)
+    every = _spellings_in(session)
+    named = _domains_of_tails(pa.array(every, type=pa.large_string()))
+    wanted = set(domains)
+    spellings = [text for text, domain in zip(every, named, strict=True) if domain in wanted]
+    if not listed or not spellings:
+        return [], np.zeros(0, dtype=np.int64)
+    dialect = session.get_bind().dialect.name
+    written = values(values_column("spelling", Text), name="written").data([(text,) for text in spellings])
+    spelling = written.cte("written").c.spelling
+    senders = values(values_column("account", String), name="senders").data([(address,) for address in listed])
+    account = senders.cte("senders").c.account
+    attempt = aliased(OutboxRow)
+    conditions = [
+        _written_domain(attempt, dialect) == spelling,
+        attempt.account == account,
+        attempt.created_at >= _as_utc(since),
+        attempt.created_at < _as_utc(until),
+    ]
+    # The index holds the project before the time: a range of time needs the project named, each stored value.
+    counts = [
+        select(func.count()).select_from(attempt).where(*conditions, condition).scalar_subquery()
+        for condition in _project_conditions(attempt.project, [*_projects_of(session, listed), None])
+    ]
+    pairs = spelling.table.join(account.table, true())
+    totals: dict[str, int] = {}
+    for text, number in _fetch(session, select(spelling, sum(counts[1:], counts[0])).select_from(pairs)):
+        totals[text] = totals.get(text, 0) + int(number)
+    return list(totals), np.array(list(totals.values()), dtype=np.int64)
+
+
+def _written_domain(table: Any, dialect: str) -> ColumnElement[str]:
+    """The first To address's domain as written (``recipient_domain_text``; on SQLite the indexed expression)."""
+    if dialect == "postgresql":
+        return recipient_domain_text(cast(table.to_addresses, Text), find=func.strpos)
+    return recipient_domain_text(type_coerce(table.to_addresses, Text))
+
+
+def _spellings_in(session: Session) -> list[str]:
+    """The distinct spellings of the first To addresses' domains (see ``recipient_domain_text``)."""
+    dialect = session.get_bind().dialect.name
+    written = _written_domain(OutboxRow, dialect)
+    if dialect != "sqlite":
+        return sorted(row[0] for row in _fetch(session, select(written).distinct()) if row[0] is not None)
+    # Each spelling found by a step along the index on the expression (DISTINCT would read all of it).
+    found = select(func.min(written).label("spelling")).cte("spellings", recursive=True)
+    later = aliased(OutboxRow)
+    following = select(func.min(_written_domain(later, dialect))).where(
+        _written_domain(later, dialect) > found.c.spelling
+    )
+    found = found.union_all(select(following.scalar_subquery()).where(found.c.spelling.is_not(None)))
+    return [row[0] for row in _fetch(session, select(found.c.spelling)) if row[0] is not None]
+
+
+def _accounts_of(session: Session) -> list[str]:
+    """The accounts of the outbox, sorted."""
+    found = _accounts_in_store()
+    return sorted(str(row[0]) for row in _fetch(session, select(found.c.account)) if row[0] is not None)
+
+
+def _projects_of(session: Session, accounts: Collection[str], *conditions: ColumnElement[bool]) -> list[str]:
+    """The projects of the accounts' attempts (that meet ``conditions``), sorted; each found by a step along the
+    index on account, project and time. An attempt without a project (NULL or empty) has none."""
+    projects: set[str] = set()
+    for account in accounts:
+        previous: str | None = ""
+        while previous is not None:
+            step = select(func.min(OutboxRow.project)).where(
+                OutboxRow.account == account, OutboxRow.project > previous, *conditions
+            )
+            previous = session.execute(step).scalar_one()
+            if previous is not None:
+                projects.add(previous)
+    return sorted(projects)
+
+
+def _retried_ids(last_id: int | None = None) -> Select[int | None]:
+    """The ids of the attempts that another attempt (logged up to ``last_id``: None, any) retries, found in the
+    index on ``retry_of``."""
+    retry = aliased(OutboxRow)
+    query = select(retry.retry_of).where(retry.retry_of.is_not(None))
+    return query if last_id is None else query.where(_logged_by(retry, last_id))
 
 
 def _rest(
@@ -1147,34 +1239,45 @@ def _rest(
 ) -> tuple[pd.DataFrame, npt.NDArray[np.int64]]:
     """Every attempt in the spans that was not sent or was retried, as a frame of the summaries' columns, and the
     number of the span each is in (-1: between them)."""
-    retry = aliased(OutboxRow)
-    retried = select(retry.retry_of).where(retry.retry_of.is_not(None)).cte("retried")  # one scan, used twice
-    sent = OutboxStatus.SENT.value
-    names = ["id", "account", "status", "class", "to"]
-    in_time = sorted((since, until, number) for number, (since, until) in enumerate(spans))
-    query = select(
-        *(_STORE_COLUMNS[name] for name in names),
-        OutboxRow.id.not_in(select(retried.c.retry_of)).label("final"),
-        _span_number(OutboxRow.created_at, [(_as_utc(since), _as_utc(until), n) for since, until, n in in_time]),
-    ).where(
-        # Two ranges of the index on status, where `status != 'sent'` would read the whole table.
-        or_(OutboxRow.status < sent, OutboxRow.status > sent, OutboxRow.id.in_(select(retried.c.retry_of)))
-    )
-    query = _bounded(query, accounts, in_time[0][0], max(until for _, until, _ in in_time))
-    rows = _fetch(session, query)
-    raw = _cut(rows, [*names, "final", "span"])
-    span = raw.pop("span").to_numpy(dtype=np.int64)
-    return _frame_of(raw, len(rows), SUMMARY_COLUMNS), span
+    retried = np.unique(np.array([row[0] for row in _fetch(session, _retried_ids())], dtype=np.int64))
+    names = ["id", "time", "account", "status", "class", "to"]
+    columns = [_STORED_LABELS.get(name, _STORE_COLUMNS[name]) for name in names]
+    time: ColumnElement[dt.datetime] = OutboxRow.created_at.expression
+    if session.get_bind().dialect.name == "sqlite":
+        # Not by the index on time (the table's rows in a range of time): the attempts not sent have an index of
+        # their own that holds what is read here, which SQLite takes only for the very same condition.
+        time = UnaryExpression(time, operator=custom_op("+"), type_=DateTime(timezone=True))
+        not_sent = OutboxRow.status != literal_column(f"'{OutboxStatus.SENT.value}'")
+    else:
+        not_sent = OutboxRow.status != OutboxStatus.SENT.value
+    bounds = [time >= _as_utc(min(since for since, _ in spans)), time < _as_utc(max(until for _, until in spans))]
+    if accounts is not None:
+        bounds.append(OutboxRow.account.in_(sorted({address.lower() for address in accounts})))
+    rows = _fetch(session, select(*columns).where(not_sent, *bounds))
+    if len(retried):  # sent, and then sent again (`outbox resend`): not a mail's last attempt
+        resent = OutboxRow.status == OutboxStatus.SENT.value, OutboxRow.id.in_(_retried_ids())
+        rows += _fetch(session, select(*columns).where(*resent, *bounds))
+    raw = _cut(rows, names)
+    raw["final"] = pd.Series(~np.isin(raw["id"].to_numpy(dtype=np.int64), retried))
+    frame = _frame_of(raw, len(rows), SUMMARY_COLUMNS)
+    return frame, _span_of(frame["time"], spans)
 
 
-def _span_number(time: Any, spans: list[tuple[dt.datetime, dt.datetime, int]]) -> ColumnElement[int]:
-    """The number of the span (since, until, number; in time order, apart) that holds ``time``, -1 for none: a
-    binary search in SQL, a few comparisons per row rather than two per span."""
-    if len(spans) == 1:
-        since, until, number = spans[0]
-        return case((and_(time >= since, time < until), number), else_=-1)
-    middle = len(spans) // 2
-    return case((time < spans[middle][0], _span_number(time, spans[:middle])), else_=_span_number(time, spans[middle:]))
+def _span_of(times: pd.Series, spans: list[tuple[dt.datetime, dt.datetime]]) -> npt.NDArray[np.int64]:
+    """The number of the span (since, until; apart) that holds each time, -1 for none."""
+    ordered = sorted((_as_utc(since), _as_utc(until), number) for number, (since, until) in enumerate(spans))
+    starts = np.array([_microseconds(since) for since, _, _ in ordered], dtype=np.int64)
+    ends = np.array([_microseconds(until) for _, until, _ in ordered], dtype=np.int64)
+    numbers = np.array([number for _, _, number in ordered], dtype=np.int64)
+    moments = times.to_numpy(dtype="datetime64[us]").view(np.int64)
+    place = np.searchsorted(starts, moments, side="right") - 1
+    inside = (place >= 0) & (moments < ends[np.maximum(place, 0)]) & times.notna().to_numpy(dtype=bool)
+    return np.where(inside, numbers[np.maximum(place, 0)], -1).astype(np.int64)
+
+
+def _microseconds(moment: dt.datetime) -> int:
+    """A UTC time as microseconds since 1970 (the numbering of ``datetime64[us]``)."""
+    return (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
 
 
 def _latest_failures(session: Session, rest: pd.DataFrame, now: npt.NDArray[np.bool_], latest: int) -> pd.DataFrame:
@@ -1273,3 +1376,698 @@ def _day_table(days: npt.NDArray[np.int64], sent: npt.NDArray[np.int64], failed:
             "rate": _rates(failed.astype(np.int64), mails),
         }
     )
+
+
+# --- the explorer's outbox, counted in the state store ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Summaries:
+    """What the notebook's explorer shows for a filter: the tables the frame functions give for the filtered frame,
+    and how many attempts pass the filter."""
+
+    headline: Headline  # headline(view)
+    classes: pd.DataFrame  # by_class(view)
+    accounts: pd.DataFrame  # by_account(view)
+    domains: pd.DataFrame  # by_domain(view, top=top_domains)
+    days: pd.DataFrame  # by_day(view, timezone=timezone, start=start, end=end)
+    attempts: int  # len(view)
+
+
+def summaries(
+    frame: pd.DataFrame,
+    *,
+    timezone: str = DEFAULT_TIMEZONE,
+    top_domains: int = 10,
+    accounts: Collection[str] | None = None,
+    projects: Collection[str | None] | None = None,
+    classes: Collection[str] | None = None,
+    statuses: Collection[str] | None = None,
+    domains: Collection[str] | None = None,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+) -> Summaries:
+    """The explorer's tables of the rows of ``frame`` that pass the filters (those of :func:`filter_frame`)."""
+    keep = filter_mask(
+        frame,
+        accounts=accounts,
+        projects=projects,
+        classes=classes,
+        statuses=statuses,
+        domains=domains,
+        start=start,
+        end=end,
+        timezone=timezone,
+    )
+    # The summaries read a handful of columns: copying only those is a fraction of the bytes.
+    view = frame.loc[keep, list(SUMMARY_COLUMNS)]
+    return Summaries(
+        headline=headline(view),
+        classes=by_class(view),
+        accounts=by_account(view),
+        domains=by_domain(view, top=top_domains),
+        days=by_day(view, timezone=timezone, start=start, end=end),
+        attempts=int(keep.sum()),
+    )
+
+
+# How many rows of the outbox one statement of an export reads: a chunk's frame, not the whole outbox, in memory.
+EXPORT_CHUNK = 50_000
+
+
+@dataclass(frozen=True)
+class _AttemptCounts:
+    """Every attempt (of any status) of a :class:`StoreOutbox`, counted when it opened: for the filters that narrow
+    by neither project nor (for the days) domain, which then need no statement at all."""
+
+    spellings: dict[str, list[str]]  # domain -> how its first To addresses write it
+    per_domain: dict[str, npt.NDArray[np.int64]]  # domain -> attempts per account (in the order of the accounts)
+    per_day: npt.NDArray[np.int64]  # attempts per account (a row each) and day of the outbox (a column each)
+
+
+class StoreOutbox:
+    """The outbox of a state store as the notebook's explorer reads it: counted, paged and exported by the database
+    for any filter of :func:`filter_frame` (dates for ``start`` and ``end``), never loaded whole.
+
+    It shows the store as it was when opened: the attempts logged later (a higher id) are left out, so
+    that the counts, the pages and the export agree with each other while a worker goes on sending.
+
+    How: most attempts are sent at their first try, and of those the summaries need only how many there are per
+    account, day and recipient domain. *The rest* (every attempt that was not sent, or was retried: a small share)
+    is read once, when opened, as a frame of the summaries' columns, and filtered and summarised by the frame
+    functions for each filter. *The sent attempts* are counted by the database for each filter, all attempts less
+    the rest, per account and day, from the indexes on account, project, recipient domain and time (migration
+    0007), without reading the table. A page of the table and the export read the rows they show.
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        accounts: Collection[str] | None = None,
+        timezone: str = DEFAULT_TIMEZONE,
+    ) -> None:
+        """``accounts``: the addresses whose attempts the viewer may see (None: all), as for :func:`load_store`."""
+        self.store = store
+        self.timezone = _zone(timezone)
+        self._visible = None if accounts is None else sorted({address.lower() for address in accounts})
+        self._last_id = 0
+        self._accounts: list[str] = []
+        self._projects: list[str] = []
+        # Counted when opened, on a thread of their own (see _open): the first use waits for them.
+        self._counts = _AttemptCounts({}, {}, np.zeros((0, 0), dtype=np.int64))
+        self._counting: Future[_AttemptCounts] | None = None
+        self._days: tuple[dt.date, dt.date] | None = None  # the first and last day with an attempt
+        self._retried = np.zeros(0, dtype=np.int64)
+        self._rest = empty_frame()
+        if store.exists and self._visible != []:
+            with _snapshot(store) as session:
+                self._open(session)
+
+    def _open(self, session: Session) -> None:
+        self._last_id = int(session.execute(select(func.coalesce(func.max(OutboxRow.id), 0))).scalar_one())
+        retried = _fetch(session, _retried_ids(self._last_id))
+        self._retried = np.unique(np.array([row[0] for row in retried], dtype=np.int64))
+
+        # The accounts with an attempt (of those the viewer may see): the filter offers no other.
+        present = _accounts_of(session)
+        self._accounts = present if self._visible is None else sorted(set(present) & set(self._visible))
+        if not self._accounts:
+            return
+        # The first and the last attempt, each found at an end of the index on time (min and max in one statement
+        # would read all of it).
+        ends = [
+            _fetch(session, select(OutboxRow.created_at).where(*self._visible_only()).order_by(order).limit(1))
+            for order in (OutboxRow.created_at.asc(), OutboxRow.created_at.desc())
+        ]
+        if not ends[0]:
+            return
+        first, last = ends[0][0][0], ends[1][0][0]
+        moments = _utc(pd.Series([first, last], dtype=object)).dt.tz_convert(self.timezone)
+        self._days = (moments.iloc[0].date(), moments.iloc[1].date())
+        self._projects = _projects_of(session, self._accounts, _logged_by(OutboxRow, self._last_id))
+        if self._own_connections():
+            # The counts walk the indexes in the database, without Python's lock, on a connection and a thread of
+            # their own while this one reads the rest (and the caller goes on, until it needs them). They count
+            # every attempt up to the last id, whatever its status: another transaction sees the same.
+            counting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailops-outbox-counts")
+            self._counting = counting.submit(self._count_attempts, self._days)
+            counting.shutdown(wait=False)
+            self._rest = self._read_rest(session)
+        else:
+            self._rest = self._read_rest(session)
+            self._counts = self._count_attempts(self._days, session)
+
+    def wait(self) -> None:
+        """Wait for the counts made when opened (any first use of them waits too); raises what failed there."""
+        self._counted  # noqa: B018 - the property waits
+
+    @property
+    def _counted(self) -> _AttemptCounts:
+        """The counts made when opened, once they are there."""
+        if self._counting is not None:
+            self._counts, self._counting = self._counting.result(), None
+        return self._counts
+
+    def _own_connections(self) -> bool:
+        """Whether a second connection reads the same database (not so for SQLite's in-memory one)."""
+        url = self.store.engine.url
+        return url.get_backend_name() != "sqlite" or url.database not in (None, "", ":memory:")
+
+    def _count_attempts(self, days: tuple[dt.date, dt.date], session: Session | None = None) -> _AttemptCounts:
+        """The counts of every attempt made when opened (see _open); in a session of its own unless one is given."""
+        if session is None:
+            with self.store.session() as own:
+                return self._count_attempts(days, own)
+        spellings, per_domain = self._domains_in(session)
+        return _AttemptCounts(spellings, per_domain, self._attempts_per_day(session, self._accounts, None, None, *days))
+
+    # -- what the filters offer -------------------------------------------------------------------
+
+    def accounts(self) -> list[str]:
+        """The accounts with an attempt, sorted."""
+        return sorted(self._accounts) if self._days is not None else []
+
+    def projects(self) -> list[str]:
+        """The projects with an attempt, sorted (an attempt without one has none: it is not listed)."""
+        return list(self._projects)
+
+    def classes(self) -> list[str]:
+        """The error classes of the undelivered attempts, in the order of :data:`CLASSES`."""
+        codes = self._rest["class"].cat.codes.to_numpy()
+        present = np.bincount(codes[codes >= 0], minlength=len(CLASSES)) > 0
+        return [name for name, used in zip(CLASSES, present, strict=True) if used]
+
+    def statuses(self) -> list[str]:
+        """The statuses of the attempts, in the order of :data:`STATUSES`."""
+        codes = self._rest["status"].cat.codes.to_numpy()
+        present = np.bincount(codes[codes >= 0], minlength=len(STATUSES)) > 0
+        present[_SENT] |= self._sent_attempts_exist()
+        return [name for name, used in zip(STATUSES, present, strict=True) if used]
+
+    def domains(self, limit: int) -> list[str]:
+        """The ``limit`` recipient domains with the most attempts, most first (ties by name)."""
+        attempts = {domain: int(counts.sum()) for domain, counts in self._counted.per_domain.items()}
+        ranked = sorted(attempts.items(), key=lambda item: (-item[1], item[0]))
+        return [domain for domain, attempts in ranked[:limit] if attempts > 0]
+
+    def _sent_attempts_exist(self) -> bool:
+        if self._days is None:
+            return False
+        query = select(OutboxRow.id).where(OutboxRow.status == OutboxStatus.SENT.value, *self._visible_only()).limit(1)
+        with self.store.session() as session:
+            return bool(_fetch(session, query))
+
+    # -- summaries --------------------------------------------------------------------------------
+
+    def summaries(
+        self,
+        *,
+        top_domains: int = 10,
+        accounts: Collection[str] | None = None,
+        projects: Collection[str | None] | None = None,
+        classes: Collection[str] | None = None,
+        statuses: Collection[str] | None = None,
+        domains: Collection[str] | None = None,
+        start: dt.date | None = None,
+        end: dt.date | None = None,
+    ) -> Summaries:
+        """What :func:`summaries` gives for the store's frame (as :func:`load_store` reads it) and these filters."""
+        rest, unsent = self._narrowed(accounts, projects, classes, statuses, domains, start, end)
+        sent_too = classes is None and (statuses is None or OutboxStatus.SENT.value in statuses)
+        day_numbers = np.zeros(0, dtype=np.int64)
+        names = sorted(self._chosen_accounts(accounts))
+        sent = np.zeros((len(names), 0), dtype=np.int64)
+        if self._days is not None or (start is not None and end is not None):
+            first, last = start or self._days[0], end or self._days[1]  # type: ignore[index]
+            day_numbers = np.arange(_ordinal(first), _ordinal(last) + 1, dtype=np.int64)
+            sent = np.zeros((len(names), len(day_numbers)), dtype=np.int64)
+            spellings = self._spellings_of(domains)
+            if sent_too and len(day_numbers) and names and spellings != []:
+                # Sent attempts per account and day: every attempt the database counts, less the rest's.
+                if projects is None and spellings is None:
+                    sent = self._counted_per_day(names, day_numbers)
+                else:
+                    with _snapshot(self.store) as session:
+                        sent = self._attempts_per_day(session, names, projects, spellings, first, last)
+                sent -= _per_account_and_day(unsent, names, day_numbers, self.timezone)
+        _, final_failed = _finished(rest)
+        queued = _final_mask(rest) & (rest["status"].cat.codes.to_numpy() == _QUEUED)
+        rest_days = _local_days(rest["time"], self.timezone) - (day_numbers[0] if len(day_numbers) else 0)
+        inside = (rest_days >= 0) & (rest_days < len(day_numbers))
+        failed_per_day = np.bincount(rest_days[final_failed & inside], minlength=len(day_numbers))
+        days = _day_table(day_numbers, sent.sum(axis=0), failed_per_day)
+        days = _trimmed(days, leading=start is None, trailing=end is None)
+        account_sent = pd.Series(sent.sum(axis=1), index=pd.Index(names, dtype=object))
+        return Summaries(
+            headline=_headline(int(sent.sum()), int(final_failed.sum()), int(queued.sum()), None),
+            classes=by_class(rest),
+            accounts=_accounts_shown(_with_sent(_tally(rest, "account"), "account", account_sent)),
+            domains=self._domains_table(rest, unsent, projects, accounts, start, end, top_domains, sent_too),
+            days=days,
+            attempts=int(sent.sum()) + len(rest),  # the rest holds no final sent attempt
+        )
+
+    def _every_project(self) -> list[str | None]:
+        """Every project of the attempts, and none (for a condition per stored value)."""
+        return [*self._projects, None]
+
+    def _counted_per_day(self, accounts: list[str], day_numbers: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """All attempts per account and day as counted when opened (days outside the outbox's: none)."""
+        counts = np.zeros((len(accounts), len(day_numbers)), dtype=np.int64)
+        if self._days is None:
+            return counts
+        rows = pd.Index(self._accounts).get_indexer(accounts)
+        columns = day_numbers - _ordinal(self._days[0])
+        inside = (columns >= 0) & (columns < self._counted.per_day.shape[1])
+        counts[:, inside] = self._counted.per_day[np.ix_(rows, columns[inside])]
+        return counts
+
+    def _narrowed(
+        self,
+        accounts: Collection[str] | None,
+        projects: Collection[str | None] | None,
+        classes: Collection[str] | None,
+        statuses: Collection[str] | None,
+        domains: Collection[str] | None,
+        start: dt.date | None,
+        end: dt.date | None,
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The rest as filtered; and as filtered by all but status and class, which the database's counts of all
+        attempts do not know (the rest's share of those counts is taken off them)."""
+        common = filter_mask(
+            self._rest,
+            accounts=accounts,
+            projects=projects,
+            domains=domains,
+            start=start,
+            end=end,
+            timezone=self.timezone,
+        )
+        if classes is None and statuses is None:
+            narrowed = self._rest[common]
+            return narrowed, narrowed
+        keep = common & filter_mask(self._rest, classes=classes, statuses=statuses, timezone=self.timezone)
+        return self._rest[keep], self._rest[common]
+
+    def _domains_table(
+        self,
+        rest: pd.DataFrame,
+        unsent: pd.DataFrame,
+        projects: Collection[str | None] | None,
+        accounts: Collection[str] | None,
+        start: dt.date | None,
+        end: dt.date | None,
+        top: int,
+        sent_too: bool,
+    ) -> pd.DataFrame:
+        """by_domain of the filtered frame: its top domains by failures come from the rest alone, and only their sent
+        mails are counted in the database."""
+        shown = _domains_shown(_tally(rest, "recipient_domain"), top)
+        if not sent_too or not len(shown):
+            return shown
+        names = [str(name) for name in shown["domain"]]
+        chosen = sorted(self._chosen_accounts(accounts))
+        since = _day_start(start, self.timezone) if start is not None else None
+        until = _day_start(end + dt.timedelta(days=1), self.timezone) if end is not None else None
+        if projects is None and since is None and until is None:
+            rows = pd.Index(self._accounts).get_indexer(chosen)
+            empty = np.zeros(len(self._accounts), dtype=np.int64)
+            attempts = {name: int(self._counted.per_domain.get(name, empty)[rows].sum()) for name in names}
+        else:
+            with _snapshot(self.store) as session:
+                attempts = self._attempts_per_domain(session, names, chosen, projects, since, until)
+        in_rest = _count(unsent["recipient_domain"], np.ones(len(unsent), dtype=bool))
+        rest_per_domain = dict(
+            zip((str(name) for name in unsent["recipient_domain"].cat.categories), in_rest, strict=True)
+        )
+        sent = np.array([attempts[name] - rest_per_domain.get(name, 0) for name in names], dtype=np.int64)
+        return _tally_table("domain", names, sent, shown["failed"].to_numpy(dtype=np.int64))
+
+    # -- rows -------------------------------------------------------------------------------------
+
+    def page(
+        self,
+        offset: int,
+        limit: int,
+        *,
+        accounts: Collection[str] | None = None,
+        projects: Collection[str | None] | None = None,
+        classes: Collection[str] | None = None,
+        statuses: Collection[str] | None = None,
+        domains: Collection[str] | None = None,
+        start: dt.date | None = None,
+        end: dt.date | None = None,
+    ) -> pd.DataFrame:
+        """The attempts ``offset`` to ``offset + limit`` that pass the filters, newest first (the frame's shape)."""
+        if not self.store.exists or self._last_id == 0:
+            return empty_frame()
+        if classes is not None or (statuses is not None and OutboxStatus.SENT.value not in statuses):
+            # No sent attempt passes: the page is among the rest, already in memory.
+            rest, _ = self._narrowed(accounts, projects, classes, statuses, domains, start, end)
+            times = rest["time"].to_numpy(dtype="datetime64[us]").view(np.int64)
+            order = np.lexsort((rest["id"].to_numpy(dtype=np.int64), times))[::-1]
+            ids = rest["id"].to_numpy(dtype=np.int64)[order[offset : offset + limit]].tolist()
+        else:
+            # The newest first along the index on time, not all of a domain's attempts sorted by time.
+            where = self._where(accounts, projects, classes, statuses, domains, start, end, by_domain_index=False)
+            query = (
+                select(OutboxRow.id)
+                .where(*where)
+                .order_by(OutboxRow.created_at.desc(), OutboxRow.id.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+            with self.store.session() as session:
+                ids = [row[0] for row in _fetch(session, query)]
+        return self.rows(ids)
+
+    def rows(self, ids: Collection[int]) -> pd.DataFrame:
+        """The attempts of these ids in full, in the order given (one that is not there is left out)."""
+        if not ids or not self.store.exists:
+            return empty_frame()
+        wanted = _wanted(None)
+        query = select(*(_STORE_COLUMNS[name] for name in wanted)).where(
+            OutboxRow.id.in_(list(ids)), *self._visible_only()
+        )
+        with self.store.session() as session:
+            rows = _fetch(session, query)
+        position = {int(entry): number for number, entry in enumerate(ids)}
+        rows.sort(key=lambda row: position[int(row[0])])
+        return self._full_frame(rows, wanted)
+
+    def export(
+        self,
+        *,
+        accounts: Collection[str] | None = None,
+        projects: Collection[str | None] | None = None,
+        classes: Collection[str] | None = None,
+        statuses: Collection[str] | None = None,
+        domains: Collection[str] | None = None,
+        start: dt.date | None = None,
+        end: dt.date | None = None,
+        chunk: int = EXPORT_CHUNK,
+    ) -> Iterator[pd.DataFrame]:
+        """Every attempt that passes the filters in full, oldest (lowest id) first, as frames of ``chunk`` rows."""
+        if not self.store.exists or self._last_id == 0:
+            return
+        where = self._where(accounts, projects, classes, statuses, domains, start, end)
+        wanted = _wanted(None)
+        after = 0
+        while True:
+            query = (
+                select(*(_STORE_COLUMNS[name] for name in wanted))
+                .where(*where, OutboxRow.id > after)
+                .order_by(OutboxRow.id)
+                .limit(chunk)
+            )
+            with self.store.session() as session:
+                rows = _fetch(session, query)
+            if not rows:
+                return
+            after = int(rows[-1][0])
+            yield self._full_frame(rows, wanted)
+
+    def _full_frame(self, rows: list[tuple[Any, ...]], wanted: list[str]) -> pd.DataFrame:
+        raw = _cut(rows, wanted)
+        raw["final"] = pd.Series(~np.isin(raw["id"].to_numpy(dtype=np.int64), self._retried))
+        return _frame_of(raw, len(rows), None)
+
+    # -- the database's side ----------------------------------------------------------------------
+
+    def _visible_only(self) -> list[ColumnElement[bool]]:
+        conditions = [_logged_by(OutboxRow, self._last_id)]
+        if self._visible is not None:
+            conditions.append(OutboxRow.account.in_(self._visible))
+        return conditions
+
+    def _chosen_accounts(self, accounts: Collection[str] | None) -> list[str]:
+        if accounts is None:
+            return list(self._accounts)
+        chosen = {address.lower() for address in accounts}
+        return [address for address in self._accounts if address in chosen]
+
+    def _spellings_of(self, domains: Collection[str] | None) -> list[str] | None:
+        """How the first To addresses write these domains (None: any domain, or none)."""
+        if domains is None:
+            return None
+        return sorted({spelling for domain in domains for spelling in self._counted.spellings.get(domain.lower(), [])})
+
+    def _where(
+        self,
+        accounts: Collection[str] | None,
+        projects: Collection[str | None] | None,
+        classes: Collection[str] | None,
+        statuses: Collection[str] | None,
+        domains: Collection[str] | None,
+        start: dt.date | None,
+        end: dt.date | None,
+        *,
+        by_domain_index: bool = True,
+    ) -> list[ColumnElement[bool]]:
+        """The filters as SQL conditions, with the frame's meaning (see :func:`filter_frame`); without
+        ``by_domain_index``, SQLite is kept from reading the attempts by the index on the recipient domain."""
+        conditions = self._visible_only()
+        if accounts is not None:
+            conditions.append(OutboxRow.account.in_(self._chosen_accounts(accounts)))
+        if projects is not None:
+            conditions.append(_project_among(OutboxRow.project, projects))
+        if statuses is not None:
+            conditions.append(OutboxRow.status.in_([status for status in statuses if status in STATUSES]))
+        if classes is not None:
+            # The frame's class: an undelivered attempt's, `unknown` when it has none that this release knows.
+            known = case(
+                (OutboxRow.error_class.in_(CLASSES), OutboxRow.error_class), else_=literal_column(f"'{UNKNOWN}'")
+            )
+            conditions += [OutboxRow.status.in_(UNDELIVERED), known.in_(sorted(classes))]
+        spellings = self._spellings_of(domains)
+        if spellings is not None:
+            written = self._recipient_domain()
+            if not by_domain_index and self.store.engine.dialect.name == "sqlite":
+                written = UnaryExpression(written, operator=custom_op("+"), type_=Text())  # no index for "+expr"
+            conditions.append(written.in_(spellings))
+        if start is not None:
+            conditions.append(OutboxRow.created_at >= _day_start(start, self.timezone))
+        if end is not None:
+            conditions.append(OutboxRow.created_at < _day_start(end + dt.timedelta(days=1), self.timezone))
+        return conditions
+
+    def _recipient_domain(self, table: Any = OutboxRow) -> ColumnElement[str]:
+        """The first To address's domain as written (the indexed expression on SQLite)."""
+        return _written_domain(table, self.store.engine.dialect.name)
+
+    def _read_rest(self, session: Session) -> pd.DataFrame:
+        """Every attempt that was not sent or was retried, as a frame of the summaries' columns and the id."""
+        names = ["id", "time", "account", "project", "status", "class", "to"]
+        columns = [_STORED_LABELS.get(name, _STORE_COLUMNS[name]) for name in names]
+        # The status as a literal: SQLite reads the index of the attempts not sent only for the same condition.
+        not_sent = OutboxRow.status != literal_column(f"'{OutboxStatus.SENT.value}'")
+        unsent = select(*columns).where(not_sent, *self._visible_only())
+        # Sent, and then sent again (`outbox resend`): not a mail's last attempt.
+        resent = select(*columns).where(
+            OutboxRow.status == OutboxStatus.SENT.value,
+            OutboxRow.id.in_(_retried_ids(self._last_id)),
+            *self._visible_only(),
+        )
+        # In no order: ordered by id, SQLite would read the table rather than the index of the attempts not sent.
+        rows = _fetch(session, unsent)
+        if len(self._retried):
+            rows += _fetch(session, resent)
+        raw = _cut(rows, names)
+        raw["final"] = pd.Series(~np.isin(raw["id"].to_numpy(dtype=np.int64), self._retried))
+        return _frame_of(raw, len(rows), (*SUMMARY_COLUMNS, "id"))
+
+    def _domains_in(self, session: Session) -> tuple[dict[str, list[str]], dict[str, npt.NDArray[np.int64]]]:
+        """The recipient domains: how the first To addresses write each, and how many attempts each has per
+        account (in the order of the accounts)."""
+        spellings = _spellings_in(session)
+        if not spellings:
+            return {}, {}
+        listed = values(values_column("spelling", Text), name="listed").data([(text,) for text in spellings]).cte()
+        senders = values(values_column("account", String), name="senders").data([(a,) for a in self._accounts])
+        account = senders.cte("senders").c.account
+        attempt = aliased(OutboxRow)
+        conditions = [
+            self._recipient_domain(attempt) == listed.c.spelling,
+            attempt.account == account,
+            _logged_by(attempt, self._last_id),
+        ]
+        count = select(func.count()).select_from(attempt).where(*conditions).scalar_subquery()
+        pairs = listed.join(account.table, true())
+        counted = _fetch(session, select(listed.c.spelling, account, count).select_from(pairs))
+        domain_of = dict(zip(spellings, _domains_of_tails(pa.array(spellings, type=pa.large_string())), strict=True))
+        position = {address: number for number, address in enumerate(self._accounts)}
+        by_domain: dict[str, list[str]] = {}
+        attempts: dict[str, npt.NDArray[np.int64]] = {}
+        for spelling in spellings:
+            domain = domain_of[spelling]
+            if isinstance(domain, str):
+                by_domain.setdefault(domain, []).append(spelling)
+                attempts.setdefault(domain, np.zeros(len(self._accounts), dtype=np.int64))
+        for spelling, address, number in counted:
+            domain = domain_of[spelling]
+            if isinstance(domain, str):
+                attempts[domain][position[address]] += int(number)
+        return by_domain, attempts
+
+    def _attempts_per_day(
+        self,
+        session: Session,
+        accounts: list[str],
+        projects: Collection[str | None] | None,
+        spellings: list[str] | None,
+        first: dt.date,
+        last: dt.date,
+    ) -> npt.NDArray[np.int64]:
+        """All attempts (of any status) per account (a row each, in the order given) and calendar day (a column each,
+        ``first`` to ``last``) of the projects and domain spellings given (None: any); a range of an index each."""
+        length = (last - first).days + 1
+        starts = [_day_start(first + dt.timedelta(days=number), self.timezone) for number in range(length + 1)]
+        moment = DateTime(timezone=True)
+        spans = values(
+            values_column("number", Integer),
+            values_column("since", moment),
+            values_column("until", moment),
+            name="spans",
+        ).data([(number, _as_utc(starts[number]), _as_utc(starts[number + 1])) for number in range(length)])
+        bounds = spans.cte("spans")
+        senders = values(values_column("account", String), name="senders").data([(address,) for address in accounts])
+        account = senders.cte("senders").c.account
+        attempt = aliased(OutboxRow)
+        conditions = [
+            attempt.account == account,
+            attempt.created_at >= bounds.c.since,
+            attempt.created_at < bounds.c.until,
+            _logged_by(attempt, self._last_id),
+        ]
+        keys: list[Any] = [account, bounds.c.number]
+        pairs: Any = account.table.join(bounds, true())
+        if spellings is not None:
+            written = values(values_column("spelling", Text), name="written").data([(text,) for text in spellings])
+            spelling = written.cte("written").c.spelling
+            conditions.append(self._recipient_domain(attempt) == spelling)
+            pairs = pairs.join(spelling.table, true())
+            # The index on the domain holds the project before the time: a range of time needs the project named.
+            projects = self._every_project() if projects is None else projects
+        # A count per stored value of the projects: an equality each, which the index on account, project and time
+        # answers with a range (one condition for several values would not).
+        counts = [
+            select(func.count()).select_from(attempt).where(*conditions, condition).scalar_subquery()
+            for condition in _project_conditions(attempt.project, projects)
+        ]
+        rows = _fetch(session, select(*keys, sum(counts[1:], counts[0])).select_from(pairs))
+        totals = np.zeros((len(accounts), length), dtype=np.int64)
+        position = {name: index for index, name in enumerate(accounts)}
+        for name, number, attempts in rows:  # a row per account, day (and project, spelling): a few thousand
+            totals[position[name], number] += attempts
+        return totals
+
+    def _attempts_per_domain(
+        self,
+        session: Session,
+        domains: list[str],
+        accounts: list[str],
+        projects: Collection[str | None] | None,
+        since: dt.datetime | None,
+        until: dt.datetime | None,
+    ) -> dict[str, int]:
+        """All attempts (of any status) per domain of the accounts, projects (None: any) and time given."""
+        spellings = [(spelling, domain) for domain in domains for spelling in self._counted.spellings.get(domain, [])]
+        if not spellings or not accounts:
+            return dict.fromkeys(domains, 0)
+        written = values(values_column("spelling", Text), name="written").data([(text,) for text, _ in spellings])
+        spelling = written.cte("written").c.spelling
+        senders = values(values_column("account", String), name="senders").data([(address,) for address in accounts])
+        account = senders.cte("senders").c.account
+        attempt = aliased(OutboxRow)
+        conditions = [
+            self._recipient_domain(attempt) == spelling,
+            attempt.account == account,
+            _logged_by(attempt, self._last_id),
+        ]
+        if since is not None:
+            conditions.append(attempt.created_at >= _as_utc(since))
+        if until is not None:
+            conditions.append(attempt.created_at < _as_utc(until))
+        if projects is None and (since is not None or until is not None):
+            # The index on the domain holds the project before the time: a range of time needs the project named.
+            projects = self._every_project()
+        # A count per stored value of the projects: an equality each, which the index answers with a range.
+        counts = [
+            select(func.count()).select_from(attempt).where(*conditions, condition).scalar_subquery()
+            for condition in _project_conditions(attempt.project, projects)
+        ]
+        pairs = spelling.table.join(account.table, true())
+        rows = _fetch(session, select(spelling, sum(counts[1:], counts[0])).select_from(pairs))
+        domain_of = dict(spellings)
+        attempts = dict.fromkeys(domains, 0)
+        for text, number in rows:
+            attempts[domain_of[text]] += int(number)
+        return attempts
+
+
+def _logged_by(table: Any, last_id: int) -> ColumnElement[bool]:
+    """The attempts logged up to ``last_id``. Its id behind a unary plus, which keeps the database from reading
+    the table in the order of its ids for this bound (every row passes it) instead of by a better index."""
+    return UnaryExpression(table.id, operator=custom_op("+"), type_=Integer()) <= last_id
+
+
+def _project_conditions(column: Any, projects: Collection[str | None] | None) -> list[ColumnElement[bool]]:
+    """A condition per stored value of the projects a filter names (None: any project): no project is stored as
+    NULL or as an empty text."""
+    if projects is None:
+        return [true()]
+    named = sorted({project for project in projects if project})
+    conditions = [column == literal_column(_quoted_sql(project)) for project in named]
+    if None in projects or "" in projects:
+        conditions += [column.is_(None), column == literal_column("''")]
+    return conditions or [false()]
+
+
+def _quoted_sql(text: str) -> str:
+    """``text`` as an SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _project_among(column: Any, projects: Collection[str | None]) -> ColumnElement[bool]:
+    named = sorted({project for project in projects if project})
+    condition: ColumnElement[bool] = column.in_(named)
+    if None in projects or "" in projects:
+        condition = or_(condition, column.is_(None), column == "")
+    return condition
+
+
+def _per_account_and_day(
+    rest: pd.DataFrame, accounts: list[str], day_numbers: npt.NDArray[np.int64], timezone: str
+) -> npt.NDArray[np.int64]:
+    """The rest's attempts per account (a row each, in the order given) and day (a column each)."""
+    counts = np.zeros((len(accounts), len(day_numbers)), dtype=np.int64)
+    if not len(rest) or not len(day_numbers) or not accounts:
+        return counts
+    position = pd.Index(accounts).get_indexer(rest["account"].astype(object))
+    days = _local_days(rest["time"], timezone) - day_numbers[0]
+    inside = (position >= 0) & (days >= 0) & (days < len(day_numbers)) & rest["time"].notna().to_numpy(dtype=bool)
+    np.add.at(counts, (position[inside], days[inside]), 1)
+    return counts
+
+
+def _with_sent(table: pd.DataFrame, key: str, sent: pd.Series) -> pd.DataFrame:
+    """A tally of the rest (its sent column: none, the rest has no final sent attempt) with the sent mails counted
+    in the database, per name; a name of either side."""
+    failed = pd.Series(table["failed"].to_numpy(dtype=np.int64), index=pd.Index(table[key].astype(object)))
+    names = sorted(set(failed.index) | set(sent.index))
+    sent_counts = sent.reindex(names, fill_value=0).to_numpy(dtype=np.int64)
+    return _tally_table(key, names, sent_counts, failed.reindex(names, fill_value=0).to_numpy(dtype=np.int64))
+
+
+def _trimmed(days: pd.DataFrame, *, leading: bool, trailing: bool) -> pd.DataFrame:
+    """The day table without the days before its first (``leading``) and after its last (``trailing``) mail."""
+    mails = days["mails"].to_numpy()
+    if not (leading or trailing):
+        return days
+    counted = np.flatnonzero(mails > 0)
+    if not len(counted):
+        return days.iloc[0:0].reset_index(drop=True)
+    first = counted[0] if leading else 0
+    last = counted[-1] if trailing else len(days) - 1
+    return days.iloc[first : last + 1].reset_index(drop=True)
