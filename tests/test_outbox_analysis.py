@@ -1052,3 +1052,25 @@ def test_the_domain_and_project_counts_read_the_indexes_not_the_table(explored: 
         outbox.summaries(domains=["kunde.de"], projects=["SHOP"], start=dt.date(2026, 3, 2))
     assert plans and all("SCAN outbox " not in plan for plan in plans), plans
     assert any("USING INDEX ix_outbox_recipient_domain (<expr>=? AND account=? AND project=?" in plan for plan in plans)
+
+
+def test_text_that_a_spreadsheet_would_run_is_written_as_text() -> None:
+    from mailops.outbox.analysis import spreadsheet_safe
+
+    frame = pd.DataFrame(
+        {
+            "subject": pd.Series(['=HYPERLINK("http://evil.example","x")', "Order 42", None], dtype="string"),
+            "reply": pd.Series(["+1 555", "@SUM(A1)", "\t=1"], dtype=object),
+            "mixed": pd.Series([-5, "-5", None], dtype=object),
+            "class": pd.Series(["tls", "=x", "tls"], dtype="category"),
+            "count": [1, -2, 3],
+        }
+    )
+    safe = spreadsheet_safe(frame)
+    assert safe["subject"].tolist()[:2] == ['\'=HYPERLINK("http://evil.example","x")', "Order 42"]
+    assert pd.isna(safe["subject"].iloc[2])
+    assert safe["reply"].tolist() == ["'+1 555", "'@SUM(A1)", "'\t=1"]
+    assert safe["mixed"].tolist()[:2] == [-5, "'-5"]  # a number is no formula; the text "-5" would be one
+    assert safe["class"].tolist() == ["tls", "'=x", "tls"]
+    assert safe["count"].tolist() == [1, -2, 3]
+    assert frame["reply"].iloc[0] == "+1 555"  # the frame handed in is left as it was

@@ -330,6 +330,7 @@ class OutboxExplorer:
 
     def _export(self) -> None:
         from mailops.fileio import atomic_write
+        from mailops.outbox.analysis import spreadsheet_safe
         from mailops.outbox.classify import remedy
 
         path = Path(str(self.export_path.value).strip()).expanduser()
@@ -342,7 +343,7 @@ class OutboxExplorer:
         for rows in self._source.export():
             classes = rows["class"]
             remedies = classes.map({name: remedy(str(name)).short for name in classes.cat.categories})
-            parts.append(rows.assign(remedy=remedies).to_csv(index=False, header=not parts))
+            parts.append(spreadsheet_safe(rows.assign(remedy=remedies)).to_csv(index=False, header=not parts))
             written += len(rows)
         if not parts:  # no row: the header alone
             from mailops.outbox.analysis import COLUMNS

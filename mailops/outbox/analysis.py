@@ -638,6 +638,30 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection); subjects, addresses and
+# server replies are anyone's text.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` for a CSV that a person opens in a spreadsheet: every text cell that would run as a formula
+    starts with ``'``, which spreadsheets show as text. Vectorised; other cells are left as they are."""
+    changed: dict[str, pd.Series] = {}
+    for name in frame.select_dtypes(include=["object", "string", "category"]).columns:
+        column = frame[name]
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            column = column.astype(object)
+        try:
+            formula = column.str.startswith(FORMULA_START, na=False)
+        except AttributeError:  # no text in the column at all
+            continue
+        if formula.any():
+            column = column.copy()
+            column[formula] = "'" + column[formula].astype(str)
+            changed[name] = column
+    return frame.assign(**changed) if changed else frame
+
+
 def load_seed_log(path: Path | str, *, timezone: str = "Europe/Berlin", limit: int = MAX_LOG_BYTES) -> pd.DataFrame:
     """The seed system's exported outbox log (see ``read_seed_log``), classified, as the frame.
 

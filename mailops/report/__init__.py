@@ -40,8 +40,6 @@ TOP_DOMAINS = 10
 LATEST_FAILURES = 10
 # The names of the CSVs beside the page (outbox-DATE-NAME.csv), in the order the page shows their tables.
 TABLES = ("headline", "classes", "accounts", "domains", "days", "latest-failures", "needs-action")
-# A spreadsheet runs a cell that starts with one of these as a formula; subjects and replies are anyone's text.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 class ReportError(MailopsError):
@@ -274,14 +272,8 @@ def _usable_directory(directory: Path) -> None:
 
 def _csv(table: pd.DataFrame) -> bytes:
     """The table as UTF-8 CSV; a text cell that a spreadsheet would run as a formula starts with ``'``."""
-    texts = table.select_dtypes(include=["object", "string"]).columns
-    guarded = table.assign(
-        **{name: table[name].map(_guarded, na_action="ignore") for name in texts}  # a few hundred cells at most
-    )
+    from mailops.outbox.analysis import spreadsheet_safe
+
     buffer = io.StringIO()
-    guarded.to_csv(buffer, index=False, lineterminator="\n")
+    spreadsheet_safe(table).to_csv(buffer, index=False, lineterminator="\n")
     return buffer.getvalue().encode("utf-8")
-
-
-def _guarded(value: object) -> object:
-    return f"'{value}" if isinstance(value, str) and value.startswith(_FORMULA_START) else value
