@@ -70,7 +70,8 @@ class Settings(BaseSettings):
     )
     timezone: str = Field(
         "Europe/Berlin",
-        description="The business's time zone (IANA name): whose calendar day `once_per_day_per_sender` counts.",
+        description="The business's time zone (IANA name): whose calendar day `once_per_day_per_sender` counts, "
+        "and the default of `report --timezone` and `outbox import --timezone`.",
     )
 
     def token_key(self) -> str | None:

@@ -304,6 +304,16 @@ def test_an_empty_outbox_gives_a_report_that_says_so(workdir: Path) -> None:
     assert not (workdir / "state.db").exists()  # a report creates no store
 
 
+def test_the_days_are_the_business_time_zones_unless_told_otherwise(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAILOPS_TIMEZONE", "Pacific/Kiritimati")
+    assert report("--until", "2026-03-05")[0] == 0
+    assert "calendar days in Pacific/Kiritimati" in (workdir / "reports" / PAGE).read_text(encoding="utf-8")
+    assert report("--until", "2026-03-05", "--timezone", "Asia/Tokyo")[0] == 0
+    assert "calendar days in Asia/Tokyo" in (workdir / "reports" / PAGE).read_text(encoding="utf-8")
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

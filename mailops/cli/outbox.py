@@ -319,7 +319,9 @@ def _public_columns() -> list[str]:
 def import_log(
     ctx: typer.Context,
     file: Path = typer.Argument(..., help="The outbox log exported from the ERP (CSV with a `Fehler` column)."),
-    timezone: str = typer.Option("Europe/Berlin", "--timezone", help="The zone of times without an offset."),
+    timezone: str | None = typer.Option(
+        None, "--timezone", help="The zone of times without an offset [default: MAILOPS_TIMEZONE, Europe/Berlin]."
+    ),
     config_dir: Path | None = ConfigDirOption,
 ) -> None:
     """Load another system's outbox log for analysis: each row is classified and marked as imported.
@@ -336,6 +338,6 @@ def import_log(
 
         if not acting(loaded.spec, settings.user).admin:
             fail("importing another system's log is for an administrator (policies.cli_user_is_admin, no --as)")
-        attempts = read_import(file, timezone=timezone)  # a file that cannot be read creates no store
+        attempts = read_import(file, timezone=timezone or settings.timezone)  # unreadable: no store is made
         count = import_seed_log(open_store(settings, create=True), attempts)
     typer.echo(f"Imported {count} new entr{'y' if count == 1 else 'ies'} from {file} (marked as imported).")

@@ -17,7 +17,9 @@ def report(
     since: str | None = typer.Option(None, "--since", help="First day, YYYY-MM-DD [default: 29 days before --until]"),
     until: str | None = typer.Option(None, "--until", help="Last day, included, YYYY-MM-DD [default: today]"),
     out: Path = typer.Option(Path("reports"), "--out", help="Directory for the page and its CSVs."),
-    timezone: str = typer.Option("Europe/Berlin", "--timezone", help="The zone whose calendar days count."),
+    timezone: str | None = typer.Option(
+        None, "--timezone", help="The zone whose calendar days count [default: MAILOPS_TIMEZONE, Europe/Berlin]."
+    ),
     config_dir: Path | None = ConfigDirOption,
 ) -> None:
     """Write outbox-YYYY-MM-DD.html (charts inline, nothing loaded from elsewhere) and the CSVs behind its tables.
@@ -33,7 +35,7 @@ def report(
     first, last = _day(since, "--since"), _day(until, "--until")
     settings = settings_of(ctx, config_dir)
     with reported_errors():
-        span = period(first, last, timezone=timezone)  # a bad period fails before the spec is even read
+        span = period(first, last, timezone=timezone or settings.timezone)  # fails before the spec is read
     loaded = load_spec_or_exit(settings, as_json=False)
     with reported_errors():
         actor = acting(loaded.spec, settings.user)
