@@ -466,6 +466,17 @@ def test_a_database_error_after_opening_is_one_line(write_config, tmp_path: Path
     )
 
 
+def _holds_the_lock(db: Path) -> bool:
+    """Whether an apply holds the lock of the store ``db``, looked at without creating or upgrading it: a
+    look that migrated too would race the apply's own migration of the new store."""
+    from mailops.state.schema import StateError
+
+    try:
+        return StateStore.open(f"sqlite:///{db}", create=False).current_lock() is not None
+    except StateError:  # not created, or still being upgraded
+        return False
+
+
 def _apply_under_way(cwd: Path, concurrency: int) -> subprocess.Popen[str]:
     """`mailops apply` as its own process, returned once it holds the lock and is verifying accounts."""
     process = subprocess.Popen(
@@ -476,7 +487,7 @@ def _apply_under_way(cwd: Path, concurrency: int) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-    while not (cwd / "state.db").exists() or StateStore.open(f"sqlite:///{cwd / 'state.db'}").current_lock() is None:
+    while not _holds_the_lock(cwd / "state.db"):
         assert process.poll() is None, process.communicate()
         time.sleep(0.05)
     time.sleep(0.5)  # planned and approved: the first accounts are logging in (their DATA takes 1.5 s)
