@@ -142,6 +142,18 @@ class Mailbox:
         users.maildir(self.account.address)  # hands the new files to the mail user
 
 
+def killed_at(engine_env: Path, step: str) -> subprocess.CompletedProcess[str]:
+    """`mailops run --once` as its own process, killed (SIGKILL) at ``step`` (mailops.runtime.faults)."""
+    return subprocess.run(
+        [*MAILOPS, "run", "--once"],
+        cwd=engine_env,
+        env=os.environ | {"MAILOPS_TEST_CRASH_AT": step},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def rows(engine_env, table: str) -> list[dict]:
     with sqlite3.connect(engine_env / "state.db") as connection:
         connection.row_factory = sqlite3.Row
@@ -350,14 +362,7 @@ def test_a_worker_killed_at_any_step_loses_and_doubles_nothing(engine_env, mail_
     }
     box.append(*sent.values())
 
-    killed = subprocess.run(
-        [*MAILOPS, "run", "--once"],
-        cwd=engine_env,
-        env=os.environ | {"MAILOPS_TEST_CRASH_AT": step},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    killed = killed_at(engine_env, step)
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     on_server = set(box.messages())
     index = {row["message_id"]: row for row in rows(engine_env, "messages")}
@@ -381,13 +386,7 @@ def test_a_killed_delete_after_a_rebuilt_mailbox_still_deletes_what_is_stored(en
     box = Mailbox(mail_servers, support)
     originals = [mail("One", "<one@example.org>"), mail("Two", "<two@example.org>")]
     box.append(*originals)
-    killed = subprocess.run(
-        [*MAILOPS, "run", "--once"],
-        cwd=engine_env,
-        env=os.environ | {"MAILOPS_TEST_CRASH_AT": "before-delete"},
-        capture_output=True,
-        timeout=120,
-    )
+    killed = killed_at(engine_env, "before-delete")
     assert killed.returncode == -signal.SIGKILL
     box.recreate(box.uidvalidity() + 7)
     box.append(*originals)
@@ -407,13 +406,7 @@ def test_a_file_purged_before_the_delete_is_stored_again_from_the_server(engine_
     box = Mailbox(mail_servers, support)
     originals = {"<one@example.org>": mail("One", "<one@example.org>"), "<two@example.org>": mail("Two", None)}
     box.append(*originals.values())
-    killed = subprocess.run(
-        [*MAILOPS, "run", "--once"],
-        cwd=engine_env,
-        env=os.environ | {"MAILOPS_TEST_CRASH_AT": "before-delete"},
-        capture_output=True,
-        timeout=120,
-    )
+    killed = killed_at(engine_env, "before-delete")
     assert killed.returncode == -signal.SIGKILL
     [one] = [row for row in rows(engine_env, "messages") if row["message_id"] == "<one@example.org>"]
     sha = one["raw_sha256"]
@@ -625,13 +618,7 @@ def test_the_retention_step_removes_raw_files_that_a_killed_import_left(engine_e
     box = Mailbox(mail_servers, support)
     kept, gone = mail("Kept", "<kept@example.org>"), mail("Gone", "<gone@example.org>")
     box.append(kept, gone)
-    killed = subprocess.run(
-        [*MAILOPS, "run", "--once"],
-        cwd=engine_env,
-        env=os.environ | {"MAILOPS_TEST_CRASH_AT": "after-raw-write"},
-        capture_output=True,
-        timeout=120,
-    )
+    killed = killed_at(engine_env, "after-raw-write")
     assert killed.returncode == -signal.SIGKILL and rows(engine_env, "messages") == []
     client = box.client()
     try:
