@@ -17,6 +17,7 @@ from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
+from mailops.bulk import cycle_collector_paused
 from mailops.errors import MailopsError, quoted
 from mailops.fileio import atomic_write
 from mailops.providers.base import provider_for
@@ -225,8 +226,9 @@ def spec_fingerprint(desired: list[dict[str, Any]], policies: Policies) -> str:
 
 def plan_for(loaded: LoadedSpec, live_state: LiveAccounts, **judging: Any) -> Plan:
     """The plan for the current spec and live state (``judging``: confirmed_deletes, force)."""
-    live = live_state.accounts()
-    return make_plan(loaded.spec, live, state_fingerprint(live), **judging)
+    with cycle_collector_paused():
+        live = live_state.accounts()
+        return make_plan(loaded.spec, live, state_fingerprint(live), **judging)
 
 
 def make_plan(

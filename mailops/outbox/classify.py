@@ -293,10 +293,11 @@ def _unportable(pattern: str) -> str | None:
 
 
 def _read_table() -> ClassTable:
-    from ruamel.yaml import YAML
+    from mailops.spec.yamldoc import parse_yaml
 
-    text = resources.files("mailops.outbox").joinpath("classes.yaml").read_text(encoding="utf-8")
-    return load_table(YAML(typ="safe").load(text))
+    return load_table(
+        parse_yaml(resources.files("mailops.outbox").joinpath("classes.yaml").read_text(encoding="utf-8"))
+    )
 
 
 TABLE = _read_table()

@@ -24,10 +24,9 @@ class ServerPreset:
 
 @cache
 def _presets() -> dict[str, ServerPreset]:
-    from ruamel.yaml import YAML
+    from mailops.spec.yamldoc import parse_yaml
 
-    text = resources.files("mailops.providers").joinpath("presets.yaml").read_text(encoding="utf-8")
-    raw = YAML(typ="safe").load(text)
+    raw = parse_yaml(resources.files("mailops.providers").joinpath("presets.yaml").read_text(encoding="utf-8"))
     return {
         name: ServerPreset(
             name=name,

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import copy
 import difflib
-import gc
 import types
 import typing
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from mailops.bulk import cycle_collector_paused
 from mailops.errors import Diagnostic, MailopsError, SpecError
 from mailops.spec.models import (
     Account,
@@ -123,7 +122,7 @@ def load_spec(config_dir: Path | str, *, texts: dict[str, str] | None = None) ->
     if not config_dir.is_dir():
         reason = "is not a directory" if config_dir.exists() else "not found"
         raise ConfigDirError(f"config directory {config_dir} {reason}")
-    with _gc_paused():
+    with cycle_collector_paused():
         # Files are named as the user named the directory, so messages point where they looked.
         documents = {
             name: load_document(config_dir / name, str(config_dir / name), text=(texts or {}).get(name))
@@ -141,19 +140,6 @@ def load_spec(config_dir: Path | str, *, texts: dict[str, str] | None = None) ->
     if report.problems or spec is None:
         raise SpecError(report.problems)
     return LoadedSpec(spec=spec, config_dir=config_dir, documents=documents, pending_notes=report.notes)
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Building the spec makes hundreds of thousands of dicts, lists and models and no cycles:
-    the cycle collector's passes over them while they grow only cost time."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _validate_document(name: str, document: YamlDocument, parts: SpecParts, report: Report) -> None:

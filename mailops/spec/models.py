@@ -138,9 +138,12 @@ def _check_address(value: str) -> str:
     return canonical_address(single_line(value))
 
 
+_WHITESPACE = re.compile(r"\s")  # for str patterns, exactly the characters str.isspace() accepts
+
+
 def _host_name(value: str) -> str:
     single_line(value)
-    if any(character.isspace() for character in value):
+    if _WHITESPACE.search(value):
         raise PydanticCustomError("host", "a host name has no spaces")
     return value
 

@@ -21,6 +21,9 @@ parse that runs only when a message is about to be shown.
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -212,21 +215,13 @@ def parse_yaml(text: str, *, marks: Marks | None = None) -> Any:
 
     Raises :class:`YamlProblem` for syntax errors and for everything the module
     docstring lists as refused. The loop is flat and keeps the open container in
-    locals: it runs once per parse event, tens of thousands of times for a large spec.
+    locals: it runs once per parse event, hundreds of thousands of times for a large spec.
     """
-    from _ruamel_yaml import CParser
-    from ruamel.yaml import events
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-    scalar_event, alias_event = events.ScalarEvent, events.AliasEvent
-    mapping_start, sequence_start = events.MappingStartEvent, events.SequenceStartEvent
-    mapping_end, sequence_end = events.MappingEndEvent, events.SequenceEndEvent
-    document_start, stream_end = events.DocumentStartEvent, events.StreamEndEvent
     words, number_start, no_key, merge_key = _WORDS, _NUMBER_START, _NO_KEY, _MERGE_KEY
     located = marks is not None
 
-    parser = CParser(text)
-    next_event = parser.get_event
     saved: list[tuple[Any, bool, Any, Any, _Open | None]] = []  # the parents of the open container
     container: Any = None  # the open dict or list; None at the top
     is_map = False
@@ -241,152 +236,199 @@ def parse_yaml(text: str, *, marks: Marks | None = None) -> Any:
     documents = 0
     root: Any = None
     mark: Any = None
-    try:
-        while True:
-            event = next_event()
-            kind = type(event)
-            if kind is scalar_event:
-                value = event.value
-                weight = 1 + len(value) // _CHARACTERS_PER_UNIT
-                count += weight
-                tag = event.ctag
-                if tag is None:
-                    if not event.style:  # plain: resolve; quoted and block scalars are text
-                        if value in words:
-                            value = words[value]
-                        elif value[0] in number_start:
-                            value = _number(value, event.start_mark)
-                        elif value == "<<" and is_map and key is no_key:
-                            value = merge_key
-                else:
-                    value = _tagged(str(tag), value, event.start_mark)
-                if event.anchor is not None:
-                    anchors[event.anchor] = (value, weight, 0)
-                if located:
-                    mark = event.start_mark
-            elif kind is mapping_start or kind is sequence_start:
-                mark = event.start_mark
-                depth += 1
-                if depth > MAX_DEPTH:
-                    raise YamlProblem(
-                        mark.line + 1, mark.column + 1, f"nested more than {MAX_DEPTH} levels deep; the spec needs few"
-                    )
-                opens_map = kind is mapping_start
-                tag = event.ctag
-                if tag is not None and str(tag) not in ("!", _CORE + ("map" if opens_map else "seq")):
-                    raise YamlProblem(mark.line + 1, mark.column + 1, f"tag `{tag}` is not supported; remove it")
-                count += 1
-                path: FieldPath = ()
-                if located:
-                    parent_path = current.path if current is not None else ()
-                    if container is None:
-                        path = ()
-                    elif is_map:
-                        path = parent_path + ((key,) if key is not no_key else ("<key>",))
+    with _tuple_events() as parser_class:
+        parser = parser_class(text)
+        next_event = parser.get_event
+        try:
+            while True:
+                kind, args = next_event()
+                if kind is _SCALAR:
+                    anchor, tag, _implicit, value, start_mark, _end_mark, style = args
+                    weight = 1 + len(value) // _CHARACTERS_PER_UNIT
+                    count += weight
+                    if tag is None:
+                        if not style:  # plain: resolve; quoted and block scalars are text
+                            if value in words:
+                                value = words[value]
+                            elif value[0] in number_start:
+                                value = _number(value, start_mark)
+                            elif value == "<<" and is_map and key is no_key:
+                                value = merge_key
                     else:
-                        path = parent_path + (len(container),)
-                opened = _Open(event.anchor, count, depth, mark, path)
-                for anchored in open_anchored:
-                    if depth > anchored.deepest:
-                        anchored.deepest = depth
-                if opened.anchor is not None:
-                    open_anchored.append(opened)
-                saved.append((container, is_map, key, key_mark, current))
-                container, is_map, key, current = ({} if opens_map else []), opens_map, no_key, opened
-                continue
-            elif kind is mapping_end or kind is sequence_end:
-                assert current is not None
-                value, finished = container, current
-                if finished.merges:
-                    _merge(value, finished, marks)
-                if finished.anchor is not None:
-                    open_anchored.remove(finished)
-                    anchors[finished.anchor] = (value, count - finished.start + 1, finished.deepest - depth + 1)
-                container, is_map, key, key_mark, current = saved.pop()
-                depth -= 1
-                mark = finished.mark
-            elif kind is alias_event:
-                mark = event.start_mark
-                name = event.anchor
-                if any(anchored.anchor == name for anchored in open_anchored):
-                    raise YamlProblem(mark.line + 1, mark.column + 1, f"alias `*{name}` refers to itself (recursive)")
-                if name not in anchors:
-                    raise YamlProblem(
-                        mark.line + 1, mark.column + 1, f"alias `*{name}` has no anchor `&{name}` before it"
-                    )
-                value, size, height = anchors[name]
-                count += size
-                if count > budget:
-                    raise YamlProblem(
-                        mark.line + 1,
-                        mark.column + 1,
-                        f"aliases expand the document to more than {budget} values; "
-                        "an alias may repeat a value, not multiply the document",
-                    )
-                if depth + height > MAX_DEPTH:
-                    raise YamlProblem(
-                        mark.line + 1,
-                        mark.column + 1,
-                        f"alias `*{name}` nests the document more than {MAX_DEPTH} levels deep",
-                    )
-                for anchored in open_anchored:
-                    if depth + height > anchored.deepest:
-                        anchored.deepest = depth + height
-            elif kind is document_start:
-                documents += 1
-                if documents > 1:
-                    mark = event.start_mark
-                    raise YamlProblem(
-                        mark.line + 1, mark.column + 1, "a second YAML document; the file must hold exactly one"
-                    )
-                continue
-            elif kind is stream_end:
-                return root
-            else:
-                continue
-
-            # Attach the value just built to the open container.
-            if is_map:
-                if key is no_key:
-                    if isinstance(value, dict | list):
-                        raise YamlProblem(
-                            mark.line + 1, mark.column + 1, "a key must be a plain value, not a mapping or list"
-                        )
-                    if value is merge_key and current is not None and current.merges or value in container:
-                        mark = event.start_mark
-                        shown = "<<" if value is merge_key else value
+                        value = _tagged(str(tag), value, start_mark)
+                    if anchor is not None:
+                        anchors[anchor] = (value, weight, 0)
+                    mark = start_mark
+                elif kind is _MAPPING_START or kind is _SEQUENCE_START:
+                    anchor, tag, _implicit, mark, _end_mark, _flow_style = args
+                    depth += 1
+                    if depth > MAX_DEPTH:
                         raise YamlProblem(
                             mark.line + 1,
                             mark.column + 1,
-                            f"duplicate key `{shown}` (each key may appear once per mapping)",
+                            f"nested more than {MAX_DEPTH} levels deep; the spec needs few",
                         )
-                    key = value
+                    opens_map = kind is _MAPPING_START
+                    if tag is not None and str(tag) not in ("!", _CORE + ("map" if opens_map else "seq")):
+                        raise YamlProblem(mark.line + 1, mark.column + 1, f"tag `{tag}` is not supported; remove it")
+                    count += 1
+                    path: FieldPath = ()
                     if located:
-                        key_mark = mark
+                        parent_path = current.path if current is not None else ()
+                        if container is None:
+                            path = ()
+                        elif is_map:
+                            path = parent_path + ((key,) if key is not no_key else ("<key>",))
+                        else:
+                            path = parent_path + (len(container),)
+                    opened = _Open(anchor, count, depth, mark, path)
+                    for anchored in open_anchored:
+                        if depth > anchored.deepest:
+                            anchored.deepest = depth
+                    if anchor is not None:
+                        open_anchored.append(opened)
+                    saved.append((container, is_map, key, key_mark, current))
+                    container, is_map, key, current = ({} if opens_map else []), opens_map, no_key, opened
                     continue
-                if key is merge_key:
+                elif kind is _COLLECTION_END:
                     assert current is not None
-                    current.merges = (current.merges or []) + [(value, mark)]
+                    value, finished = container, current
+                    if finished.merges:
+                        _merge(value, finished, marks)
+                    if finished.anchor is not None:
+                        open_anchored.remove(finished)
+                        anchors[finished.anchor] = (value, count - finished.start + 1, finished.deepest - depth + 1)
+                    container, is_map, key, key_mark, current = saved.pop()
+                    depth -= 1
+                    mark = finished.mark
+                elif kind is _ALIAS:
+                    name, mark, _end_mark = args
+                    if any(anchored.anchor == name for anchored in open_anchored):
+                        raise YamlProblem(
+                            mark.line + 1, mark.column + 1, f"alias `*{name}` refers to itself (recursive)"
+                        )
+                    if name not in anchors:
+                        raise YamlProblem(
+                            mark.line + 1, mark.column + 1, f"alias `*{name}` has no anchor `&{name}` before it"
+                        )
+                    value, size, height = anchors[name]
+                    count += size
+                    if count > budget:
+                        raise YamlProblem(
+                            mark.line + 1,
+                            mark.column + 1,
+                            f"aliases expand the document to more than {budget} values; "
+                            "an alias may repeat a value, not multiply the document",
+                        )
+                    if depth + height > MAX_DEPTH:
+                        raise YamlProblem(
+                            mark.line + 1,
+                            mark.column + 1,
+                            f"alias `*{name}` nests the document more than {MAX_DEPTH} levels deep",
+                        )
+                    for anchored in open_anchored:
+                        if depth + height > anchored.deepest:
+                            anchored.deepest = depth + height
+                elif kind is _DOCUMENT_START:
+                    documents += 1
+                    if documents > 1:
+                        mark = args[0]
+                        raise YamlProblem(
+                            mark.line + 1, mark.column + 1, "a second YAML document; the file must hold exactly one"
+                        )
+                    continue
+                elif kind is _STREAM_END:
+                    return root
                 else:
-                    container[key] = value
+                    continue
+
+                # Attach the value just built to the open container.
+                if is_map:
+                    if key is no_key:
+                        if isinstance(value, dict | list):
+                            raise YamlProblem(
+                                mark.line + 1, mark.column + 1, "a key must be a plain value, not a mapping or list"
+                            )
+                        if value is merge_key and current is not None and current.merges or value in container:
+                            shown = "<<" if value is merge_key else value
+                            raise YamlProblem(
+                                mark.line + 1,
+                                mark.column + 1,
+                                f"duplicate key `{shown}` (each key may appear once per mapping)",
+                            )
+                        key = value
+                        if located:
+                            key_mark = mark
+                        continue
+                    if key is merge_key:
+                        assert current is not None
+                        current.merges = (current.merges or []) + [(value, mark)]
+                    else:
+                        container[key] = value
+                        if located:
+                            assert marks is not None and current is not None
+                            marks[current.path + (key,)] = (key_mark.line, key_mark.column, mark.line, mark.column)
+                    key = no_key
+                elif container is not None:
                     if located:
                         assert marks is not None and current is not None
-                        marks[current.path + (key,)] = (key_mark.line, key_mark.column, mark.line, mark.column)
-                key = no_key
-            elif container is not None:
-                if located:
-                    assert marks is not None and current is not None
-                    marks[current.path + (len(container),)] = (mark.line, mark.column, mark.line, mark.column)
-                container.append(value)
-            else:
-                root = value
-    except MarkedYAMLError as exc:
-        line, column, message = _located_yaml_error(exc)
-        raise YamlProblem(*_within(text, line, column), message) from None
-    except YAMLError as exc:  # the reader's errors carry an offset, not a mark
-        raise YamlProblem(1, 1, str(exc).splitlines()[0]) from None
-    finally:
-        parser.dispose()
+                        marks[current.path + (len(container),)] = (mark.line, mark.column, mark.line, mark.column)
+                    container.append(value)
+                else:
+                    root = value
+        except MarkedYAMLError as exc:
+            line, column, message = _located_yaml_error(exc)
+            raise YamlProblem(*_within(text, line, column), message) from None
+        except YAMLError as exc:  # the reader's errors carry an offset, not a mark
+            raise YamlProblem(1, 1, str(exc).splitlines()[0]) from None
+        finally:
+            parser.dispose()
+
+
+# libyaml's parser (ruamel.yaml.clib) makes each event by calling the class of that name
+# in its module, and ruamel's event classes run three Python __init__s each: more than
+# the parse itself costs. While parse_yaml runs, those names are light constructors that
+# make a (kind, arguments) tuple. Only parse_yaml parses with that module (every YAML
+# mailops reads but `mailops import`'s round-trip goes through it), and the lock keeps
+# two threads from swapping the names at once.
+_SCALAR, _MAPPING_START, _SEQUENCE_START, _COLLECTION_END, _ALIAS = "scalar", "map", "seq", "end", "alias"
+_DOCUMENT_START, _STREAM_END, _OTHER = "document", "stream end", "other"
+_EVENT_KINDS = {
+    "ScalarEvent": _SCALAR,
+    "MappingStartEvent": _MAPPING_START,
+    "SequenceStartEvent": _SEQUENCE_START,
+    "MappingEndEvent": _COLLECTION_END,
+    "SequenceEndEvent": _COLLECTION_END,
+    "AliasEvent": _ALIAS,
+    "DocumentStartEvent": _DOCUMENT_START,
+    "StreamEndEvent": _STREAM_END,
+    "StreamStartEvent": _OTHER,
+    "DocumentEndEvent": _OTHER,
+}
+_swap_lock = threading.Lock()
+
+
+def _tuple_event(kind: str) -> Callable[..., tuple[str, tuple[Any, ...]]]:
+    return lambda *args: (kind, args)
+
+
+_TUPLE_EVENTS = {name: _tuple_event(kind) for name, kind in _EVENT_KINDS.items()}
+
+
+@contextmanager
+def _tuple_events() -> Iterator[Any]:
+    """libyaml's parser class, making (kind, arguments) tuples while the context lasts."""
+    import _ruamel_yaml
+
+    with _swap_lock:
+        classes = {name: getattr(_ruamel_yaml, name) for name in _TUPLE_EVENTS}
+        try:
+            for name, make in _TUPLE_EVENTS.items():
+                setattr(_ruamel_yaml, name, make)
+            yield _ruamel_yaml.CParser
+        finally:
+            for name, event_class in classes.items():
+                setattr(_ruamel_yaml, name, event_class)
 
 
 def _merge(mapping: dict[Any, Any], opened: _Open, marks: Marks | None) -> None:

@@ -10,11 +10,13 @@ this module reads as they are defined in :mod:`mailops.state.tables`.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
+from pydantic_core import from_json
+
+from mailops.bulk import cycle_collector_paused
 from mailops.state.accounts import AccountState, aware, broken_record
 from mailops.state.schema import SchemaStatus, StateError, judge_schema
 
@@ -54,13 +56,14 @@ class SqliteSnapshot:
             raise StateError(f"cannot read the state store {shown_url}: {exc}") from None
         finally:
             connection.close()
-        return cls([_account(row, shown_url) for row in rows])
+        with cycle_collector_paused():
+            return cls([_account(row, shown_url) for row in rows])
 
 
 def _account(row: tuple, shown_url: str) -> AccountState:  # type: ignore[type-arg]
     """One row as a view; a row that does not decode is a clear error, not a traceback."""
     try:
-        settings = json.loads(row[2])
+        settings = from_json(row[2])  # several times faster than json.loads on 10,000 rows
         times = [aware(dt.datetime.fromisoformat(value)) if value is not None else None for value in row[4:8]]
         test_mail_at = aware(dt.datetime.fromisoformat(row[10])) if row[10] is not None else None
     except (TypeError, ValueError) as exc:
