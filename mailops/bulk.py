@@ -21,4 +21,10 @@ def cycle_collector_paused() -> Iterator[None]:
         yield
     finally:
         if was_enabled:
+            # Whatever the step built is still in the youngest generation, and the first
+            # collection after the pause would walk all of it. Passing it through the
+            # permanent generation files it with the oldest instead (mailops freezes
+            # nothing else that this would thaw).
+            gc.freeze()
+            gc.unfreeze()
             gc.enable()
