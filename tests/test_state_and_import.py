@@ -37,6 +37,70 @@ def test_state_schema_is_created_by_migrations_and_reopening_keeps_data(tmp_path
     assert [a.address for a in reopened.accounts()] == ["a@example.com"]
 
 
+_OPEN_STORE = "import sys; from mailops.state import StateStore; StateStore.open(sys.argv[1], create=True).close()"
+
+
+def _open_at_once(url: str, processes: int = 6) -> list[subprocess.CompletedProcess[str]]:
+    started = [
+        subprocess.Popen([sys.executable, "-c", _OPEN_STORE, url], stderr=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
+    return [subprocess.CompletedProcess(p.args, p.wait(timeout=120), "", p.stderr.read()) for p in started]
+
+
+def _revision(url: str) -> str | None:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text("select version_num from alembic_version")).scalar()
+    finally:
+        engine.dispose()
+
+
+def test_processes_that_create_the_same_new_store_at_once_all_succeed(tmp_path: Path) -> None:
+    """`mailops run` in several terminals, or CI jobs, on a store that does not exist yet."""
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    outcomes = _open_at_once(url)
+    assert [o.stderr.strip().splitlines()[-1:] for o in outcomes if o.returncode] == []
+    assert _revision(url) == SCHEMA_REVISION
+
+
+def test_processes_that_create_the_same_new_postgresql_store_at_once_all_succeed(postgres_url: str) -> None:
+    server = postgres_url.rsplit("/", 1)[0]
+    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text("CREATE DATABASE created_at_once"))
+    admin.dispose()
+    url = f"{server}/created_at_once"
+    outcomes = _open_at_once(url)
+    assert [o.stderr.strip().splitlines()[-1:] for o in outcomes if o.returncode] == []
+    assert _revision(url) == SCHEMA_REVISION
+
+
+_KILLED_IN_MIGRATION = """
+import os, sys
+from alembic.operations import Operations
+from mailops.state import StateStore
+create_table, made = Operations.create_table, []
+def create_then_die(self, *args, **kwargs):
+    if len(made) == 2:
+        os._exit(9)  # as a kill would: no rollback, no cleanup
+    made.append(create_table(self, *args, **kwargs))
+Operations.create_table = create_then_die
+StateStore.open(sys.argv[1], create=True)
+"""
+
+
+def test_a_kill_in_the_middle_of_creating_the_store_leaves_no_half_made_store(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_IN_MIGRATION, url], capture_output=True, timeout=120)
+    assert killed.returncode == 9, killed.stderr
+    assert set(inspect(create_engine(url)).get_table_names()) == set()  # the tables made before the kill are gone
+    store = StateStore.open(url)  # and the next start makes the store, rather than refusing a stranger's
+    store.close()
+    assert _revision(url) == SCHEMA_REVISION
+
+
 def test_kill_during_apply_then_apply_again_converges(engine_env, mail_servers, new_account) -> None:
     slow = [new_account("slow") for _ in range(3)]  # the test SMTP server takes 1.5 s for their DATA
     spec_files(engine_env, "".join(a.yaml(mail_servers) for a in slow))

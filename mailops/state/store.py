@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import create_engine, event, inspect, select, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -79,13 +79,13 @@ class LockHeld(MailopsError):
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    _sqlite_busy_timeout(dbapi_connection, _record)  # first: the journal mode waits for a writer too
     cursor = dbapi_connection.cursor()
     # A rollback journal, not WAL: a WAL database cannot be read without creating files
     # beside it, and `plan` reads read-only (also from a read-only directory). Writes are
     # one short transaction per account; the busy timeout rides out the overlaps.
     cursor.execute("PRAGMA journal_mode=DELETE")
     cursor.close()
-    _sqlite_busy_timeout(dbapi_connection, _record)
 
 
 def _sqlite_busy_timeout(dbapi_connection: Any, _record: Any) -> None:
@@ -123,11 +123,11 @@ class StateStore:
             if sqlite is not None and create:
                 sqlite.parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(url)
+            if engine.dialect.name == "sqlite":  # journal_mode rewrites the file's header: only when writing
+                event.listen(engine, "connect", _sqlite_pragmas if create else _sqlite_busy_timeout)
             # Judge the schema before anything else touches the database.
             status = _schema_status(engine, shown, will_migrate=create)
             engine.dispose()
-            if engine.dialect.name == "sqlite":  # journal_mode rewrites the file's header: only when writing
-                event.listen(engine, "connect", _sqlite_pragmas if create else _sqlite_busy_timeout)
             store = cls(engine, shown_url=shown, secrets=hide, empty=status is SchemaStatus.EMPTY and not create)
             if create and status is not SchemaStatus.CURRENT:
                 store._migrate()
@@ -144,6 +144,7 @@ class StateStore:
         config = Config()
         config.set_main_option("script_location", "mailops.state:migrations")
         with self.engine.begin() as connection:
+            _lock_for_migration(connection)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
@@ -338,6 +339,26 @@ def _is_abandoned(row: ApplyLockRow, now: dt.datetime) -> bool:
     except PermissionError:  # alive, owned by someone else
         return False
     return False
+
+
+# Any fixed number: the key of PostgreSQL's advisory lock that migrations take.
+_MIGRATION_LOCK_KEY = 0x6D61696C6F7073  # "mailops"
+
+
+def _lock_for_migration(connection: Connection) -> None:
+    """Make the migration one transaction that only one process at a time runs.
+
+    Two mailops opening a new store at once would both create its tables, and the second
+    fail. With the lock the second waits, and then Alembic finds the store current. On
+    SQLite the explicit BEGIN is also what makes the migration atomic: its driver commits
+    each CREATE on its own otherwise, and a kill in the middle would leave a half-made
+    store that the next start refuses as another application's database.
+    """
+    dialect = connection.dialect.name
+    if dialect == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")  # waits out another writer (busy timeout)
+    elif dialect == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
 
 
 def _schema_status(engine: Engine, shown: str, *, will_migrate: bool) -> SchemaStatus:
