@@ -283,6 +283,27 @@ def test_a_revoked_grant_needs_a_person_and_reconnect_repairs_it(oauth_env, mail
     assert run("check").exit_code == 0
 
 
+def test_the_worker_marks_a_revoked_grant_and_stops_asking_until_reconnect(
+    oauth_env, mail_servers, idp, new_oauth_account
+) -> None:
+    address = new_oauth_account()
+    write_spec(oauth_env, idp, account_yaml(mail_servers, address, archive="{enabled: true}"))
+    assert connect(address, Person(idp, address)).status == "connected"
+    assert run("run", "--once").exit_code == 0
+    idp.revoke(address)
+    failed = run("run", "--once", "--log-format", "json")
+    assert failed.exit_code == 1
+    assert store(oauth_env).account(address).status == "needs_reconnect"
+    assert store(oauth_env).account(address).last_error_class == "token"
+    asked = len(idp.requests)
+    skipped = run("run", "--once", "--log-format", "json")
+    assert skipped.exit_code == 1
+    assert f"{address} is not connected (status needs_reconnect)" in skipped.output
+    assert len(idp.requests) == asked  # the identity provider is not asked again
+    assert connect(address, Person(idp, address), reconnect=True).status == "connected"
+    assert run("run", "--once").exit_code == 0
+
+
 def test_an_expired_grant_names_its_remedy(oauth_env, mail_servers, idp, new_oauth_account) -> None:
     address = new_oauth_account()
     write_spec(oauth_env, idp, account_yaml(mail_servers, address))

@@ -173,6 +173,8 @@ def _import(
             return AccountRun(address, error=problem)
         report = import_mail(account, loaded, store, raw_store, settings, context, stop=stop)
     except TransportError as error:
+        if error.failure_class is FailureClass.TOKEN:
+            _needs_reconnect(store, address, error)
         return AccountRun(address, error=error)
     except MailopsError as error:  # the state store or the raw store failed: this account only
         return AccountRun(address, error=TransportError(FailureClass.LOCAL, str(error)))
@@ -180,6 +182,18 @@ def _import(
         detail = f"{type(error).__name__}: {error}"
         return AccountRun(address, error=TransportError(FailureClass.LOCAL, detail))
     return AccountRun(address, report=report)
+
+
+def _needs_reconnect(store: StateStore, address: str, error: TransportError) -> None:
+    """The OAuth grant died: no pass can log in until a person reconnects. Record it where `mailops check`,
+    the plan and the report look, as `check` would, and the next passes skip the account instead of asking
+    the identity provider again and again."""
+    try:
+        store.set_status(
+            address, AccountStatus.NEEDS_RECONNECT, error_class=error.failure_class.value, error=error.summary()
+        )
+    except MailopsError:
+        pass  # the store failed too: the pass reports the login's error, the next one tries again
 
 
 def _not_ready(store: StateStore, address: str) -> TransportError | None:
