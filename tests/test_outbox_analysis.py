@@ -599,7 +599,7 @@ def test_the_command_line_does_not_import_the_charts_or_the_analysis_at_start_up
 # --- properties -----------------------------------------------------------------------------------------------
 
 ACCOUNTS = [SHOP, INFO, HIDDEN]
-DOMAINS = ["kunde.de", "beispiel.de", "example.org", "gmx.de"]
+DOMAINS = ["kunde.de", "beispiel.de", "example.org", "gmx.de", "bücher.example"]  # one written with JSON escapes
 PROPERTY_CLASSES = ["mailbox_full", "throttled", "tls", "recipients_failed", "could_not_authenticate"]
 
 
@@ -1075,3 +1075,19 @@ def test_text_that_a_spreadsheet_would_run_is_written_as_text() -> None:
     assert safe["class"].tolist() == ["tls", "'=x", "tls"]
     assert safe["count"].tolist() == [1, -2, 3]
     assert frame["reply"].iloc[0] == "+1 555"  # the frame handed in is left as it was
+
+
+def test_a_non_ascii_domain_is_named_as_written_whichever_way_it_is_read(tmp_path: Path) -> None:
+    """The store keeps the addresses as JSON text, which writes `ü` as an escape: no view may show the escape."""
+    store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+    log = Log(store)
+    log.mail("u1", at(2, 9), SHOP, ["a@bücher.example"], "failed", "mailbox_full", smtp_code=552)
+    log.mail("u2", at(2, 10), SHOP, ["b@BÜCHER.example"], "sent")
+    log.mail("u3", at(2, 11), SHOP, ["c@kunde.de"], "sent")
+    outbox = analysis.StoreOutbox(store)
+    assert outbox.domains(10) == ["bücher.example", "kunde.de"]
+    chosen = outbox.summaries(domains=["Bücher.example"])
+    assert chosen.attempts == 2
+    assert chosen.domains["domain"].tolist() == ["bücher.example"]
+    summary = analysis.summarise_store(store, dt.date(2026, 3, 2), dt.date(2026, 3, 2))
+    assert summary.domains.set_index("domain")["failed"].to_dict() == {"bücher.example": 1}

@@ -294,12 +294,29 @@ def recipient_domains(to: pd.Series) -> pd.Series:
 
 def _domains_of_tails(tails: pa.Array) -> pd.Categorical:
     """The domain at the start of each text that followed a field's first ``@`` (null: the field had none), as
-    a category: cut at the end of the domain, lower-cased, NA when empty."""
+    a category: cut at the end of the domain, lower-cased, NA when empty.
+
+    The store's JSON text writes a non-ASCII domain with escapes (``b\\u00fccher.example``): they are undone, so
+    that a domain is the same whether it was read from that text or from the decoded addresses."""
     encoded = pc.dictionary_encode(tails)
-    domains = pc.utf8_rtrim(pc.utf8_lower(pc.replace_substring_regex(encoded.dictionary, _DOMAIN_END, "")), ".")
+    cut = pc.replace_substring_regex(encoded.dictionary, _DOMAIN_END, "")
+    if pc.any(pc.match_substring(cut, "\\")).as_py():  # only where a non-ASCII domain is written
+        cut = pa.array([_json_unescaped(text) for text in cut.to_pylist()], type=cut.type)
+    domains = pc.utf8_rtrim(pc.utf8_lower(cut), ".")
     codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
     names = pd.Series(pd.array(domains, dtype=STRING))
     return _merged_category(codes, names.where(names.str.len() > 0))
+
+
+def _json_unescaped(text: str | None) -> str | None:
+    """``text`` with JSON's string escapes undone; as it is when it holds none, or is no JSON string's inside."""
+    if text is None or "\\" not in text:
+        return text
+    try:
+        unescaped = json.loads(f'"{text}"')
+    except ValueError:  # cut inside an escape: no domain would end there anyway
+        return text
+    return unescaped if isinstance(unescaped, str) else text
 
 
 def _merged_category(codes: npt.NDArray[Any], names: pd.Series) -> pd.Categorical:
