@@ -37,14 +37,34 @@ def test_state_schema_is_created_by_migrations_and_reopening_keeps_data(tmp_path
     assert [a.address for a in reopened.accounts()] == ["a@example.com"]
 
 
-_OPEN_STORE = "import sys; from mailops.state import StateStore; StateStore.open(sys.argv[1], create=True).close()"
+# Each process imports first and then waits for the others, so that all of them open the store at once.
+_OPEN_STORE = """
+import sys, time
+from pathlib import Path
+from mailops.state import StateStore
+url, ready, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+ready.touch()
+while not go.exists():
+    time.sleep(0.002)
+StateStore.open(url, create=True).close()
+"""
 
 
-def _open_at_once(url: str, processes: int = 6) -> list[subprocess.CompletedProcess[str]]:
+def _open_at_once(url: str, meeting: Path, processes: int = 6) -> list[subprocess.CompletedProcess[str]]:
+    meeting.mkdir()
+    go = meeting / "go"
     started = [
-        subprocess.Popen([sys.executable, "-c", _OPEN_STORE, url], stderr=subprocess.PIPE, text=True)
-        for _ in range(processes)
+        subprocess.Popen(
+            [sys.executable, "-c", _OPEN_STORE, url, str(meeting / f"ready-{n}"), str(go)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(processes)
     ]
+    deadline = time.monotonic() + 60
+    while len(list(meeting.glob("ready-*"))) < processes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()
     return [subprocess.CompletedProcess(p.args, p.wait(timeout=120), "", p.stderr.read()) for p in started]
 
 
@@ -60,19 +80,21 @@ def _revision(url: str) -> str | None:
 def test_processes_that_create_the_same_new_store_at_once_all_succeed(tmp_path: Path) -> None:
     """`mailops run` in several terminals, or CI jobs, on a store that does not exist yet."""
     url = f"sqlite:///{tmp_path / 'state.db'}"
-    outcomes = _open_at_once(url)
+    outcomes = _open_at_once(url, tmp_path / "meeting")
     assert [o.stderr.strip().splitlines()[-1:] for o in outcomes if o.returncode] == []
     assert _revision(url) == SCHEMA_REVISION
 
 
-def test_processes_that_create_the_same_new_postgresql_store_at_once_all_succeed(postgres_url: str) -> None:
+def test_processes_that_create_the_same_new_postgresql_store_at_once_all_succeed(
+    postgres_url: str, tmp_path: Path
+) -> None:
     server = postgres_url.rsplit("/", 1)[0]
     admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text("CREATE DATABASE created_at_once"))
     admin.dispose()
     url = f"{server}/created_at_once"
-    outcomes = _open_at_once(url)
+    outcomes = _open_at_once(url, tmp_path / "meeting")
     assert [o.stderr.strip().splitlines()[-1:] for o in outcomes if o.returncode] == []
     assert _revision(url) == SCHEMA_REVISION
 

@@ -34,7 +34,7 @@ def _dumped(data: Any, flow: bool | None) -> str:
 
 
 @given(data=_data, flow=st.sampled_from([None, True, False]))
-@settings(max_examples=300)
+@settings(max_examples=150)
 def test_parse_yaml_reads_what_ruamel_reads(data: Any, flow: bool | None) -> None:
     text = _dumped(data, flow)
     assert parse_yaml(text) == YAML(typ="safe", pure=True).load(text) == {"root": data}
