@@ -145,9 +145,11 @@ def test_waits_are_bounded(write_config, name: str, value: str) -> None:
 # -- 10, 11. another application's database; read-only commands create nothing ----------
 
 
-def test_another_applications_sqlite_file_is_refused_and_left_alone(write_config, tmp_path: Path) -> None:
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_another_applications_sqlite_file_is_refused_and_left_alone(write_config, tmp_path: Path, journal: str) -> None:
     other = tmp_path / "crm.sqlite"
     with sqlite3.connect(other) as connection:
+        connection.execute(f"PRAGMA journal_mode={journal}")  # WAL: written in the file's header
         connection.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
         connection.execute("INSERT INTO customers (name) VALUES ('ACME')")
     before = digest(other)

@@ -78,8 +78,7 @@ class LockHeld(MailopsError):
         )
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    _sqlite_busy_timeout(dbapi_connection, _record)  # first: the journal mode waits for a writer too
+def _sqlite_journal_mode(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # A rollback journal, not WAL: a WAL database cannot be read without creating files
     # beside it, and `plan` reads read-only (also from a read-only directory). Writes are
@@ -123,11 +122,14 @@ class StateStore:
             if sqlite is not None and create:
                 sqlite.parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(url)
-            if engine.dialect.name == "sqlite":  # journal_mode rewrites the file's header: only when writing
-                event.listen(engine, "connect", _sqlite_pragmas if create else _sqlite_busy_timeout)
+            sqlite_engine = engine.dialect.name == "sqlite"
+            if sqlite_engine:  # readers too wait for a writer, such as another process migrating the store
+                event.listen(engine, "connect", _sqlite_busy_timeout)
             # Judge the schema before anything else touches the database.
             status = _schema_status(engine, shown, will_migrate=create)
             engine.dispose()
+            if sqlite_engine and create:  # journal_mode rewrites the file's header: only a store mailops writes
+                event.listen(engine, "connect", _sqlite_journal_mode)
             store = cls(engine, shown_url=shown, secrets=hide, empty=status is SchemaStatus.EMPTY and not create)
             if create and status is not SchemaStatus.CURRENT:
                 store._migrate()
