@@ -139,7 +139,7 @@ def _plain(value: str, mark: Any) -> Any:
 
 
 def _number(value: str, mark: Any) -> Any:
-    if _INT.match(value):
+    if value.isdigit() and value.isascii() or _INT.match(value):  # the first: most numbers, without a regex
         return _int(value, 10, mark)
     if _OCT.match(value):
         return _int(value[2:], 8, mark)
@@ -220,6 +220,7 @@ def parse_yaml(text: str, *, marks: Marks | None = None) -> Any:
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
     words, number_start, no_key, merge_key = _WORDS, _NUMBER_START, _NO_KEY, _MERGE_KEY
+    per_unit, number, collections = _CHARACTERS_PER_UNIT, _number, (dict, list)  # locals: read per event
     located = marks is not None
 
     saved: list[tuple[Any, bool, Any, Any, _Open | None]] = []  # the parents of the open container
@@ -244,14 +245,14 @@ def parse_yaml(text: str, *, marks: Marks | None = None) -> Any:
                 kind, args = next_event()
                 if kind is _SCALAR:
                     anchor, tag, _implicit, value, start_mark, _end_mark, style = args
-                    weight = 1 + len(value) // _CHARACTERS_PER_UNIT
+                    weight = 1 + len(value) // per_unit
                     count += weight
                     if tag is None:
                         if not style:  # plain: resolve; quoted and block scalars are text
                             if value in words:
                                 value = words[value]
                             elif value[0] in number_start:
-                                value = _number(value, start_mark)
+                                value = number(value, start_mark)
                             elif value == "<<" and is_map and key is no_key:
                                 value = merge_key
                     else:
@@ -345,7 +346,7 @@ def parse_yaml(text: str, *, marks: Marks | None = None) -> Any:
                 # Attach the value just built to the open container.
                 if is_map:
                     if key is no_key:
-                        if isinstance(value, dict | list):
+                        if isinstance(value, collections):
                             raise YamlProblem(
                                 mark.line + 1, mark.column + 1, "a key must be a plain value, not a mapping or list"
                             )
