@@ -4,6 +4,7 @@ and day boundaries in the viewer's zone, retries counted once, visibility, bad f
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import random
 import sqlite3
@@ -22,6 +23,7 @@ from mailops.cli import app
 from mailops.outbox import analysis, charts
 from mailops.outbox.analysis import (
     COLUMNS,
+    FORMULA_START,
     AnalysisError,
     by_account,
     by_class,
@@ -435,6 +437,35 @@ def test_an_export_of_the_cli_loads_as_the_same_frame(example: StateStore, workd
     exported = load_export(out)
     assert_shape(exported)
     pd.testing.assert_frame_equal(exported, load_store(example))
+
+
+def test_a_csv_export_marks_formulas_as_text_and_loads_back_unmarked(example: StateStore, workdir: Path) -> None:
+    subjects = ['=HYPERLINK("http://evil.example","x")', "'quoted'", "-5 % off", "@home", "plain"]
+    Outbox(example).queue(
+        [
+            NewAttempt(
+                account=SHOP,
+                sender=SHOP,
+                sender_name="",
+                to=("=cmd|' /C calc'!A0@kunde.de",),
+                cc=(),
+                bcc=(),
+                subject=subject,
+                preview="",
+                message_id=f"<formula-{number}@example.com>",
+            )
+            for number, subject in enumerate(subjects)
+        ]
+    )
+    out = workdir / "outbox.csv"
+    assert runner.invoke(app, ["outbox", "export", "--out", str(out), "--format", "csv"]).exit_code == 0
+    with out.open(newline="", encoding="utf-8") as file:
+        cells = {row["message_id"]: row for row in csv.DictReader(file)}
+    marked = [cells[f"<formula-{number}@example.com>"]["subject"] for number in range(len(subjects))]
+    assert marked == [f"'{subject}" for subject in subjects[:4]] + ["plain"]
+    assert cells["<formula-0@example.com>"]["to"] == "'=cmd|' /C calc'!A0@kunde.de"
+    assert not any(value.startswith(FORMULA_START) for row in cells.values() for value in row.values())
+    pd.testing.assert_frame_equal(load_export(out), load_store(example))  # the marks are gone again
 
 
 def test_a_seed_log_reads_the_same_directly_and_after_the_cli_imported_it(workdir: Path) -> None:
@@ -1060,20 +1091,23 @@ def test_text_that_a_spreadsheet_would_run_is_written_as_text() -> None:
 
     frame = pd.DataFrame(
         {
-            "subject": pd.Series(['=HYPERLINK("http://evil.example","x")', "Order 42", None], dtype="string"),
-            "reply": pd.Series(["+1 555", "@SUM(A1)", "\t=1"], dtype=object),
-            "mixed": pd.Series([-5, "-5", None], dtype=object),
-            "class": pd.Series(["tls", "=x", "tls"], dtype="category"),
-            "count": [1, -2, 3],
+            "subject": pd.Series(
+                ['=HYPERLINK("http://evil.example","x")', "Order 42", None, "'quoted"], dtype="string"
+            ),
+            "reply": pd.Series(["+1 555", "@SUM(A1)", "\t=1", "ok"], dtype=object),
+            "mixed": pd.Series([-5, "-5", None, 7], dtype=object),
+            "class": pd.Series(["tls", "=x", "tls", "tls"], dtype="category"),
+            "count": [1, -2, 3, 4],
         }
     )
     safe = spreadsheet_safe(frame)
     assert safe["subject"].tolist()[:2] == ['\'=HYPERLINK("http://evil.example","x")', "Order 42"]
     assert pd.isna(safe["subject"].iloc[2])
-    assert safe["reply"].tolist() == ["'+1 555", "'@SUM(A1)", "'\t=1"]
+    assert safe["subject"].iloc[3] == "''quoted"  # a spreadsheet hides one ': the text shows as it is
+    assert safe["reply"].tolist() == ["'+1 555", "'@SUM(A1)", "'\t=1", "ok"]
     assert safe["mixed"].tolist()[:2] == [-5, "'-5"]  # a number is no formula; the text "-5" would be one
-    assert safe["class"].tolist() == ["tls", "'=x", "tls"]
-    assert safe["count"].tolist() == [1, -2, 3]
+    assert safe["class"].tolist() == ["tls", "'=x", "tls", "tls"]
+    assert safe["count"].tolist() == [1, -2, 3, 4]
     assert frame["reply"].iloc[0] == "+1 555"  # the frame handed in is left as it was
 
 

@@ -285,6 +285,7 @@ def export(
     import pandas as pd
 
     from mailops.fileio import atomic_write
+    from mailops.outbox.analysis import spreadsheet_safe
     from mailops.state.outbox import Outbox
 
     if format not in ("csv", "parquet"):
@@ -301,8 +302,8 @@ def export(
                 row[key] = "; ".join(row[key])
         frame = pd.DataFrame(rows, columns=list(_public_columns()))
         buffer = io.BytesIO()
-        if format == "csv":
-            frame.to_csv(buffer, index=False)
+        if format == "csv":  # opened in spreadsheets too: text that would run as a formula is marked as text
+            spreadsheet_safe(frame).to_csv(buffer, index=False)
         else:
             frame.to_parquet(buffer, index=False)
         atomic_write(out, buffer.getvalue())

@@ -551,6 +551,7 @@ def _decoded(text: str) -> str | None:
 
 def load_export(path: Path | str, *, limit: int = MAX_LOG_BYTES) -> pd.DataFrame:
     """A file written by `mailops outbox export` (CSV or Parquet, told apart by its content), as the frame.
+    A CSV's texts lose the ``'`` that made them safe for a spreadsheet (:func:`spreadsheet_safe`).
 
     A file that is not a regular file, is larger than ``limit``, is not UTF-8 (CSV), cannot
     be parsed, lacks a column of ``id``, ``created_at``, ``account`` and ``status``, or holds a
@@ -563,7 +564,7 @@ def load_export(path: Path | str, *, limit: int = MAX_LOG_BYTES) -> pd.DataFrame
     if data[:4] == b"PAR1":
         table = _parquet(data, path)
     else:
-        table = _csv(data, path)
+        table = spreadsheet_text(_csv(data, path))
     present = set(table.column_names)
     missing = [name for name in _EXPORT_REQUIRED if name not in present]
     if missing:
@@ -658,25 +659,39 @@ def _first_line(exc: BaseException) -> str:
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection); subjects, addresses and
 # server replies are anyone's text.
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+TEXT_MARK = "'"  # what a spreadsheet reads as "text follows", and does not show
 
 
 def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` for a CSV that a person opens in a spreadsheet: every text cell that would run as a formula
-    starts with ``'``, which spreadsheets show as text. Vectorised; other cells are left as they are."""
+    starts with ``'``, which spreadsheets show as text. So does a cell that starts with ``'`` itself, which a
+    spreadsheet would otherwise hide: every cell shows as it is, and :func:`spreadsheet_text` undoes the marks
+    exactly. Vectorised; other cells are left as they are."""
     changed: dict[str, pd.Series] = {}
     for name in frame.select_dtypes(include=["object", "string", "category"]).columns:
         column = frame[name]
         if isinstance(column.dtype, pd.CategoricalDtype):
             column = column.astype(object)
         try:
-            formula = column.str.startswith(FORMULA_START, na=False)
+            formula = column.str.startswith((*FORMULA_START, TEXT_MARK), na=False)
         except AttributeError:  # no text in the column at all
             continue
         if formula.any():
             column = column.copy()
-            column[formula] = "'" + column[formula].astype(str)
+            column[formula] = TEXT_MARK + column[formula].astype(str)
             changed[name] = column
     return frame.assign(**changed) if changed else frame
+
+
+def spreadsheet_text(table: pa.Table) -> pa.Table:
+    """The texts of a CSV that :func:`spreadsheet_safe` wrote, as they were: one leading ``'`` taken off."""
+    for position, name in enumerate(table.column_names):
+        column = table.column(position)
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            marked = pc.starts_with(column, TEXT_MARK)
+            if pc.any(marked).as_py():
+                table = table.set_column(position, name, pc.if_else(marked, pc.utf8_slice_codeunits(column, 1), column))
+    return table
 
 
 def load_seed_log(path: Path | str, *, timezone: str = "Europe/Berlin", limit: int = MAX_LOG_BYTES) -> pd.DataFrame:
