@@ -9,13 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, inspect, text
 from typer.testing import CliRunner
 
 from mailops.cli import app
 from mailops.spec import load_spec
 from mailops.state import StateStore
-from mailops.state.schema import SCHEMA_REVISION
+from mailops.state.schema import KNOWN_REVISIONS, SCHEMA_REVISION
 from tests.conftest import spec_files
 
 runner = CliRunner()
@@ -225,6 +226,32 @@ def test_known_revisions_are_the_migrations_in_order() -> None:
     assert scripts.get_current_head() == SCHEMA_REVISION
     oldest_first = [script.revision for script in reversed(list(scripts.walk_revisions()))]
     assert tuple(oldest_first) == KNOWN_REVISIONS
+
+
+@pytest.mark.parametrize("revision", KNOWN_REVISIONS[:-1])
+def test_a_store_of_each_older_mailops_is_upgraded_keeping_its_accounts(tmp_path: Path, revision: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    engine = create_engine(url)
+    config = Config()
+    config.set_main_option("script_location", "mailops.state:migrations")
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO accounts (address, provider, settings, status, created_at, updated_at) VALUES "
+                "('a@example.com', 'manual', '{}', 'connected', '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+            )
+        )
+    engine.dispose()
+    store = StateStore.open(url)
+    assert [account.address for account in store.accounts()] == ["a@example.com"]
+    store.close()
+    assert _revision(url) == SCHEMA_REVISION
 
 
 def test_postgresql_state_store_works_like_sqlite(postgres_url, engine_env, mail_servers, new_account, monkeypatch):
