@@ -106,6 +106,7 @@ import pyarrow.csv as pa_csv
 from sqlalchemy import (
     CTE,
     ColumnElement,
+    CompoundSelect,
     DateTime,
     Integer,
     Select,
@@ -120,6 +121,7 @@ from sqlalchemy import (
     select,
     true,
     type_coerce,
+    union_all,
     values,
 )
 from sqlalchemy import column as values_column
@@ -130,6 +132,7 @@ from sqlalchemy.sql.operators import custom_op
 from mailops.errors import MailopsError, quoted
 from mailops.fileio import FileReadError, NotUtf8Error, decode_utf8, read_bytes
 from mailops.outbox.classify import CLASSES, MAX_LOG_BYTES, UNKNOWN, OutboxLogError, read_seed_log, remedy
+from mailops.state.arrow import arrow_table
 from mailops.state.outbox import IMPORTED, OutboxStatus
 from mailops.state.tables import OutboxRow, recipient_domain_text
 
@@ -196,6 +199,7 @@ _EXPORT_COLUMNS = {
 
 
 _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
+_Statement = Select[*tuple[Any, ...]] | CompoundSelect[*tuple[Any, ...]]
 
 
 class AnalysisError(MailopsError):
@@ -432,11 +436,12 @@ def load_store(
         query = query.where(OutboxRow.status.in_(sorted(statuses)))
     if newest is not None:
         query = query.order_by(None).order_by(OutboxRow.id.desc()).limit(newest)
+    names = [*wanted, "final"]
     with store.session() as session:
-        rows = _fetch(session, query)
-    if newest is not None:
-        rows.reverse()
-    return _frame_of(_cut(rows, [*wanted, "final"]), len(rows), columns)
+        raw = _read_columns(store, session, query, names)
+    if newest is not None:  # read newest first, shown oldest first
+        raw = {name: column.iloc[::-1].reset_index(drop=True) for name, column in raw.items()}
+    return _frame_of(raw, len(raw["final"]), columns)
 
 
 def _wanted(columns: Collection[str] | None) -> list[str]:
@@ -444,7 +449,7 @@ def _wanted(columns: Collection[str] | None) -> list[str]:
     return [name for name in _STORE_COLUMNS if columns is None or name in columns or _needs(columns, name)]
 
 
-def _fetch(session: Session, query: Select[*tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+def _fetch(session: Session, query: _Statement) -> list[tuple[Any, ...]]:
     """The rows of ``query`` as the driver gives them.
 
     Straight from the driver: SQLAlchemy's per-row processing (SQLite's times are parsed by a Python regular
@@ -455,6 +460,25 @@ def _fetch(session: Session, query: Select[*tuple[Any, ...]]) -> list[tuple[Any,
     rows = list(result.cursor.fetchall())
     result.close()
     return rows
+
+
+def _read_columns(store: StateStore, session: Session, query: _Statement, names: list[str]) -> dict[str, pd.Series]:
+    """The rows of ``query`` as untyped columns by name (``names``, in the order selected), as :func:`_cut` gives
+    them: from SQLite's Arrow driver, which reads in a transaction of its own (a statement bounded by the
+    caller's snapshot, such as by its highest id, reads the same rows), else from the session's driver."""
+    table = arrow_table(store.engine, query)
+    if table is None:
+        return _cut(_fetch(session, query), names)
+    return {name: _series_of(column) for name, column in zip(names, table.columns, strict=True)}
+
+
+def _series_of(column: pa.ChunkedArray) -> pd.Series:
+    """An Arrow column as the series :func:`_assemble` types: text as pyarrow-backed text (a column of NULLs
+    alone, which the driver types as a number, as well), numbers as numbers."""
+    array = column.combine_chunks()
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type) or array.null_count == len(array):
+        return pd.Series(pd.array(array.cast(pa.large_string()), dtype=STRING))
+    return pd.Series(array.to_pandas())
 
 
 def _cut(rows: list[tuple[Any, ...]], names: list[str]) -> dict[str, pd.Series]:
@@ -1926,12 +1950,11 @@ class StoreOutbox:
             *self._visible_only(),
         )
         # In no order: ordered by id, SQLite would read the table rather than the index of the attempts not sent.
-        rows = _fetch(session, unsent)
-        if len(self._retried):
-            rows += _fetch(session, resent)
-        raw = _cut(rows, names)
+        # One statement: both parts are read from the same state of the store.
+        raw = _read_columns(self.store, session, union_all(unsent, resent) if len(self._retried) else unsent, names)
+        length = len(raw["id"])
         raw["final"] = pd.Series(~np.isin(raw["id"].to_numpy(dtype=np.int64), self._retried))
-        return _frame_of(raw, len(rows), (*SUMMARY_COLUMNS, "id"))
+        return _frame_of(raw, length, (*SUMMARY_COLUMNS, "id"))
 
     def _domains_in(self, session: Session) -> tuple[dict[str, list[str]], dict[str, npt.NDArray[np.int64]]]:
         """The recipient domains: how the first To addresses write each, and how many attempts each has per
