@@ -24,5 +24,8 @@ from mailops.cli import archive  # noqa: F401
 from mailops.cli import console  # noqa: F401
 from mailops.cli import demo  # noqa: F401
 from mailops.cli.app import app
+from mailops.bulk import skip_collections_at_exit
+
+skip_collections_at_exit()  # a command's process ends when the command does
 
 __all__ = ["app"]

@@ -108,6 +108,7 @@ from sqlalchemy import (
     ColumnElement,
     CompoundSelect,
     DateTime,
+    Engine,
     Integer,
     Select,
     String,
@@ -438,7 +439,7 @@ def load_store(
         query = query.order_by(None).order_by(OutboxRow.id.desc()).limit(newest)
     names = [*wanted, "final"]
     with store.session() as session:
-        raw = _read_columns(store, session, query, names)
+        raw = _read_columns(session, query, names)
     if newest is not None:  # read newest first, shown oldest first
         raw = {name: column.iloc[::-1].reset_index(drop=True) for name, column in raw.items()}
     return _frame_of(raw, len(raw["final"]), columns)
@@ -462,11 +463,12 @@ def _fetch(session: Session, query: _Statement) -> list[tuple[Any, ...]]:
     return rows
 
 
-def _read_columns(store: StateStore, session: Session, query: _Statement, names: list[str]) -> dict[str, pd.Series]:
+def _read_columns(session: Session, query: _Statement, names: list[str]) -> dict[str, pd.Series]:
     """The rows of ``query`` as untyped columns by name (``names``, in the order selected), as :func:`_cut` gives
-    them: from SQLite's Arrow driver, which reads in a transaction of its own (a statement bounded by the
-    caller's snapshot, such as by its highest id, reads the same rows), else from the session's driver."""
-    table = arrow_table(store.engine, query)
+    them: from SQLite's Arrow driver, which reads what ``session`` reads once it has read (see ``arrow_table``),
+    else from the session's driver."""
+    engine = session.get_bind()
+    table = arrow_table(engine, query) if isinstance(engine, Engine) else None
     if table is None:
         return _cut(_fetch(session, query), names)
     return {name: _series_of(column) for name, column in zip(names, table.columns, strict=True)}
@@ -1333,13 +1335,14 @@ def _rest(
     bounds = [time >= _as_utc(min(since for since, _ in spans)), time < _as_utc(max(until for _, until in spans))]
     if accounts is not None:
         bounds.append(OutboxRow.account.in_(sorted({address.lower() for address in accounts})))
-    rows = _fetch(session, select(*columns).where(not_sent, *bounds))
+    query: _Statement = select(*columns).where(not_sent, *bounds)
     if len(retried):  # sent, and then sent again (`outbox resend`): not a mail's last attempt
         resent = OutboxRow.status == OutboxStatus.SENT.value, OutboxRow.id.in_(_retried_ids())
-        rows += _fetch(session, select(*columns).where(*resent, *bounds))
-    raw = _cut(rows, names)
+        query = union_all(query, select(*columns).where(*resent, *bounds))
+    # The session has read (the retried ids): what is read here is what it sees.
+    raw = _read_columns(session, query, names)
     raw["final"] = pd.Series(~np.isin(raw["id"].to_numpy(dtype=np.int64), retried))
-    frame = _frame_of(raw, len(rows), SUMMARY_COLUMNS)
+    frame = _frame_of(raw, len(raw["id"]), SUMMARY_COLUMNS)
     return frame, _span_of(frame["time"], spans)
 
 
@@ -1951,7 +1954,7 @@ class StoreOutbox:
         )
         # In no order: ordered by id, SQLite would read the table rather than the index of the attempts not sent.
         # One statement: both parts are read from the same state of the store.
-        raw = _read_columns(self.store, session, union_all(unsent, resent) if len(self._retried) else unsent, names)
+        raw = _read_columns(session, union_all(unsent, resent) if len(self._retried) else unsent, names)
         length = len(raw["id"])
         raw["final"] = pd.Series(~np.isin(raw["id"].to_numpy(dtype=np.int64), self._retried))
         return _frame_of(raw, length, (*SUMMARY_COLUMNS, "id"))

@@ -32,8 +32,9 @@ def arrow_table(
     anything the driver refuses, such as a hot journal that a read-only reader cannot roll back). A column that
     holds numbers and texts comes as texts.
 
-    It reads in a transaction of its own, not the caller's: a statement whose rows must agree with another
-    statement's bounds itself (by the highest id read there, for example)."""
+    It reads in a transaction of its own, yet sees what the caller's open transaction sees once that has read:
+    under SQLite's rollback journal (the store's; a database in WAL mode is left to the session) no writer
+    commits while a reader holds its shared lock, which a transaction keeps from its first read to its end."""
     from sqlalchemy.exc import SQLAlchemyError
 
     path = sqlite_file(engine.url.render_as_string(hide_password=False))
@@ -58,6 +59,10 @@ def arrow_table(
         ):
             pragma.set_sql_query(f"PRAGMA busy_timeout = {_BUSY_MILLISECONDS}")
             pragma.execute_update()
+            pragma.set_sql_query("PRAGMA journal_mode")
+            mode, _ = pragma.execute_query()
+            if pa.RecordBatchReader.from_stream(mode).read_all().column(0).to_pylist() == ["wal"]:
+                return None
             query.set_options(**{"adbc.sqlite.query.batch_rows": _ONE_BATCH})
             query.set_sql_query(text)
             stream, _ = query.execute_query()
