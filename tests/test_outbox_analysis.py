@@ -1173,3 +1173,19 @@ def test_the_arrow_driver_reads_a_file_unchanged_and_only_a_file(tmp_path: Path)
     assert mixed is not None and mixed.column(0).to_pylist() == [str(n) for n in range(3000)]
     assert arrow_table(create_engine("sqlite://"), select(rows.c.n)) is None
     assert path.read_bytes() == before and sorted(p.name for p in directory.iterdir()) == ["other.db"]
+
+
+def test_times_read_as_texts_are_the_same_whether_arrow_or_pandas_parses_them() -> None:
+    texts = [
+        "2026-03-02 10:00:00.000000",  # as SQLite keeps them: no zone, which is UTC
+        "2026-03-02 10:00:00.5",
+        "2026-03-02T23:59:59",
+        None,
+        "2026-03-02 10:00:00+01:00",  # a zone (an export): left to pandas
+        "2026-03-02 10:00:00.123456789",
+        "",
+    ]
+    for chosen in ([0, 1, 2, 3], list(range(len(texts)))):  # all Arrow's, and some it refuses
+        values = pd.Series([texts[number] for number in chosen], dtype=analysis.STRING)
+        parsed = pd.to_datetime(values.astype(object), utc=True, format="ISO8601").astype("datetime64[us, UTC]")
+        pd.testing.assert_series_equal(analysis._utc(values), parsed)

@@ -279,6 +279,16 @@ def _utc(values: pd.Series) -> pd.Series:
     """Times as ``datetime64[us, UTC]``; a naive time is UTC (SQLite drops the zone of what was stored as UTC)."""
     if isinstance(values.dtype, pd.DatetimeTZDtype):
         return values.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+    if values.dtype == STRING:
+        # Arrow's cast reads the texts SQLite keeps (no zone) in C, pandas's parser row by row; a text it refuses
+        # (a zone, nanoseconds, no time at all) is left to pandas.
+        try:
+            times = pc.cast(_arrow(values), pa.timestamp("us"))
+        except pa.ArrowInvalid:
+            pass
+        else:
+            naive = pd.Series(times.to_numpy(zero_copy_only=False), index=values.index)
+            return naive.dt.tz_localize("UTC")
     return pd.to_datetime(values, utc=True, format="ISO8601").astype("datetime64[us, UTC]")
 
 
