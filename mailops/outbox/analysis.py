@@ -1567,12 +1567,13 @@ class StoreOutbox:
         self._last_id = 0
         self._accounts: list[str] = []
         self._projects: list[str] = []
-        # Counted when opened, on a thread of their own (see _open): the first use waits for them.
+        # Counted and read when opened, on threads of their own (see _open): the first use waits for them.
         self._counts = _AttemptCounts({}, {}, np.zeros((0, 0), dtype=np.int64))
         self._counting: Future[_AttemptCounts] | None = None
         self._days: tuple[dt.date, dt.date] | None = None  # the first and last day with an attempt
         self._retried = np.zeros(0, dtype=np.int64)
-        self._rest = empty_frame()
+        self._rest_read = empty_frame()
+        self._reading: Future[pd.DataFrame] | None = None
         if store.exists and self._visible != []:
             with _snapshot(store) as session:
                 self._open(session)
@@ -1600,20 +1601,30 @@ class StoreOutbox:
         self._days = (moments.iloc[0].date(), moments.iloc[1].date())
         self._projects = _projects_of(session, self._accounts, _logged_by(OutboxRow, self._last_id))
         if self._own_connections():
-            # The counts walk the indexes in the database, without Python's lock, on a connection and a thread of
-            # their own while this one reads the rest (and the caller goes on, until it needs them). They count
-            # every attempt up to the last id, whatever its status: another transaction sees the same.
-            counting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailops-outbox-counts")
-            self._counting = counting.submit(self._count_attempts, self._days)
-            counting.shutdown(wait=False)
-            self._rest = self._read_rest(session)
+            # The counts walk the indexes in the database, and SQLite's Arrow driver reads the rest, both mostly
+            # without Python's lock, each on a connection and a thread of its own, while the caller goes on until
+            # it needs them (the explorer imports matplotlib meanwhile). Both take the attempts up to the last
+            # id, which another transaction sees alike (the counts whatever their status).
+            opening = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mailops-outbox-open")
+            self._counting = opening.submit(self._count_attempts, self._days)
+            self._reading = opening.submit(self._read_rest)
+            opening.shutdown(wait=False)
         else:
-            self._rest = self._read_rest(session)
+            self._rest_read = self._read_rest(session)
             self._counts = self._count_attempts(self._days, session)
 
     def wait(self) -> None:
-        """Wait for the counts made when opened (any first use of them waits too); raises what failed there."""
-        self._counted  # noqa: B018 - the property waits
+        """Wait for the counts and the rest read when opened (any first use of them waits too); raises what failed
+        there."""
+        self._rest  # noqa: B018 - the properties wait
+        self._counted  # noqa: B018
+
+    @property
+    def _rest(self) -> pd.DataFrame:
+        """Every attempt that was not sent or was retried (see :meth:`_read_rest`), once it is read."""
+        if self._reading is not None:
+            self._rest_read, self._reading = self._reading.result(), None
+        return self._rest_read
 
     @property
     def _counted(self) -> _AttemptCounts:
@@ -1949,8 +1960,12 @@ class StoreOutbox:
         """The first To address's domain as written (the indexed expression on SQLite)."""
         return _written_domain(table, self.store.engine.dialect.name)
 
-    def _read_rest(self, session: Session) -> pd.DataFrame:
-        """Every attempt that was not sent or was retried, as a frame of the summaries' columns and the id."""
+    def _read_rest(self, session: Session | None = None) -> pd.DataFrame:
+        """Every attempt that was not sent or was retried, as a frame of the summaries' columns and the id; in a
+        session of its own unless one is given."""
+        if session is None:
+            with self.store.session() as own:
+                return self._read_rest(own)
         names = ["id", "time", "account", "project", "status", "class", "to"]
         columns = [_STORED_LABELS.get(name, _STORE_COLUMNS[name]) for name in names]
         # The status as a literal: SQLite reads the index of the attempts not sent only for the same condition.
