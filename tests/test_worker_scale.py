@@ -240,6 +240,63 @@ def messages(database) -> int:
 # -- SQLite: one worker -----------------------------------------------------------------------------
 
 
+def test_a_worker_cut_off_from_the_database_gives_its_accounts_up_after_one_lease(postgres_url: str) -> None:
+    """Renewals that fail within the lease keep the accounts (one notice); once no renewal has worked for a whole
+    lease, each account's work is told to stop, and another worker takes them over when the database is back."""
+    import threading
+
+    from mailops.runtime.leases import LeaseKeeper
+    from mailops.state import StateStore
+    from mailops.state.leases import LeaseOwner, Leases
+
+    url, seconds, accounts = fresh_database(postgres_url), 2.0, ["a@example.com", "b@example.com"]
+    name = url.rsplit("/", 1)[1]
+    admin = create_engine(f"{url.rsplit('/', 1)[0]}/postgres", isolation_level="AUTOCOMMIT")
+    store, other_store = StateStore.open(url, create=True), StateStore.open(url, create=False)
+    owner, other = LeaseOwner.this_process(), LeaseOwner.this_process()
+    leases = Leases(store)
+    held = leases.claim(owner, accounts, seconds).held
+    failures: list[str] = []
+    lost: list[tuple[str, str]] = []
+    keeper = LeaseKeeper(
+        leases,
+        owner,
+        seconds,
+        stop=threading.Event(),
+        on_lost=lambda resource, why: lost.append((resource, why)),
+        on_renewal_failed=failures.append,
+    )
+    with keeper.lock:
+        keeper.hold(held, time.monotonic())
+    try:
+        keeper.renew()
+        assert held == tuple(accounts) and (failures, lost) == ([], [])
+        with admin.connect() as connection:  # the database goes away: no new session, and this worker's ended
+            connection.execute(text(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false"))
+            connection.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+        keeper.renew()
+        keeper.renew()
+        assert len(failures) == 1 and lost == []  # told once; the accounts are still certainly this worker's
+        stops = [keeper.stop_of(account) for account in accounts]  # what each account's import watches
+        assert not any(stop.is_set() for stop in stops)
+        time.sleep(seconds)  # a whole lease without a renewal
+        keeper.renew()
+        assert sorted(lost) == [(account, "no renewal succeeded for a whole lease duration") for account in accounts]
+        assert all(stop.is_set() for stop in stops) and keeper.held == []
+        with admin.connect() as connection:
+            connection.execute(text(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"))
+        taken = Leases(other_store).claim(other, accounts, seconds)
+        assert taken.held == tuple(accounts) and [lease.owner for lease in taken.taken_over] == [owner, owner]
+        keeper.renew()  # the database answers again: the first worker holds nothing, and hears nothing more
+        assert len(failures) == 1 and len(lost) == 2
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"))
+        admin.dispose()
+        store.close()
+        other_store.close()
+
+
 def test_sqlite_refuses_a_second_worker_and_names_the_first(engine_env, mail_servers, new_account) -> None:
     support = new_account()
     applied(engine_env, mail_servers, [support])
