@@ -820,7 +820,7 @@ def test_the_store_summary_reads_one_state_of_the_store(
     of them must not count as sent. SQLite keeps a writer waiting until the summary has read everything."""
     expected = assert_store_summary_is_the_frames(example, dt.date(2026, 3, 2), dt.date(2026, 3, 5))
     refused: list[str] = []
-    counts = analysis._attempts_by_account  # the second statement: the rest has been read by now
+    counts = analysis._account_totals  # after two statements: the rest and the counts per account
 
     def log_a_mail_meanwhile(*arguments: object, **keywords: object) -> object:
         writer = sqlite3.connect(workdir / "state.db", timeout=0.05)
@@ -833,7 +833,7 @@ def test_the_store_summary_reads_one_state_of_the_store(
             writer.close()
         return counts(*arguments, **keywords)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(analysis, "_attempts_by_account", log_a_mail_meanwhile)
+    monkeypatch.setattr(analysis, "_account_totals", log_a_mail_meanwhile)
     summary = analysis.summarise_store(example, dt.date(2026, 3, 2), dt.date(2026, 3, 5), top_domains=3, latest=4)
     assert refused == ["database is locked"]
     assert summary.headline == expected.headline

@@ -428,13 +428,13 @@ def test_a_mail_logged_while_postgresql_is_read_is_in_none_of_the_summary(
     march_2, march_5 = dt.date(2026, 3, 2), dt.date(2026, 3, 5)
     expected = assert_store_summary_is_the_frames(postgres, march_2, march_5)
     writer = StateStore.open(postgres.engine.url.render_as_string(hide_password=False), create=False)
-    counts = analysis._attempts_by_account  # the second statement: the rest has been read by now
+    counts = analysis._account_totals  # after two statements: the rest and the counts per account
 
     def log_a_mail_meanwhile(*arguments: Any, **keywords: Any) -> Any:
         hostile_failure(writer, at(4, 13), subject="logged meanwhile", reply="550 no")
         return counts(*arguments, **keywords)
 
-    monkeypatch.setattr(analysis, "_attempts_by_account", log_a_mail_meanwhile)
+    monkeypatch.setattr(analysis, "_account_totals", log_a_mail_meanwhile)
     try:
         summary = analysis.summarise_store(postgres, march_2, march_5, top_domains=3, latest=4)
     finally:
@@ -449,9 +449,9 @@ def test_a_mail_logged_while_postgresql_is_read_is_in_none_of_the_summary(
 def test_a_mail_logged_while_sqlite_is_read_waits_for_the_summary(
     store: StateStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SQLite's rest is read by the Arrow driver on a connection of its own: the summary's transaction has read by
-    then, and its shared lock keeps a writer from committing until the summary is done, so both connections read
-    the same state."""
+    """SQLite's rest and the counts per account are read by the Arrow driver on connections of their own: the
+    summary's transaction has read by then, and its shared lock keeps a writer from committing until the summary
+    is done, so all connections read the same state."""
     import threading
     import time
 
@@ -461,11 +461,13 @@ def test_a_mail_logged_while_sqlite_is_read_waits_for_the_summary(
     logging = threading.Thread(
         target=hostile_failure, args=(writer, at(4, 13)), kwargs={"subject": "logged meanwhile", "reply": "550 no"}
     )
-    read, used = analysis.arrow_table, []
+    read, used, starting = analysis.arrow_table, [], threading.Lock()
 
     def log_a_mail_meanwhile(*arguments: Any) -> Any:
-        logging.start()
-        time.sleep(0.5)  # the writer's chance to commit, were it not kept from it
+        with starting:  # the first read starts the writer (the counts per account and the rest are read at once)
+            if logging.ident is None:
+                logging.start()
+                time.sleep(0.5)  # the writer's chance to commit, were it not kept from it
         table = read(*arguments)
         used.append(table is not None)
         return table
@@ -476,7 +478,7 @@ def test_a_mail_logged_while_sqlite_is_read_waits_for_the_summary(
     finally:
         logging.join()
         writer.close()
-    assert used == [True] and summary.headline == expected.headline
+    assert used == [True, True] and summary.headline == expected.headline
     monkeypatch.undo()
     assert assert_store_summary_is_the_frames(store, march_2, march_5).headline.failed == expected.headline.failed + 1
 

@@ -1109,9 +1109,13 @@ def summarise_store(
     rest, span, latest_failures = empty_frame(), np.zeros(0, dtype=np.int64), empty_frame()
     if store.exists:
         with _snapshot(store) as session:
-            rest, span = _rest(session, spans, accounts)
+            retried = _retried(session)  # the first read: SQLite keeps writers from committing from here on
+            # Counted beside the rest's read where another connection sees what this session sees.
+            by_account = _attempts_by_account_query(spans, accounts)
+            counting = _read_beside(session, by_account)
+            rest, span = _rest(session, spans, accounts, retried)
             now, failed = _failed_now(rest, span, length)
-            names, totals = _attempts_by_account(session, spans, accounts)
+            names, totals = _account_totals(_rows_read_beside(session, by_account, counting), len(spans))
             # Which domains are shown depends on their failures alone (the rest's): only theirs are counted.
             shown = _domains_shown(_tally(rest[now], "recipient_domain"), top_domains)["domain"]
             if len(shown):
@@ -1187,15 +1191,16 @@ def _sent_and_failed(
     return _tally_table(key, totals.index, sent, failures.to_numpy(dtype=np.int64))
 
 
-def _attempts_by_account(
-    session: Session, spans: list[tuple[dt.datetime, dt.datetime]], accounts: Collection[str] | None
-) -> tuple[list[str], npt.NDArray[np.int64]]:
-    """The accounts, and how many attempts each made in each span (since, until): a row per account, a column per
-    span. Counted in the index on account and time: a range of it per account and span, the table is not read."""
+def _attempts_by_account_query(
+    spans: list[tuple[dt.datetime, dt.datetime]], accounts: Collection[str] | None
+) -> Select[*tuple[Any, ...]] | None:
+    """How many attempts each account made in each span (since, until): a row (account, span's number, count) per
+    account and span; None for no account. Counted in the index on account and time: a range of it per account
+    and span, the table is not read. :func:`_account_totals` makes the table of them."""
     if accounts is not None:
         listed = sorted({address.lower() for address in accounts})
         if not listed:
-            return [], np.zeros((0, len(spans)), dtype=np.int64)
+            return None
         senders = values(values_column("account", String), name="senders").data([(address,) for address in listed])
         account = senders.cte("senders").c.account
     else:
@@ -1213,9 +1218,14 @@ def _attempts_by_account(
         .scalar_subquery()
     )
     pairs = account.table.join(bounds, true())  # every account with every span
-    rows = _fetch(session, select(account, bounds.c.number, count).select_from(pairs).where(account.is_not(None)))
+    return select(account, bounds.c.number, count).select_from(pairs).where(account.is_not(None))
+
+
+def _account_totals(rows: list[tuple[Any, ...]], spans: int) -> tuple[list[str], npt.NDArray[np.int64]]:
+    """The accounts, and a row per account of its attempts in each of the ``spans`` (a column each), from the
+    rows of :func:`_attempts_by_account_query`."""
     names = sorted({str(row[0]) for row in rows})
-    totals = np.zeros((len(names), len(spans)), dtype=np.int64)
+    totals = np.zeros((len(names), spans), dtype=np.int64)
     position = {name: index for index, name in enumerate(names)}
     for name, number, attempts in rows:  # a row per account and span: a few hundred
         totals[position[name], number] = attempts
@@ -1326,12 +1336,43 @@ def _retried_ids(last_id: int | None = None) -> Select[int | None]:
     return query if last_id is None else query.where(_logged_by(retry, last_id))
 
 
+def _retried(session: Session) -> npt.NDArray[np.int64]:
+    """The ids of the attempts that another attempt retries, sorted."""
+    return np.unique(np.array([row[0] for row in _fetch(session, _retried_ids())], dtype=np.int64))
+
+
+def _read_beside(session: Session, query: _Statement | None) -> Future[pa.Table | None] | None:
+    """``query`` read by SQLite's Arrow driver on a thread of its own, meanwhile the session goes on (the session
+    must have read already: see ``arrow_table``); None where there is nothing to read or no such driver."""
+    engine = session.get_bind()
+    if query is None or not isinstance(engine, Engine) or engine.dialect.name != "sqlite":
+        return None
+    beside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailops-outbox-read")
+    reading = beside.submit(arrow_table, engine, query)
+    beside.shutdown(wait=False)
+    return reading
+
+
+def _rows_read_beside(
+    session: Session, query: _Statement | None, reading: Future[pa.Table | None] | None
+) -> list[tuple[Any, ...]]:
+    """The rows of ``query``: as :func:`_read_beside` read them, else read by the session now."""
+    if query is None:
+        return []
+    table = None if reading is None else reading.result()
+    if table is None:
+        return _fetch(session, query)
+    return list(zip(*(column.to_pylist() for column in table.columns), strict=True))
+
+
 def _rest(
-    session: Session, spans: list[tuple[dt.datetime, dt.datetime]], accounts: Collection[str] | None
+    session: Session,
+    spans: list[tuple[dt.datetime, dt.datetime]],
+    accounts: Collection[str] | None,
+    retried: npt.NDArray[np.int64],
 ) -> tuple[pd.DataFrame, npt.NDArray[np.int64]]:
-    """Every attempt in the spans that was not sent or was retried, as a frame of the summaries' columns, and the
-    number of the span each is in (-1: between them)."""
-    retried = np.unique(np.array([row[0] for row in _fetch(session, _retried_ids())], dtype=np.int64))
+    """Every attempt in the spans that was not sent or was retried (``retried``: the ids of those), as a frame of
+    the summaries' columns, and the number of the span each is in (-1: between them)."""
     names = ["id", "time", "account", "status", "class", "to"]
     columns = [_STORED_LABELS.get(name, _STORE_COLUMNS[name]) for name in names]
     time: ColumnElement[dt.datetime] = OutboxRow.created_at.expression
