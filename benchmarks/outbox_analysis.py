@@ -264,7 +264,7 @@ def stages(state_url: str, first: dt.date, last: dt.date) -> list[tuple[str, flo
     span = Period(first, last, TIMEZONE)
     previous = span.previous()
     parts: list[tuple[str, float]] = []
-    statements = ("_rest", "_rows_read_beside", "_attempts_by_domain", "_latest_failures")
+    statements = ("_rest", "_attempts_by_account", "_attempts_by_domain", "_latest_failures")
     originals = {name: getattr(analysis, name) for name in statements}
     for name, function in originals.items():
         setattr(analysis, name, _timed(function, name, parts))

@@ -820,7 +820,7 @@ def test_the_store_summary_reads_one_state_of_the_store(
     of them must not count as sent. SQLite keeps a writer waiting until the summary has read everything."""
     expected = assert_store_summary_is_the_frames(example, dt.date(2026, 3, 2), dt.date(2026, 3, 5))
     refused: list[str] = []
-    counts = analysis._account_totals  # after two statements: the rest and the counts per account
+    counts = analysis._attempts_by_account  # the second statement: the rest has been read by now
 
     def log_a_mail_meanwhile(*arguments: object, **keywords: object) -> object:
         writer = sqlite3.connect(workdir / "state.db", timeout=0.05)
@@ -833,7 +833,7 @@ def test_the_store_summary_reads_one_state_of_the_store(
             writer.close()
         return counts(*arguments, **keywords)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(analysis, "_account_totals", log_a_mail_meanwhile)
+    monkeypatch.setattr(analysis, "_attempts_by_account", log_a_mail_meanwhile)
     summary = analysis.summarise_store(example, dt.date(2026, 3, 2), dt.date(2026, 3, 5), top_domains=3, latest=4)
     assert refused == ["database is locked"]
     assert summary.headline == expected.headline
@@ -1127,52 +1127,7 @@ def test_a_non_ascii_domain_is_named_as_written_whichever_way_it_is_read(tmp_pat
     assert summary.domains.set_index("domain")["failed"].to_dict() == {"bücher.example": 1}
 
 
-# --- SQLite's Arrow driver and the session's driver read alike ------------------------------------------------
-
-
-def test_the_arrow_driver_reads_the_frame_and_the_explorers_rest_as_the_session_does(
-    explored: StateStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with_arrow = load_store(explored), load_store(explored, accounts={SHOP}, newest=9)
-    rest = analysis.StoreOutbox(explored, accounts={SHOP, INFO})._rest
-    used: list[bool] = []
-    read = analysis.arrow_table
-    monkeypatch.setattr(analysis, "arrow_table", lambda *args: used.append(read(*args) is not None))
-    assert used == [] and with_arrow[0]["id"].nunique() == len(with_arrow[0]) > 200
-    driver = load_store(explored), load_store(explored, accounts={SHOP}, newest=9)
-    assert used == [True, True]  # the Arrow driver did read them, and the session's driver read them now
-    for arrow_frame, driver_frame in zip(with_arrow, driver, strict=True):
-        pd.testing.assert_frame_equal(arrow_frame, driver_frame)
-    pd.testing.assert_frame_equal(rest, analysis.StoreOutbox(explored, accounts={SHOP, INFO})._rest)
-
-
-def test_the_arrow_driver_reads_a_file_unchanged_and_only_a_file(tmp_path: Path) -> None:
-    from sqlalchemy import Integer, String, column, create_engine, select, table
-
-    from mailops.state.arrow import arrow_table
-
-    directory = tmp_path / "store"
-    directory.mkdir()
-    path = directory / "other.db"
-    with sqlite3.connect(path) as connection:
-        connection.execute("CREATE TABLE t (n INTEGER, label TEXT, mixed)")
-        # A text column whose first 2,000 rows are NULL, and a column of numbers and texts.
-        connection.executemany(
-            "INSERT INTO t VALUES (?, ?, ?)",
-            [(n, None if n < 2000 else f"o'{n}ü", n if n % 2 else str(n)) for n in range(3000)],
-        )
-    connection.close()
-    before = path.read_bytes()
-    engine = create_engine(f"sqlite:///{path}")
-    rows = table("t", column("n", Integer), column("label", String), column("mixed"))
-    read = arrow_table(engine, select(rows.c.n, rows.c.label).where(rows.c.label.in_(["o'2500ü", "o'2999ü"])))
-    assert read is not None and read.to_pylist() == [{"n": 2500, "label": "o'2500ü"}, {"n": 2999, "label": "o'2999ü"}]
-    everything = arrow_table(engine, select(rows.c.n, rows.c.label))
-    assert everything is not None and everything.num_rows == 3000 and str(everything.schema.types[1]) == "string"
-    mixed = arrow_table(engine, select(rows.c.mixed))  # numbers and texts in one column: as texts, as the frame reads
-    assert mixed is not None and mixed.column(0).to_pylist() == [str(n) for n in range(3000)]
-    assert arrow_table(create_engine("sqlite://"), select(rows.c.n)) is None
-    assert path.read_bytes() == before and sorted(p.name for p in directory.iterdir()) == ["other.db"]
+# --- times kept as texts ---------------------------------------------------------------------------------------
 
 
 def test_times_read_as_texts_are_the_same_whether_arrow_or_pandas_parses_them() -> None:

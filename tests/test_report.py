@@ -428,13 +428,13 @@ def test_a_mail_logged_while_postgresql_is_read_is_in_none_of_the_summary(
     march_2, march_5 = dt.date(2026, 3, 2), dt.date(2026, 3, 5)
     expected = assert_store_summary_is_the_frames(postgres, march_2, march_5)
     writer = StateStore.open(postgres.engine.url.render_as_string(hide_password=False), create=False)
-    counts = analysis._account_totals  # after two statements: the rest and the counts per account
+    counts = analysis._attempts_by_account  # the second statement: the rest has been read by now
 
     def log_a_mail_meanwhile(*arguments: Any, **keywords: Any) -> Any:
         hostile_failure(writer, at(4, 13), subject="logged meanwhile", reply="550 no")
         return counts(*arguments, **keywords)
 
-    monkeypatch.setattr(analysis, "_account_totals", log_a_mail_meanwhile)
+    monkeypatch.setattr(analysis, "_attempts_by_account", log_a_mail_meanwhile)
     try:
         summary = analysis.summarise_store(postgres, march_2, march_5, top_domains=3, latest=4)
     finally:
@@ -444,43 +444,6 @@ def test_a_mail_logged_while_postgresql_is_read_is_in_none_of_the_summary(
     assert (
         assert_store_summary_is_the_frames(postgres, march_2, march_5).headline.failed == expected.headline.failed + 1
     )
-
-
-def test_a_mail_logged_while_sqlite_is_read_waits_for_the_summary(
-    store: StateStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """SQLite's rest and the counts per account are read by the Arrow driver on connections of their own: the
-    summary's transaction has read by then, and its shared lock keeps a writer from committing until the summary
-    is done, so all connections read the same state."""
-    import threading
-    import time
-
-    march_2, march_5 = dt.date(2026, 3, 2), dt.date(2026, 3, 5)
-    expected = assert_store_summary_is_the_frames(store, march_2, march_5)
-    writer = StateStore.open(store.engine.url.render_as_string(hide_password=False), create=False)
-    logging = threading.Thread(
-        target=hostile_failure, args=(writer, at(4, 13)), kwargs={"subject": "logged meanwhile", "reply": "550 no"}
-    )
-    read, used, starting = analysis.arrow_table, [], threading.Lock()
-
-    def log_a_mail_meanwhile(*arguments: Any) -> Any:
-        with starting:  # the first read starts the writer (the counts per account and the rest are read at once)
-            if logging.ident is None:
-                logging.start()
-                time.sleep(0.5)  # the writer's chance to commit, were it not kept from it
-        table = read(*arguments)
-        used.append(table is not None)
-        return table
-
-    monkeypatch.setattr(analysis, "arrow_table", log_a_mail_meanwhile)
-    try:
-        summary = analysis.summarise_store(store, march_2, march_5, top_domains=3, latest=4)
-    finally:
-        logging.join()
-        writer.close()
-    assert used == [True, True] and summary.headline == expected.headline
-    monkeypatch.undo()
-    assert assert_store_summary_is_the_frames(store, march_2, march_5).headline.failed == expected.headline.failed + 1
 
 
 def test_the_report_counts_in_the_database_without_loading_the_period(
@@ -512,10 +475,8 @@ def test_a_mail_to_bcc_recipients_only_is_reported(store: StateStore, workdir: P
 def test_the_summary_reads_the_indexes_of_migration_0007_not_the_table(store: StateStore) -> None:
     """Each of `summarise_store`'s statements is answered from an index (a range of it, or the small one of the
     attempts not sent); SQLite uses the one on the recipient domain only for a query that spells it alike."""
-    import adbc_driver_sqlite.dbapi
-
     plans: list[str] = []
-    fetch, read = analysis._fetch, analysis.arrow_table
+    fetch = analysis._fetch
 
     def explain(session: Any, query: Any) -> list[tuple[Any, ...]]:
         connection = session.connection()
@@ -523,22 +484,13 @@ def test_the_summary_reads_the_indexes_of_migration_0007_not_the_table(store: St
         plans.append(" | ".join(str(row[3]) for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")))
         return fetch(session, query)
 
-    def explain_arrow(engine: Any, query: Any) -> Any:
-        """The plan of the SQLite that the Arrow driver brings along, which may plan otherwise."""
-        compiled = query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
-        with adbc_driver_sqlite.dbapi.connect(engine.url.database) as connection, connection.cursor() as cursor:
-            cursor.execute(f"EXPLAIN QUERY PLAN {compiled}")
-            plans.append("arrow: " + " | ".join(str(row[3]) for row in cursor.fetchall()))
-        return read(engine, query)
-
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(analysis, "_fetch", explain)
-        patch.setattr(analysis, "arrow_table", explain_arrow)
         analysis.summarise_store(
             store, dt.date(2026, 3, 2), dt.date(2026, 3, 5), previous=(dt.date(2026, 2, 26), dt.date(2026, 3, 1))
         )
     assert plans and not [plan for plan in plans if re.search(r"SCAN outbox(_\d+)?( |$)(?!USING)", plan)], plans
-    assert any(plan.startswith("arrow: ") and "COVERING INDEX ix_outbox_unsent" in plan for plan in plans), plans
+    assert any("COVERING INDEX ix_outbox_unsent" in plan for plan in plans)
     assert any("INDEX ix_outbox_recipient_domain (<expr>=? AND account=? AND project=?" in plan for plan in plans)
 
 

@@ -106,9 +106,7 @@ import pyarrow.csv as pa_csv
 from sqlalchemy import (
     CTE,
     ColumnElement,
-    CompoundSelect,
     DateTime,
-    Engine,
     Integer,
     Select,
     String,
@@ -122,7 +120,6 @@ from sqlalchemy import (
     select,
     true,
     type_coerce,
-    union_all,
     values,
 )
 from sqlalchemy import column as values_column
@@ -133,7 +130,6 @@ from sqlalchemy.sql.operators import custom_op
 from mailops.errors import MailopsError, quoted
 from mailops.fileio import FileReadError, NotUtf8Error, decode_utf8, read_bytes
 from mailops.outbox.classify import CLASSES, MAX_LOG_BYTES, UNKNOWN, OutboxLogError, read_seed_log, remedy
-from mailops.state.arrow import arrow_table
 from mailops.state.outbox import IMPORTED, OutboxStatus
 from mailops.state.tables import OutboxRow, recipient_domain_text
 
@@ -200,7 +196,6 @@ _EXPORT_COLUMNS = {
 
 
 _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
-_Statement = Select[*tuple[Any, ...]] | CompoundSelect[*tuple[Any, ...]]
 
 
 class AnalysisError(MailopsError):
@@ -447,12 +442,11 @@ def load_store(
         query = query.where(OutboxRow.status.in_(sorted(statuses)))
     if newest is not None:
         query = query.order_by(None).order_by(OutboxRow.id.desc()).limit(newest)
-    names = [*wanted, "final"]
     with store.session() as session:
-        raw = _read_columns(session, query, names)
-    if newest is not None:  # read newest first, shown oldest first
-        raw = {name: column.iloc[::-1].reset_index(drop=True) for name, column in raw.items()}
-    return _frame_of(raw, len(raw["final"]), columns)
+        rows = _fetch(session, query)
+    if newest is not None:
+        rows.reverse()
+    return _frame_of(_cut(rows, [*wanted, "final"]), len(rows), columns)
 
 
 def _wanted(columns: Collection[str] | None) -> list[str]:
@@ -460,7 +454,7 @@ def _wanted(columns: Collection[str] | None) -> list[str]:
     return [name for name in _STORE_COLUMNS if columns is None or name in columns or _needs(columns, name)]
 
 
-def _fetch(session: Session, query: _Statement) -> list[tuple[Any, ...]]:
+def _fetch(session: Session, query: Select[*tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """The rows of ``query`` as the driver gives them.
 
     Straight from the driver: SQLAlchemy's per-row processing (SQLite's times are parsed by a Python regular
@@ -471,26 +465,6 @@ def _fetch(session: Session, query: _Statement) -> list[tuple[Any, ...]]:
     rows = list(result.cursor.fetchall())
     result.close()
     return rows
-
-
-def _read_columns(session: Session, query: _Statement, names: list[str]) -> dict[str, pd.Series]:
-    """The rows of ``query`` as untyped columns by name (``names``, in the order selected), as :func:`_cut` gives
-    them: from SQLite's Arrow driver, which reads what ``session`` reads once it has read (see ``arrow_table``),
-    else from the session's driver."""
-    engine = session.get_bind()
-    table = arrow_table(engine, query) if isinstance(engine, Engine) else None
-    if table is None:
-        return _cut(_fetch(session, query), names)
-    return {name: _series_of(column) for name, column in zip(names, table.columns, strict=True)}
-
-
-def _series_of(column: pa.ChunkedArray) -> pd.Series:
-    """An Arrow column as the series :func:`_assemble` types: text as pyarrow-backed text (a column of NULLs
-    alone, which the driver types as a number, as well), numbers as numbers."""
-    array = column.combine_chunks()
-    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type) or array.null_count == len(array):
-        return pd.Series(pd.array(array.cast(pa.large_string()), dtype=STRING))
-    return pd.Series(array.to_pandas())
 
 
 def _cut(rows: list[tuple[Any, ...]], names: list[str]) -> dict[str, pd.Series]:
@@ -1109,13 +1083,9 @@ def summarise_store(
     rest, span, latest_failures = empty_frame(), np.zeros(0, dtype=np.int64), empty_frame()
     if store.exists:
         with _snapshot(store) as session:
-            retried = _retried(session)  # the first read: SQLite keeps writers from committing from here on
-            # Counted beside the rest's read where another connection sees what this session sees.
-            by_account = _attempts_by_account_query(spans, accounts)
-            counting = _read_beside(session, by_account)
-            rest, span = _rest(session, spans, accounts, retried)
+            rest, span = _rest(session, spans, accounts)
             now, failed = _failed_now(rest, span, length)
-            names, totals = _account_totals(_rows_read_beside(session, by_account, counting), len(spans))
+            names, totals = _attempts_by_account(session, spans, accounts)
             # Which domains are shown depends on their failures alone (the rest's): only theirs are counted.
             shown = _domains_shown(_tally(rest[now], "recipient_domain"), top_domains)["domain"]
             if len(shown):
@@ -1191,16 +1161,15 @@ def _sent_and_failed(
     return _tally_table(key, totals.index, sent, failures.to_numpy(dtype=np.int64))
 
 
-def _attempts_by_account_query(
-    spans: list[tuple[dt.datetime, dt.datetime]], accounts: Collection[str] | None
-) -> Select[*tuple[Any, ...]] | None:
-    """How many attempts each account made in each span (since, until): a row (account, span's number, count) per
-    account and span; None for no account. Counted in the index on account and time: a range of it per account
-    and span, the table is not read. :func:`_account_totals` makes the table of them."""
+def _attempts_by_account(
+    session: Session, spans: list[tuple[dt.datetime, dt.datetime]], accounts: Collection[str] | None
+) -> tuple[list[str], npt.NDArray[np.int64]]:
+    """The accounts, and how many attempts each made in each span (since, until): a row per account, a column per
+    span. Counted in the index on account and time: a range of it per account and span, the table is not read."""
     if accounts is not None:
         listed = sorted({address.lower() for address in accounts})
         if not listed:
-            return None
+            return [], np.zeros((0, len(spans)), dtype=np.int64)
         senders = values(values_column("account", String), name="senders").data([(address,) for address in listed])
         account = senders.cte("senders").c.account
     else:
@@ -1218,14 +1187,9 @@ def _attempts_by_account_query(
         .scalar_subquery()
     )
     pairs = account.table.join(bounds, true())  # every account with every span
-    return select(account, bounds.c.number, count).select_from(pairs).where(account.is_not(None))
-
-
-def _account_totals(rows: list[tuple[Any, ...]], spans: int) -> tuple[list[str], npt.NDArray[np.int64]]:
-    """The accounts, and a row per account of its attempts in each of the ``spans`` (a column each), from the
-    rows of :func:`_attempts_by_account_query`."""
+    rows = _fetch(session, select(account, bounds.c.number, count).select_from(pairs).where(account.is_not(None)))
     names = sorted({str(row[0]) for row in rows})
-    totals = np.zeros((len(names), spans), dtype=np.int64)
+    totals = np.zeros((len(names), len(spans)), dtype=np.int64)
     position = {name: index for index, name in enumerate(names)}
     for name, number, attempts in rows:  # a row per account and span: a few hundred
         totals[position[name], number] = attempts
@@ -1336,43 +1300,12 @@ def _retried_ids(last_id: int | None = None) -> Select[int | None]:
     return query if last_id is None else query.where(_logged_by(retry, last_id))
 
 
-def _retried(session: Session) -> npt.NDArray[np.int64]:
-    """The ids of the attempts that another attempt retries, sorted."""
-    return np.unique(np.array([row[0] for row in _fetch(session, _retried_ids())], dtype=np.int64))
-
-
-def _read_beside(session: Session, query: _Statement | None) -> Future[pa.Table | None] | None:
-    """``query`` read by SQLite's Arrow driver on a thread of its own, meanwhile the session goes on (the session
-    must have read already: see ``arrow_table``); None where there is nothing to read or no such driver."""
-    engine = session.get_bind()
-    if query is None or not isinstance(engine, Engine) or engine.dialect.name != "sqlite":
-        return None
-    beside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailops-outbox-read")
-    reading = beside.submit(arrow_table, engine, query)
-    beside.shutdown(wait=False)
-    return reading
-
-
-def _rows_read_beside(
-    session: Session, query: _Statement | None, reading: Future[pa.Table | None] | None
-) -> list[tuple[Any, ...]]:
-    """The rows of ``query``: as :func:`_read_beside` read them, else read by the session now."""
-    if query is None:
-        return []
-    table = None if reading is None else reading.result()
-    if table is None:
-        return _fetch(session, query)
-    return list(zip(*(column.to_pylist() for column in table.columns), strict=True))
-
-
 def _rest(
-    session: Session,
-    spans: list[tuple[dt.datetime, dt.datetime]],
-    accounts: Collection[str] | None,
-    retried: npt.NDArray[np.int64],
+    session: Session, spans: list[tuple[dt.datetime, dt.datetime]], accounts: Collection[str] | None
 ) -> tuple[pd.DataFrame, npt.NDArray[np.int64]]:
-    """Every attempt in the spans that was not sent or was retried (``retried``: the ids of those), as a frame of
-    the summaries' columns, and the number of the span each is in (-1: between them)."""
+    """Every attempt in the spans that was not sent or was retried, as a frame of the summaries' columns, and the
+    number of the span each is in (-1: between them)."""
+    retried = np.unique(np.array([row[0] for row in _fetch(session, _retried_ids())], dtype=np.int64))
     names = ["id", "time", "account", "status", "class", "to"]
     columns = [_STORED_LABELS.get(name, _STORE_COLUMNS[name]) for name in names]
     time: ColumnElement[dt.datetime] = OutboxRow.created_at.expression
@@ -1386,14 +1319,13 @@ def _rest(
     bounds = [time >= _as_utc(min(since for since, _ in spans)), time < _as_utc(max(until for _, until in spans))]
     if accounts is not None:
         bounds.append(OutboxRow.account.in_(sorted({address.lower() for address in accounts})))
-    query: _Statement = select(*columns).where(not_sent, *bounds)
+    rows = _fetch(session, select(*columns).where(not_sent, *bounds))
     if len(retried):  # sent, and then sent again (`outbox resend`): not a mail's last attempt
         resent = OutboxRow.status == OutboxStatus.SENT.value, OutboxRow.id.in_(_retried_ids())
-        query = union_all(query, select(*columns).where(*resent, *bounds))
-    # The session has read (the retried ids): what is read here is what it sees.
-    raw = _read_columns(session, query, names)
+        rows += _fetch(session, select(*columns).where(*resent, *bounds))
+    raw = _cut(rows, names)
     raw["final"] = pd.Series(~np.isin(raw["id"].to_numpy(dtype=np.int64), retried))
-    frame = _frame_of(raw, len(raw["id"]), SUMMARY_COLUMNS)
+    frame = _frame_of(raw, len(rows), SUMMARY_COLUMNS)
     return frame, _span_of(frame["time"], spans)
 
 
@@ -1608,13 +1540,12 @@ class StoreOutbox:
         self._last_id = 0
         self._accounts: list[str] = []
         self._projects: list[str] = []
-        # Counted and read when opened, on threads of their own (see _open): the first use waits for them.
+        # Counted when opened, on a thread of their own (see _open): the first use waits for them.
         self._counts = _AttemptCounts({}, {}, np.zeros((0, 0), dtype=np.int64))
         self._counting: Future[_AttemptCounts] | None = None
         self._days: tuple[dt.date, dt.date] | None = None  # the first and last day with an attempt
         self._retried = np.zeros(0, dtype=np.int64)
-        self._rest_read = empty_frame()
-        self._reading: Future[pd.DataFrame] | None = None
+        self._rest = empty_frame()
         if store.exists and self._visible != []:
             with _snapshot(store) as session:
                 self._open(session)
@@ -1642,30 +1573,20 @@ class StoreOutbox:
         self._days = (moments.iloc[0].date(), moments.iloc[1].date())
         self._projects = _projects_of(session, self._accounts, _logged_by(OutboxRow, self._last_id))
         if self._own_connections():
-            # The counts walk the indexes in the database, and SQLite's Arrow driver reads the rest, both mostly
-            # without Python's lock, each on a connection and a thread of its own, while the caller goes on until
-            # it needs them (the explorer imports matplotlib meanwhile). Both take the attempts up to the last
-            # id, which another transaction sees alike (the counts whatever their status).
-            opening = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mailops-outbox-open")
-            self._counting = opening.submit(self._count_attempts, self._days)
-            self._reading = opening.submit(self._read_rest)
-            opening.shutdown(wait=False)
+            # The counts walk the indexes in the database, without Python's lock, on a connection and a thread of
+            # their own while this one reads the rest (and the caller goes on, until it needs them). They count
+            # every attempt up to the last id, whatever its status: another transaction sees the same.
+            counting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailops-outbox-counts")
+            self._counting = counting.submit(self._count_attempts, self._days)
+            counting.shutdown(wait=False)
+            self._rest = self._read_rest(session)
         else:
-            self._rest_read = self._read_rest(session)
+            self._rest = self._read_rest(session)
             self._counts = self._count_attempts(self._days, session)
 
     def wait(self) -> None:
-        """Wait for the counts and the rest read when opened (any first use of them waits too); raises what failed
-        there."""
-        self._rest  # noqa: B018 - the properties wait
-        self._counted  # noqa: B018
-
-    @property
-    def _rest(self) -> pd.DataFrame:
-        """Every attempt that was not sent or was retried (see :meth:`_read_rest`), once it is read."""
-        if self._reading is not None:
-            self._rest_read, self._reading = self._reading.result(), None
-        return self._rest_read
+        """Wait for the counts made when opened (any first use of them waits too); raises what failed there."""
+        self._counted  # noqa: B018 - the property waits
 
     @property
     def _counted(self) -> _AttemptCounts:
@@ -2001,12 +1922,8 @@ class StoreOutbox:
         """The first To address's domain as written (the indexed expression on SQLite)."""
         return _written_domain(table, self.store.engine.dialect.name)
 
-    def _read_rest(self, session: Session | None = None) -> pd.DataFrame:
-        """Every attempt that was not sent or was retried, as a frame of the summaries' columns and the id; in a
-        session of its own unless one is given."""
-        if session is None:
-            with self.store.session() as own:
-                return self._read_rest(own)
+    def _read_rest(self, session: Session) -> pd.DataFrame:
+        """Every attempt that was not sent or was retried, as a frame of the summaries' columns and the id."""
         names = ["id", "time", "account", "project", "status", "class", "to"]
         columns = [_STORED_LABELS.get(name, _STORE_COLUMNS[name]) for name in names]
         # The status as a literal: SQLite reads the index of the attempts not sent only for the same condition.
@@ -2019,11 +1936,12 @@ class StoreOutbox:
             *self._visible_only(),
         )
         # In no order: ordered by id, SQLite would read the table rather than the index of the attempts not sent.
-        # One statement: both parts are read from the same state of the store.
-        raw = _read_columns(session, union_all(unsent, resent) if len(self._retried) else unsent, names)
-        length = len(raw["id"])
+        rows = _fetch(session, unsent)
+        if len(self._retried):
+            rows += _fetch(session, resent)
+        raw = _cut(rows, names)
         raw["final"] = pd.Series(~np.isin(raw["id"].to_numpy(dtype=np.int64), self._retried))
-        return _frame_of(raw, length, (*SUMMARY_COLUMNS, "id"))
+        return _frame_of(raw, len(rows), (*SUMMARY_COLUMNS, "id"))
 
     def _domains_in(self, session: Session) -> tuple[dict[str, list[str]], dict[str, npt.NDArray[np.int64]]]:
         """The recipient domains: how the first To addresses write each, and how many attempts each has per
