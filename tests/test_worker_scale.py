@@ -237,9 +237,6 @@ def messages(database) -> int:
         return connection.execute(text("SELECT count(*) FROM messages")).scalar()
 
 
-# -- SQLite: one worker -----------------------------------------------------------------------------
-
-
 def test_a_worker_cut_off_from_the_database_gives_its_accounts_up_after_one_lease(postgres_url: str) -> None:
     """Renewals that fail within the lease keep the accounts (one notice); once no renewal has worked for a whole
     lease, each account's work is told to stop, and another worker takes them over when the database is back."""
@@ -295,6 +292,9 @@ def test_a_worker_cut_off_from_the_database_gives_its_accounts_up_after_one_leas
         admin.dispose()
         store.close()
         other_store.close()
+
+
+# -- SQLite: one worker -----------------------------------------------------------------------------
 
 
 def test_sqlite_refuses_a_second_worker_and_names_the_first(engine_env, mail_servers, new_account) -> None:
