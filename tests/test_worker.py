@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -241,6 +242,57 @@ def test_mail_before_import_since_is_skipped_until_the_date_moves_earlier(engine
         "<new@example.org>",
         "<old@example.org>",
     ]
+
+
+class StopAfterChecks(threading.Event):
+    """A stop signal that sets itself when the worker looks at it for the ``checks``-th time: the worker looks
+    once before an account starts and once after each batch, so ``checks=2`` stops after the first batch."""
+
+    def __init__(self, checks: int):
+        super().__init__()
+        self.left = checks
+
+    def is_set(self) -> bool:
+        self.left -= 1
+        if self.left == 0:
+            self.set()
+        return super().is_set()
+
+
+def test_a_pass_stopped_after_a_batch_counts_only_what_it_dealt_with(
+    engine_env, mail_servers, new_account, monkeypatch
+) -> None:
+    """Skipped mail is counted as its batch is dealt with, not for the whole window upfront: the next pass
+    counts the rest, and nothing twice."""
+    from mailops.runtime import ticket_import
+    from mailops.runtime.worker import run_once
+    from mailops.settings import load_settings
+    from mailops.spec import load_spec
+
+    support = new_account()
+    applied(engine_env, mail_servers, [support], {support.address: ticket(import_since="2025-01-01")})
+    box = Mailbox(mail_servers, support)
+    old, new = dt.datetime(2024, 12, 31, 12, 0, tzinfo=dt.UTC), dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
+    for n in range(3):  # UIDs 1-6: before import_since, after it, before, after, ...
+        box.append(mail(f"Old {n}", f"<old-{n}@example.org>"), when=old)
+        box.append(mail(f"New {n}", f"<new-{n}@example.org>"), when=new)
+    monkeypatch.setattr(ticket_import, "BATCH_MESSAGES", 2)
+    settings = load_settings()
+    store = StateStore.open(settings.state_url)
+    try:
+        loaded = load_spec(settings.config_dir)
+        first = run_once(loaded, store, settings, stop=StopAfterChecks(2))
+        second = run_once(loaded, store, settings)
+    finally:
+        store.close()
+
+    reports = [runs[0].report for runs in (first, second)]
+    assert all(report is not None for report in reports)
+    assert [(r.imported, r.before_since, r.already_stored, r.stopped) for r in reports if r is not None] == [
+        (1, 1, 0, True),  # UIDs 1 and 2 only
+        (2, 2, 0, False),  # UIDs 3 to 6
+    ]
+    assert sorted(m["message_id"] for m in rows(engine_env, "messages")) == [f"<new-{n}@example.org>" for n in range(3)]
 
 
 def test_auto_close_stores_new_tickets_closed(engine_env, mail_servers, new_account) -> None:

@@ -196,6 +196,14 @@ class _Fetched:
     advance_to: int | None  # where the folder's mark moves once the part is stored (the batch's last part)
 
 
+@dataclass
+class _Skipped:
+    """The UIDs of a window that are not downloaded, by why."""
+
+    before_since: set[int]  # received before import_since
+    already_stored: set[int]
+
+
 # The blank line that ends a message's header (LF, CRLF or CR line ends; mixed too): every match is one
 # that a header parser stops at, so what comes before the first one holds the whole header.
 _HEADER_END = re.compile(rb"\n\r?\n|\r\r")
@@ -261,15 +269,20 @@ class _Import:
         for first in range(self.sync.last_uid + 1, last + 1, WINDOW_UIDS):
             window_end = min(first + WINDOW_UIDS - 1, last)
             summaries = fetch_summaries(self.client, first, window_end)
-            wanted = iter(self._not_stored(summaries))
-            following = next(wanted, None)
+            wanted, skipped = self._not_stored(summaries)
+            pending = iter(wanted)
+            following = next(pending, None)
             for start in range(0, len(summaries), self.batch_messages):
                 batch = summaries[start : start + self.batch_messages]
                 in_batch = []
                 while following is not None and following.uid <= batch[-1].uid:
                     in_batch.append(following)
-                    following = next(wanted, None)
+                    following = next(pending, None)
                 self._import_batch(in_batch, batch[-1].uid)
+                # Counted as their batch is dealt with: a pass stopped here leaves the rest, and their
+                # count, to the next one.
+                self.report.before_since += sum(summary.uid in skipped.before_since for summary in batch)
+                self.report.already_stored += sum(summary.uid in skipped.already_stored for summary in batch)
                 self._delete_stored()  # what is committed so far (this batch's, after the next one)
                 if self.replier is not None:
                     self.replier.send()
@@ -361,8 +374,9 @@ class _Import:
             crash_point("after-commit")
             self._count(mail, recorded)
 
-    def _not_stored(self, summaries: list[MessageSummary]) -> list[MessageSummary]:
-        """The summaries worth downloading: on or after import_since, and not stored already.
+    def _not_stored(self, summaries: list[MessageSummary]) -> tuple[list[MessageSummary], _Skipped]:
+        """The summaries worth downloading: on or after import_since, and not stored already; and the UIDs of
+        the others, by why.
 
         A stored message that is still to be deleted on the server, found at a new UID after a
         UIDVALIDITY change, is moved there, so that it is deleted (only when the size matches:
@@ -378,21 +392,22 @@ class _Import:
                 keys[summary.uid] = message_key(message_id)
         known = self.tickets.known(self.account.address, sorted(set(keys.values())))
         wanted, moves = [], []
+        skipped = _Skipped(set(), set())
         for summary in summaries:
             # IMAP's rule for SINCE: the internal date's own calendar day, whatever its time and zone.
             if since is not None and summary.internal_date.date() < since:
-                self.report.before_since += 1
+                skipped.before_since.add(summary.uid)
                 continue
             stored = known.get(keys.get(summary.uid, ""))
             if stored is None:
                 wanted.append(summary)
                 continue
-            self.report.already_stored += 1
+            skipped.already_stored.add(summary.uid)
             moved = stored.uidvalidity != self.box.uidvalidity
             if stored.server_state == ServerState.DELETE_PENDING and moved and stored.size == summary.size:
                 moves.append((stored.id, summary.uid))
         self.tickets.relocate(moves, self.box.uidvalidity)
-        return wanted
+        return wanted, skipped
 
     def _read(self, summary: MessageSummary, raw: bytes) -> _Mail:
         """What ``raw`` is and what becomes of it; reads its header only, and the whole of it only when
