@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -30,7 +31,7 @@ from mailops.spec import load_spec
 from mailops.state import StateStore
 from mailops.state.outbox import ImportedAttempt, NewAttempt, Outbox, OutboxStatus, Outcome
 from mailops.state.tables import OutboxRow
-from mailops.state.tokens import make_key
+from mailops.state.tokens import TokenVault, make_key
 from tests.conftest import ServerAccount
 from tests.servers import HOST
 
@@ -185,6 +186,48 @@ def test_a_sign_in_as_someone_else_stores_nothing_and_says_so(env, mail_servers,
     widget.wait(WAIT)
     shown = visible_text(widget.outcome)
     assert f"✘ {address} is not connected: the sign-in was as {other}, not as {address}: nothing was stored" in shown
+    assert StateStore.open(load_settings().state_url).accounts() == []
+
+
+def test_cancel_ends_the_wait_for_a_device_code_and_stores_nothing(env, mail_servers, idp, new_oauth_account) -> None:
+    address = new_oauth_account()
+    write_spec(env, idp, oauth_yaml(mail_servers, address))
+    widget = ConnectAccount()
+    assert widget.cancel_button.layout.display == "none"  # nothing to cancel yet
+    widget.address.value = address
+    widget.connect_button.click()
+    _, code = device_code(widget)
+    assert widget.cancel_button.layout.display is None and not widget.cancel_button.disabled
+    widget.cancel_button.click()
+    widget.wait(WAIT)  # msal stops polling within a second; the code would have been valid for minutes
+    assert visible_text(widget.outcome) == f"• The sign-in as {address} was cancelled: nothing was stored."
+    assert widget.sign_in.value == "" and widget.cancel_button.layout.display == "none"
+    assert not widget.connect_button.disabled
+    idp.approve_device_code(code, address)  # approved too late: nobody waits for it any more
+    store = StateStore.open(load_settings().state_url)
+    assert store.accounts() == [] and TokenVault(store, os.environ["MAILOPS_SECRET_KEY"]).consent(address) is None
+
+    widget.connect_button.click()  # the widget is ready for the next attempt
+    _, code = device_code(widget)
+    idp.approve_device_code(code, address)
+    widget.wait(WAIT)
+    assert f"✔ {address} is connected" in visible_text(widget.outcome)
+
+
+def test_cancel_declines_a_google_consent_waiting_on_its_loopback_port(env, mail_servers, idp, new_oauth_account):
+    address = new_oauth_account()
+    write_spec(env, idp, oauth_yaml(mail_servers, address, provider="google"))
+    widget = ConnectAccount()
+    widget.address.value = address
+    widget.connect_button.click()
+    link = html.unescape(wait_for(lambda: re.search(r'href="([^"]+)"', widget.sign_in.value), "the link").group(1))
+    redirect = parse_qs(urlsplit(link).query)["redirect_uri"][0]
+    assert urlsplit(redirect).hostname == "localhost"
+    widget.cancel_button.click()
+    widget.wait(WAIT)  # the consent waited on its loopback port for up to ten minutes
+    assert visible_text(widget.outcome) == f"• The sign-in as {address} was cancelled: nothing was stored."
+    with pytest.raises(requests.ConnectionError):  # the loopback port is closed: nobody waits any more
+        requests.get(redirect, timeout=5)
     assert StateStore.open(load_settings().state_url).accounts() == []
 
 

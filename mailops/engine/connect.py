@@ -8,6 +8,7 @@ refreshes its token, and says which ones need a person.
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -44,11 +45,13 @@ def connect_account(
     method: ConsentMethod,
     show: Show,
     reconnect: bool = False,
+    cancel: threading.Event | None = None,
 ) -> ConnectReport:
     """Consent for ``address``, store its token, then verify IMAP and SMTP and send the test mail.
 
     A sign-in as anyone but the declared address (or its aliases, or the delegate of a
-    shared mailbox) stores nothing.
+    shared mailbox) stores nothing; so does setting ``cancel`` while the consent waits for the
+    sign-in (:class:`~mailops.providers.oauth.ConsentCancelled`).
     """
     account = loaded.spec.account(address)
     if account is None:
@@ -63,7 +66,7 @@ def connect_account(
         raise MailopsError(f"{account.address} is not connected yet; run `mailops connect {account.address}`")
     cipher_for(settings.token_key())  # no key: say how to make one before anyone signs in
     context = credential_context(loaded, settings, store)
-    identity = provider.connect(account, context, method=method, show=show)
+    identity = provider.connect(account, context, method=method, show=show, cancel=cancel)
     result = asyncio.run(
         verify_account(
             account,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,8 +57,9 @@ class ConnectAccount:
     Set ``provider`` and ``address`` (and for IMAP-SMTP the server fields, ``password`` and the
     secret reference), then press ``connect_button``. The outcome appears in ``outcome`` when
     the background work is done (:meth:`wait`); ``sign_in`` holds the device code or consent
-    link meanwhile, ``snippet`` the accounts.yaml entry when the account is not declared as
-    tested. ``reconnect_button`` shows for an account whose grant died (``needs_reconnect``).
+    link meanwhile, and ``cancel_button`` ends that wait (nothing is stored). ``snippet`` holds
+    the accounts.yaml entry when the account is not declared as tested. ``reconnect_button``
+    shows for an account whose grant died (``needs_reconnect``).
     """
 
     def __init__(self, settings: Settings | None = None) -> None:
@@ -91,6 +93,8 @@ class ConnectAccount:
         self.preset_note = widgets.HTML()
         self.connect_button = widgets.Button(description="Connect", button_style="primary", icon="plug")
         self.reconnect_button = widgets.Button(description="Reconnect", button_style="warning", icon="refresh")
+        self.cancel_button = widgets.Button(description="Cancel", icon="times")  # while a sign-in waits
+        self._cancel: threading.Event | None = None
         self.sign_in = widgets.HTML()
         self.outcome = widgets.HTML()
         self.snippet = widgets.HTML()
@@ -112,7 +116,7 @@ class ConnectAccount:
                 self.provider,
                 self.address,
                 self.manual_box,
-                widgets.HBox([self.connect_button, self.reconnect_button]),
+                widgets.HBox([self.connect_button, self.reconnect_button, self.cancel_button]),
                 self.sign_in,
                 self.outcome,
                 self.snippet,
@@ -123,8 +127,10 @@ class ConnectAccount:
         self.secret_kind.observe(self._secret_kind_changed, names="value")
         self.connect_button.on_click(lambda _button: self._start(reconnect=False))
         self.reconnect_button.on_click(lambda _button: self._start(reconnect=True))
+        self.cancel_button.on_click(lambda _button: self._cancel_sign_in())
         shown(self.manual_box, False)
         shown(self.reconnect_button, False)
+        shown(self.cancel_button, False)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.view._repr_mimebundle_(**kwargs)
@@ -290,9 +296,11 @@ class ConnectAccount:
         method: ConsentMethod = "browser" if provider_name == "google" else "device-code"
         wanted = declared.delegate or declared.address
         self.sign_in.value = message("note", f"Starting the sign-in as {wanted} …")
+        cancel = self._cancel = threading.Event()
 
         def work() -> None:
             from mailops.engine.connect import connect_account
+            from mailops.providers.oauth import ConsentCancelled
 
             try:
                 report = connect_account(
@@ -303,19 +311,38 @@ class ConnectAccount:
                     method=method,
                     show=lambda text: self._show_sign_in(text, wanted),
                     reconnect=reconnect,
+                    cancel=cancel,
                 )
+            except ConsentCancelled:
+                self.sign_in.value = ""
+                self.outcome.value = message("note", f"The sign-in as {wanted} was cancelled: nothing was stored.")
+                return
             except MailopsError as exc:
                 self.sign_in.value = ""
                 self.outcome.value = error_message(exc, f"{address} is not connected")
                 return
+            finally:
+                shown(self.cancel_button, False)
             self.sign_in.value = ""
             self.outcome.value = _connect_report_html(report)
             shown(self.reconnect_button, report.status == "needs_reconnect")
 
-        self._task.start(work, name="connect")
+        self.cancel_button.disabled = False
+        shown(self.cancel_button, True)
+        if not self._task.start(work, name="connect"):
+            shown(self.cancel_button, False)
+
+    def _cancel_sign_in(self) -> None:
+        """End the wait for the sign-in: the consent stops within a second or so and stores nothing."""
+        if self._cancel is not None and self._task.running:
+            self._cancel.set()
+            self.cancel_button.disabled = True
+            self.sign_in.value = message("note", "Cancelling the sign-in …")
 
     def _show_sign_in(self, text: str, wanted: str) -> None:
         """What the consent flow asks the person to do, with its link clickable and the code set apart."""
+        if self._cancel is not None and self._cancel.is_set():
+            return  # cancelled before the flow got this far: "Cancelling" stays until it ends
         rendered = _CODE.sub(r"\1<b><code>\2</code></b>", linkified(text))
         self.sign_in.value = (
             f'<div style="border-left:3px solid #1f5f99;padding-left:0.6em">'

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -63,6 +64,7 @@ class GoogleProvider(OAuthProvider):
         *,
         method: ConsentMethod,
         show: Show,
+        cancel: threading.Event,
     ) -> Consented:
         from google_auth_oauthlib.flow import InstalledAppFlow
 
@@ -73,7 +75,7 @@ class GoogleProvider(OAuthProvider):
         session = https_session(context.ca_file, flow.oauth2session)
         wanted = self.consenting_identity(account)
         try:
-            with consent_browser(show, wanted):
+            with consent_browser(show, wanted, cancel):
                 credentials = flow.run_local_server(
                     host="localhost",
                     port=0,

@@ -9,6 +9,8 @@ refuses them when given).
 from __future__ import annotations
 
 import re
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from mailops.providers.base import CredentialContext, register
@@ -75,6 +77,7 @@ class MicrosoftProvider(OAuthProvider):
         *,
         method: ConsentMethod,
         show: Show,
+        cancel: threading.Event,
     ) -> Consented:
         client, cache = _client(context, stored)
         wanted = self.consenting_identity(account)
@@ -83,10 +86,13 @@ class MicrosoftProvider(OAuthProvider):
             if "user_code" not in flow:
                 raise ConsentError(f"the device code flow did not start: {_describe(flow)}")
             show(flow["message"])
-            result = client.acquire_token_by_device_flow(flow)
+            # msal looks at the exit condition once a second while it polls (its default: the code expired).
+            result = client.acquire_token_by_device_flow(
+                flow, exit_condition=lambda flow: cancel.is_set() or flow.get("expires_at", 0) < time.time()
+            )
         else:
             # login_hint and select_account: the browser's signed-in account is never taken silently.
-            with consent_browser(show, wanted):
+            with consent_browser(show, wanted, cancel):
                 result = client.acquire_token_interactive(
                     list(SCOPES), login_hint=wanted, prompt="select_account", timeout=600
                 )

@@ -17,6 +17,7 @@ account ``needs_reconnect``.
 from __future__ import annotations
 
 import json
+import threading
 import webbrowser
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
@@ -40,6 +41,13 @@ Show = Callable[[str], None]
 
 class ConsentError(MailopsError):
     """Consent did not give a usable token for this account; nothing was stored."""
+
+
+class ConsentCancelled(ConsentError):
+    """The person cancelled the consent while it waited for the sign-in; nothing was stored."""
+
+    def __init__(self) -> None:
+        super().__init__("the sign-in was cancelled: nothing was stored")
 
 
 @dataclass(frozen=True)
@@ -108,8 +116,11 @@ class OAuthProvider(AccountProvider):
         *,
         method: ConsentMethod,
         show: Show,
+        cancel: threading.Event,
     ) -> Consented:
-        """Run the consent flow (``stored``: the cache as stored now, to add to); raise ConsentError."""
+        """Run the consent flow (``stored``: the cache as stored now, to add to); raise ConsentError. Setting
+        ``cancel`` ends the wait for the sign-in within a second or so (:meth:`connect` then says it was
+        cancelled)."""
 
     @abstractmethod
     def access_token(self, account: Account, context: CredentialContext, stored: str, identity: str) -> Token:
@@ -127,15 +138,33 @@ class OAuthProvider(AccountProvider):
             accepted |= {alias.lower() for alias in account.aliases}
         return accepted
 
-    def connect(self, account: Account, context: CredentialContext, *, method: ConsentMethod, show: Show) -> str:
-        """Consent, check the identity, and store the token; the identity that consented."""
+    def connect(
+        self,
+        account: Account,
+        context: CredentialContext,
+        *,
+        method: ConsentMethod,
+        show: Show,
+        cancel: threading.Event | None = None,
+    ) -> str:
+        """Consent, check the identity, and store the token; the identity that consented. Setting ``cancel``
+        while the consent waits for the sign-in stores nothing and raises :class:`ConsentCancelled`."""
         if method not in self.consent_methods:
             offered = " or ".join(f"--{name}" for name in self.consent_methods)
             raise ConsentError(f"{self.name} accounts connect with {offered}")
         vault = _vault(context)
         name = self.cache_name(account, context.apps)
         stored = vault.load(name)
-        consented = self.consent(account, context, stored.plaintext if stored else None, method=method, show=show)
+        cancel = cancel or threading.Event()
+        plaintext = stored.plaintext if stored else None
+        try:
+            consented = self.consent(account, context, plaintext, method=method, show=show, cancel=cancel)
+        except ConsentError:
+            if cancel.is_set():
+                raise ConsentCancelled() from None
+            raise
+        if cancel.is_set():  # the sign-in completed as the person cancelled: they asked for nothing to be stored
+            raise ConsentCancelled()
         if consented.identity.lower() not in self.accepted_identities(account):
             wanted = self.consenting_identity(account)
             raise ConsentError(
@@ -182,10 +211,12 @@ class _ConsentBrowser(webbrowser.BaseBrowser):
         super().__init__("mailops-consent")
         self.show: Show | None = None
         self.identity = ""
+        self.opened: str | None = None  # the sign-in URL handed out during this consent
 
     def open(self, url: str, new: int = 0, autoraise: bool = True) -> bool:
         if self.show is None:
             return False
+        self.opened = url
         self.show(f"Open this address in a browser and sign in as {self.identity}:\n{url}")
         return True
 
@@ -194,17 +225,57 @@ _BROWSER: _ConsentBrowser | None = None
 
 
 @contextmanager
-def consent_browser(show: Show, identity: str) -> Iterator[None]:
-    """While this lasts, a library that opens a browser hands the URL to ``show`` instead."""
+def consent_browser(show: Show, identity: str, cancel: threading.Event) -> Iterator[None]:
+    """While this lasts, a library that opens a browser hands the URL to ``show`` instead; setting ``cancel``
+    declines the sign-in (:func:`_decline`), which ends the library's wait for it."""
     global _BROWSER
     if _BROWSER is None:
         _BROWSER = _ConsentBrowser()
         webbrowser.register(_BROWSER.name, None, _BROWSER, preferred=True)
-    _BROWSER.show, _BROWSER.identity = show, identity
+    browser = _BROWSER
+    browser.show, browser.identity, browser.opened = show, identity, None
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.2):
+            if cancel.is_set():
+                if browser.opened is not None:
+                    _decline(browser.opened)
+                return
+
+    watcher = threading.Thread(target=watch, name="mailops-consent-cancel", daemon=True)
+    watcher.start()
     try:
         yield
     finally:
-        _BROWSER.show = None
+        done.set()
+        watcher.join()
+        browser.show = browser.opened = None
+
+
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
+
+
+def _decline(sign_in_url: str) -> None:
+    """Answer the loopback redirect of ``sign_in_url`` (an authorization request) as the identity provider does
+    when the person declines (``error=access_denied``, RFC 6749 4.1.2.1): the waiting library stops waiting.
+    Only a redirect to this machine is answered."""
+    from urllib.parse import parse_qs, urlencode, urlsplit
+    from urllib.request import ProxyHandler, build_opener
+
+    query = parse_qs(urlsplit(sign_in_url).query)
+    redirect = (query.get("redirect_uri") or [""])[0]
+    parts = urlsplit(redirect)
+    if parts.scheme != "http" or parts.hostname not in _LOOPBACK_HOSTS:
+        return
+    answer = {"error": "access_denied", "error_description": "cancelled in mailops"}
+    if query.get("state"):
+        answer["state"] = query["state"][0]
+    separator = "&" if parts.query else "?"
+    try:  # no proxy: the redirect goes to this machine
+        build_opener(ProxyHandler({})).open(f"{redirect}{separator}{urlencode(answer)}", timeout=5).close()
+    except OSError:  # URLError and HTTPError are OSErrors
+        pass  # the library stopped waiting already, or answers with an error page: either way it is done
 
 
 def _vault(context: CredentialContext) -> TokenVault:
