@@ -55,8 +55,9 @@ class ConsoleError(MailopsError):
 
 
 def notebooks_dir() -> Path:
-    """The notebooks/ directory of this source tree (beside the package)."""
-    return Path(__file__).resolve().parents[2] / "notebooks"
+    """The notebooks the console serves: package data, so that an installed mailops has them too. In a source
+    tree ``pages`` is a link to notebooks/, where nbval runs them."""
+    return Path(__file__).parent / "pages"
 
 
 def free_port() -> int:
