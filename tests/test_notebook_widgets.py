@@ -228,6 +228,10 @@ def test_cancel_declines_a_google_consent_waiting_on_its_loopback_port(env, mail
     assert visible_text(widget.outcome) == f"• The sign-in as {address} was cancelled: nothing was stored."
     with pytest.raises(requests.ConnectionError):  # the loopback port is closed: nobody waits any more
         requests.get(redirect, timeout=5)
+    widget.connect_button.click()
+    widget.cancel_button.click()  # at once, while the flow may still be setting up
+    widget.wait(WAIT)
+    assert visible_text(widget.outcome) == f"• The sign-in as {address} was cancelled: nothing was stored."
     assert StateStore.open(load_settings().state_url).accounts() == []
 
 

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -22,6 +23,7 @@ from mailops.cli import app
 from mailops.engine.connect import connect_account
 from mailops.errors import MailopsError
 from mailops.localservers.idp import read_form_post
+from mailops.providers.oauth import ConsentCancelled
 from mailops.settings import load_settings
 from mailops.spec import load_spec
 from mailops.state import StateStore
@@ -123,7 +125,14 @@ class Person:
             self.errors.append(exc)
 
 
-def connect(address: str, person: Person, *, method: str = "device-code", reconnect: bool = False):
+def connect(
+    address: str,
+    person: Callable[[str], None],
+    *,
+    method: str = "device-code",
+    reconnect: bool = False,
+    cancel: threading.Event | None = None,
+):
     settings = load_settings()
     return connect_account(
         load_spec(settings.config_dir),
@@ -133,6 +142,7 @@ def connect(address: str, person: Person, *, method: str = "device-code", reconn
         method=method,  # type: ignore[arg-type]
         show=person,
         reconnect=reconnect,
+        cancel=cancel,
     )
 
 
@@ -234,6 +244,37 @@ def test_a_browser_signed_in_as_someone_else_is_refused_and_nothing_stored(
     assert store(oauth_env).accounts() == []
     vault = TokenVault(store(oauth_env), os.environ["MAILOPS_SECRET_KEY"])
     assert vault.consent(address) is None
+
+
+@pytest.mark.parametrize("provider", ["microsoft", "google"])
+def test_a_consent_cancelled_before_its_link_is_out_declines_it_once_it_is(
+    oauth_env, mail_servers, idp, new_oauth_account, provider
+) -> None:
+    """The libraries wait for the sign-in on a loopback port (ten minutes); a cancel that came before the port
+    was open is carried out once it is: the redirect is answered with access_denied."""
+    address = new_oauth_account()
+    write_spec(oauth_env, idp, account_yaml(mail_servers, address, provider=provider))
+    shown: list[str] = []
+    cancel = threading.Event()
+    cancel.set()
+    raised: list[BaseException] = []
+
+    def consent() -> None:
+        try:
+            connect(address, shown.append, method="browser", cancel=cancel)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            raised.append(exc)
+
+    thread = threading.Thread(target=consent, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "the consent still waits for a sign-in that nobody makes"
+    assert [(type(exc), str(exc)) for exc in raised] == [
+        (ConsentCancelled, "the sign-in was cancelled: nothing was stored")
+    ]
+    assert len(shown) == 1 and "sign in as" in shown[0]  # the link went out, and was declined
+    assert store(oauth_env).accounts() == []
+    assert TokenVault(store(oauth_env), os.environ["MAILOPS_SECRET_KEY"]).consent(address) is None
 
 
 def test_an_alias_is_accepted(oauth_env, mail_servers, idp, new_oauth_account) -> None:

@@ -238,9 +238,8 @@ def consent_browser(show: Show, identity: str, cancel: threading.Event) -> Itera
 
     def watch() -> None:
         while not done.wait(0.2):
-            if cancel.is_set():
-                if browser.opened is not None:
-                    _decline(browser.opened)
+            if cancel.is_set() and browser.opened is not None:  # cancelled earlier: declined once it waits
+                _decline(browser.opened)
                 return
 
     watcher = threading.Thread(target=watch, name="mailops-consent-cancel", daemon=True)
@@ -258,10 +257,11 @@ _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
 
 def _decline(sign_in_url: str) -> None:
     """Answer the loopback redirect of ``sign_in_url`` (an authorization request) as the identity provider does
-    when the person declines (``error=access_denied``, RFC 6749 4.1.2.1): the waiting library stops waiting.
-    Only a redirect to this machine is answered."""
+    when the person declines (``error=access_denied``, RFC 6749 4.1.2.1; posted where the request asks for
+    ``response_mode=form_post``, as msal's does): the waiting library stops waiting. Only a redirect to this
+    machine is answered."""
     from urllib.parse import parse_qs, urlencode, urlsplit
-    from urllib.request import ProxyHandler, build_opener
+    from urllib.request import ProxyHandler, Request, build_opener
 
     query = parse_qs(urlsplit(sign_in_url).query)
     redirect = (query.get("redirect_uri") or [""])[0]
@@ -271,9 +271,12 @@ def _decline(sign_in_url: str) -> None:
     answer = {"error": "access_denied", "error_description": "cancelled in mailops"}
     if query.get("state"):
         answer["state"] = query["state"][0]
-    separator = "&" if parts.query else "?"
+    if (query.get("response_mode") or [""])[0] == "form_post":
+        request = Request(redirect, data=urlencode(answer).encode("ascii"), method="POST")
+    else:
+        request = Request(f"{redirect}{'&' if parts.query else '?'}{urlencode(answer)}")
     try:  # no proxy: the redirect goes to this machine
-        build_opener(ProxyHandler({})).open(f"{redirect}{separator}{urlencode(answer)}", timeout=5).close()
+        build_opener(ProxyHandler({})).open(request, timeout=5).close()
     except OSError:  # URLError and HTTPError are OSErrors
         pass  # the library stopped waiting already, or answers with an error page: either way it is done
 
