@@ -142,6 +142,22 @@ def test_waits_are_bounded(write_config, name: str, value: str) -> None:
     assert result.stderr.startswith(f"Error: setting {name}: Input should be")
 
 
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("nan", "nan is not a number"),  # every range check lets NaN through
+        ("inf", "inf is not in the range 0.1<=x<=604800.0"),
+        ("1e308", "1e+308 is not in the range 0.1<=x<=604800.0"),  # would overflow the wait after the first pass
+        ("0", "0.0 is not in the range 0.1<=x<=604800.0"),
+    ],
+)
+def test_the_worker_interval_is_a_bounded_number_of_seconds(write_config, tmp_path: Path, value: str, message: str):
+    result = run("run", "--interval", value, "-c", str(write_config()))
+    assert result.exit_code == 2  # a usage error, before the spec or the store is read
+    assert f"Invalid value for '--interval': {message}" in result.stderr
+    assert not (tmp_path / ".mailops").exists()
+
+
 # -- 10, 11. another application's database; read-only commands create nothing ----------
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from mailops.state.store import StateStore
 
 MAX_ID = 2**63 - 1  # the database's largest integer: a bigger number is a usage error, not an overflow
+MAX_INTERVAL = 7 * 24 * 3600.0  # seconds: longer waits overflow the clock's arithmetic, and a week is plenty
 
 tickets_app = typer.Typer(help="Tickets made from imported mail (read-only).", no_args_is_help=True)
 app.add_typer(tickets_app, name="tickets")
@@ -36,12 +38,26 @@ class LogFormat(StrEnum):
     JSON = "json"
 
 
+def _a_number(value: float) -> float:
+    """``value`` unless it is NaN, which every range check lets through."""
+    if math.isnan(value):
+        raise typer.BadParameter("nan is not a number")
+    return value
+
+
 @app.command("run")
 def run_worker(
     ctx: typer.Context,
     once: bool = typer.Option(False, "--once", help="One pass, then exit (for cron and CI)."),
     account: list[str] = typer.Option([], "--account", help="Only this account (repeat for several)."),
-    interval: float = typer.Option(60.0, "--interval", min=0.1, help="Seconds between passes without --once."),
+    interval: float = typer.Option(
+        60.0,
+        "--interval",
+        min=0.1,
+        max=MAX_INTERVAL,
+        callback=_a_number,
+        help="Seconds between passes without --once.",
+    ),
     log_format: LogFormat = typer.Option(
         LogFormat.AUTO,
         "--log-format",
