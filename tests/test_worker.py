@@ -499,6 +499,47 @@ def test_visible_to_limits_who_reads_tickets(engine_env, mail_servers, new_accou
     assert nobody.exit_code == 1 and "say who acts" in nobody.stderr
 
 
+def test_terminal_escapes_in_stored_mail_are_shown_escaped(engine_env, mail_servers, new_account) -> None:
+    """A sender writes control characters into the subject, the name and the text (encoded words hide them from
+    any filter on the way): every read command shows them escaped; nothing reaches the terminal as a control.
+    (click drops colour sequences from output that is not a terminal, as here, but not the others: the
+    hyperlink and the bell would reach a terminal.)"""
+    support = new_account()
+    write_spec(engine_env, mail_servers, [support], {support.address: ticket()})
+    accounts = (engine_env / "config" / "accounts.yaml").read_text(encoding="utf-8")
+    (engine_env / "config" / "accounts.yaml").write_text(
+        accounts.replace("    ticket:", "    archive: {enabled: true, retention_days: 0}\n    ticket:", 1),
+        encoding="utf-8",
+    )
+    assert run("apply", "--auto-approve").exit_code == 0
+    box = mail_servers.users.maildir(support.address)
+    for key in list(box.keys()):
+        box.remove(key)
+    hostile = (
+        b"From: =?utf-8?q?Evil=1B]8;;https://evil.example/=07Bank=1B[2J?= <evil@example.org>\r\n"
+        b"To: support@example.com\r\nSubject: =?utf-8?q?Pay=1B[31m_now=0D=08?=\r\n"
+        b"Message-ID: <escape@example.org>\r\nDate: Tue, 01 Jul 2025 10:00:00 +0200\r\n\r\n"
+        b"Text \x1b[8mhidden\x1b[0m, \x1b]8;;https://evil.example/\x07a link\x1b]8;;\x07.\r\n"
+    )
+    Mailbox(mail_servers, support).append(hostile)
+    assert run("run", "--once").exit_code == 0
+    [stored] = rows(engine_env, "messages")
+    assert "\x1b[31m" in stored["subject"]  # stored as sent: the raw message and its index agree
+    [listed] = json.loads(run("--as", "alice", "tickets", "list", "--json").stdout)
+    shown = [
+        run("--as", "alice", "tickets", "list"),
+        run("--as", "alice", "tickets", "show", str(listed["id"])),
+        run("--as", "alice", "archive", "list"),
+        run("--as", "alice", "archive", "show", str(stored["id"])),
+        run("--as", "alice", "archive", "search", "hidden"),
+    ]
+    for result in shown:
+        assert result.exit_code == 0, result.output
+        controls = {char for char in result.stdout if ord(char) < 32 and char != "\n" or char == "\x7f"}
+        assert controls == set(), (result.stdout, controls)
+    assert "Pay\\x1b[31m now" in shown[1].stdout  # escaped, still readable
+
+
 def test_one_failing_account_does_not_stop_the_others(engine_env, mail_servers, new_account, monkeypatch) -> None:
     good, disconnected, locked_out = new_account(), new_account(), new_account()
     accounts = [good, disconnected, locked_out]
