@@ -257,6 +257,39 @@ def test_one_auto_reply_per_sender_and_day_across_runs(engine_env, mail_servers,
     assert len(rows(engine_env, "tickets")) == 5  # answering changes nothing about the tickets
 
 
+def test_outbox_retry_closes_an_auto_reply_a_killed_worker_left_instead_of_sending_it_twice(
+    engine_env, mail_servers, new_account
+) -> None:
+    """Delivery is at least once, but an auto-reply promises at most one a day: one whose outcome a killed process
+    never recorded is closed as interrupted by `outbox retry`, while an ordinary mail left so is sent again."""
+    support, customer, recipient = new_account(), new_account("kunde"), new_account()
+    applied(engine_env, mail_servers, [support], {support.address: {"autoreply": REPLY}})
+    Mailbox(mail_servers, support).append(inbound(customer.address, "Order 1", "<order-1@example.org>"))
+    assert run("run", "--once").exit_code == 0
+    assert run("--as", "alice", "send", "--to", recipient.address, "--subject", "Hi", "--body", "x").exit_code == 0
+    [reply] = replies(engine_env)
+    [ordinary] = [row for row in outbox_rows(engine_env) if row["subject"] == "Hi"]
+    assert reply["raw"] is not None and ordinary["raw"] is not None  # kept (keep_bodies_days: 1)
+    with sqlite3.connect(engine_env / "state.db") as connection:  # as senders killed before recording leave them
+        connection.execute(
+            "UPDATE outbox SET status = 'queued', owner = 'elsewhere 42', updated_at = '2000-01-01 00:00:00'"
+        )
+
+    result = run("--as", "alice", "outbox", "retry")
+    assert result.exit_code == 0, result.output
+    assert f"#{reply['id']} closed as interrupted, not sent again: an automatic reply that may have arrived." in (
+        result.stdout
+    )
+    assert "1 of 1 mail(s) sent again." in result.stdout
+    after = {row["id"]: row for row in outbox_rows(engine_env)}
+    closed = after[reply["id"]]
+    assert (closed["status"], closed["error_class"], closed["raw"]) == ("failed", "interrupted", None)
+    assert [row["retry_of"] for row in after.values() if row["retry_of"] is not None] == [ordinary["id"]]
+    assert len(received(mail_servers, customer.address)) == 1  # the one reply of the day, not two
+    assert len(received(mail_servers, recipient.address)) == 2  # at least once: the ordinary mail again
+    assert run("--as", "alice", "outbox", "retry").stdout == "Nothing to retry.\n"  # closed for good
+
+
 def test_the_day_of_once_a_day_is_the_calendar_day_of_the_business(
     engine_env, mail_servers, new_account, monkeypatch
 ) -> None:

@@ -262,11 +262,16 @@ def retry(ctx: typer.Context, config_dir: Path | None = ConfigDirOption) -> None
         _print_result(result, explain=False)
     for entry_id, why in report.skipped:
         typer.echo(f"#{entry_id} left as it is: {printable(why)}", err=True)
+    for entry_id in report.closed:
+        typer.echo(f"#{entry_id} closed as interrupted, not sent again: an automatic reply that may have arrived.")
     if report.taken_elsewhere:
         typer.echo(f"{report.taken_elsewhere} attempt(s) taken over by another `mailops outbox retry` meanwhile.")
     results = report.results
     sent = sum(result.ok for result in results)
-    typer.echo(f"{sent} of {len(results)} mail(s) sent again." if results else "Nothing to retry.")
+    if results:
+        typer.echo(f"{sent} of {len(results)} mail(s) sent again.")
+    elif not report.closed:
+        typer.echo("Nothing to retry.")
     if report.skipped or any(not result.ok for result in results):
         raise typer.Exit(1)
 

@@ -24,7 +24,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from email.utils import make_msgid
 
 from mailops.compose import Composed, ComposeError, SendRequest, TemplateFiles, compose
@@ -367,19 +367,24 @@ def _fail(job: _Job, error: TransportError, outbox: Outbox, recorder: _Recorder)
 
 @dataclass(frozen=True)
 class RetryReport:
-    """What `outbox retry` did: the mails it sent again, the attempts it left and why, and how many
-    another `outbox retry` running at the same time took over."""
+    """What `outbox retry` did: the mails it sent again, the attempts it left and why, the automatic replies
+    it closed instead of sending them again, and how many another `outbox retry` running at the same time took
+    over."""
 
     results: list[SendResult]
     skipped: list[tuple[int, str]]
     taken_elsewhere: int = 0
+    closed: list[int] = field(default_factory=list)
 
 
 def retry(loaded: LoadedSpec, store: StateStore, settings: Settings, actor: Actor) -> RetryReport:
     """Send again what was left behind: attempts of a process that died while they were queued, and
     passing failures not yet tried again. Each gets a new attempt linked to it (at least once:
     a mail whose sender died right after the server took it may arrive twice). Two retries at
-    the same time each take an attempt over only once (see :meth:`Outbox.take_over`)."""
+    the same time each take an attempt over only once (see :meth:`Outbox.take_over`).
+
+    An automatic reply (``Auto-Submitted``, the worker's auto-replies) left queued is closed as interrupted
+    instead: it may have arrived, and its promise is at most one reply per sender and day."""
     outbox = Outbox(store)
     outbox.forget_expired_bodies()
     visible = visible_addresses(loaded.spec, actor, store.accounts(include_deleted=True))
@@ -387,12 +392,19 @@ def retry(loaded: LoadedSpec, store: StateStore, settings: Settings, actor: Acto
     jobs: list[_Job] = []
     skipped: list[tuple[int, str]] = []
     taken_elsewhere = 0
+    closed: list[int] = []
     for entry in outbox.orphans():
         if entry.account not in visible or not (entry.status == OutboxStatus.QUEUED or _temporary(entry)):
             continue
         mail = _composed_again(loaded, outbox, entry)
         if mail is None:
             skipped.append((entry.id, f"{entry.account} is no longer in the spec"))
+            continue
+        if entry.status == OutboxStatus.QUEUED and _automatic(mail.raw):
+            if outbox.close_orphan(entry, _interrupted()):
+                closed.append(entry.id)
+            else:
+                taken_elsewhere += 1
             continue
         problem = _not_sending(store, entry.account)
         if problem is not None:
@@ -407,7 +419,7 @@ def retry(loaded: LoadedSpec, store: StateStore, settings: Settings, actor: Acto
         jobs.append(_Job(mail, entry_id, actor, None, attempt=entry.attempt + 1))
     if jobs:
         asyncio.run(_deliver(store, settings, context, outbox, jobs))
-    return RetryReport([_required(job.result) for job in jobs], skipped, taken_elsewhere)
+    return RetryReport([_required(job.result) for job in jobs], skipped, taken_elsewhere, closed)
 
 
 def resend(loaded: LoadedSpec, store: StateStore, settings: Settings, actor: Actor, entry_id: int) -> SendResult:
@@ -429,6 +441,14 @@ def resend(loaded: LoadedSpec, store: StateStore, settings: Settings, actor: Act
     job = _Job(mail, new_id, actor, None, attempt=entry.attempt + 1)
     asyncio.run(_deliver(store, settings, context, outbox, [job]))
     return _required(job.result)
+
+
+def _automatic(raw: bytes) -> bool:
+    """Whether the message ``raw`` says it was sent automatically (``Auto-Submitted`` other than ``no``)."""
+    from email.parser import BytesHeaderParser
+
+    value = BytesHeaderParser().parsebytes(raw).get("Auto-Submitted")
+    return value is not None and str(value).split(";")[0].strip().lower() != "no"
 
 
 def _temporary(entry: OutboxEntry) -> bool:

@@ -216,6 +216,14 @@ def _outcome_values(outcome: Outcome) -> dict[str, Any]:
     }
 
 
+def _still_left(entry: OutboxEntry) -> list[Any]:
+    """The conditions under which ``entry`` is still as :meth:`Outbox.orphans` saw it: not tried again, and with
+    the same status and owner (another `outbox retry` may have taken it meanwhile)."""
+    retried = select(OutboxRow.retry_of).where(OutboxRow.retry_of.is_not(None)).scalar_subquery()
+    owner = OutboxRow.owner.is_(None) if entry.owner is None else OutboxRow.owner == entry.owner
+    return [OutboxRow.id == entry.id, OutboxRow.status == entry.status, OutboxRow.id.not_in(retried), owner]
+
+
 class Outbox:
     """The outbox log of one state store."""
 
@@ -326,14 +334,11 @@ class Outbox:
         :meth:`orphans` saw it (compare and set), closed with ``interrupted`` if it was still queued,
         and its whole message dropped unless the policy keeps it (the new attempt carries it).
         """
-        retried = select(OutboxRow.retry_of).where(OutboxRow.retry_of.is_not(None)).scalar_subquery()
-        still_left = [OutboxRow.id == entry.id, OutboxRow.status == entry.status, OutboxRow.id.not_in(retried)]
-        still_left.append(OutboxRow.owner.is_(None) if entry.owner is None else OutboxRow.owner == entry.owner)
         values: dict[str, Any] = {"owner": OWNER, "updated_at": utcnow()}
         if interrupted is not None:
             values |= _outcome_values(interrupted)
         with self._store.session() as session:
-            claimed = session.execute(update(OutboxRow).where(*still_left).values(**values))
+            claimed = session.execute(update(OutboxRow).where(*_still_left(entry)).values(**values))
             if not getattr(claimed, "rowcount", 0):
                 session.rollback()
                 return None
@@ -344,6 +349,15 @@ class Outbox:
             session.add(row)
             session.flush()
             return row.id
+
+    def close_orphan(self, entry: OutboxEntry, outcome: Outcome) -> bool:
+        """Close the left-behind ``entry`` with ``outcome`` and no next try: its whole message is dropped, so that
+        nothing sends it again. False when another process took it over first (compare and set, as
+        :meth:`take_over`)."""
+        values = _outcome_values(outcome) | {"updated_at": utcnow(), "raw": None, "raw_expires_at": None}
+        with self._store.session() as session:
+            closed = session.execute(update(OutboxRow).where(*_still_left(entry)).values(**values))
+            return bool(getattr(closed, "rowcount", 0))
 
     def heartbeat(self) -> None:
         """Show that this process still looks after the attempts it queued (see :func:`_abandoned`)."""
