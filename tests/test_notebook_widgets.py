@@ -207,11 +207,23 @@ def test_cancel_ends_the_wait_for_a_device_code_and_stores_nothing(env, mail_ser
     store = StateStore.open(load_settings().state_url)
     assert store.accounts() == [] and TokenVault(store, os.environ["MAILOPS_SECRET_KEY"]).consent(address) is None
 
-    widget.connect_button.click()  # the widget is ready for the next attempt
+    # The widget is ready for the next attempt. Once the token is stored there is nothing left to cancel: a click
+    # then (while IMAP, SMTP and the test mail are checked) changes nothing.
+    shown: list[tuple[str, str | None]] = []
+
+    def signed_in(change: dict) -> None:
+        shown.append((visible_text(widget.sign_in), widget.cancel_button.layout.display))
+        if "Signed in as" in change["new"]:
+            widget.cancel_button.click()
+
+    widget.sign_in.observe(signed_in, names="value")
+    widget.connect_button.click()
     _, code = device_code(widget)
     idp.approve_device_code(code, address)
     widget.wait(WAIT)
     assert f"✔ {address} is connected" in visible_text(widget.outcome)
+    assert (f"• Signed in as {address}; logging in to IMAP and SMTP …", "none") in shown
+    assert not any("Cancelling" in text for text, _ in shown)
 
 
 def test_cancel_declines_a_google_consent_waiting_on_its_loopback_port(env, mail_servers, idp, new_oauth_account):

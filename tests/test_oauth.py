@@ -277,6 +277,69 @@ def test_a_consent_cancelled_before_its_link_is_out_declines_it_once_it_is(
     assert TokenVault(store(oauth_env), os.environ["MAILOPS_SECRET_KEY"]).consent(address) is None
 
 
+class Listener:
+    """A loopback HTTP listener that records each request (path with query, and body) and answers with a
+    redirect to ``location`` when given, else 200."""
+
+    def __init__(self, location: str | None = None):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[tuple[str, str, bytes]] = []
+        listener = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                listener.requests.append((self.command, self.path, self.rfile.read(length)))
+                self.send_response(302 if location else 200)
+                if location:
+                    self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((HOST, 0), Handler)
+        self.url = f"http://{HOST}:{self.server.server_port}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_decline_answers_the_librarys_own_loopback_redirect_and_follows_nothing() -> None:
+    from urllib.parse import parse_qs, quote, urlsplit
+
+    from mailops.providers.oauth import _decline
+
+    elsewhere = Listener()
+    waiting = Listener(location=f"{elsewhere.url}collect")  # answers the decline with a redirect
+    try:
+        # An endpoint whose own query names another redirect_uri and state: the library's come last.
+        _decline(
+            f"https://idp.example/authorize?redirect_uri={quote(elsewhere.url)}&state=theirs"
+            f"&client_id=x&redirect_uri={quote(waiting.url)}&state=ours"
+        )
+        _decline(f"https://idp.example/authorize?response_mode=form_post&redirect_uri={quote(waiting.url)}")
+        for broken in ("http://localhost:abc/", "http://user:pw@127.0.0.1:1/", "https://127.0.0.1/", "x"):
+            _decline(f"https://idp.example/authorize?redirect_uri={quote(broken)}")  # nothing, and no exception
+    finally:
+        elsewhere.close()
+        waiting.close()
+    assert elsewhere.requests == []  # neither named first nor reached by the redirect
+    [(method, path, _), (posted, _, body)] = waiting.requests
+    assert method == "GET" and parse_qs(urlsplit(path).query) == {
+        "error": ["access_denied"],
+        "error_description": ["cancelled in mailops"],
+        "state": ["ours"],
+    }
+    assert posted == "POST" and parse_qs(body.decode())["error"] == ["access_denied"]
+
+
 def test_an_alias_is_accepted(oauth_env, mail_servers, idp, new_oauth_account) -> None:
     address, alias = new_oauth_account(), new_oauth_account("alias")
     mail_servers.users.grant_access(address, alias)  # the same mailbox, reached through its alias identity

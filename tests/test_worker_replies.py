@@ -257,36 +257,54 @@ def test_one_auto_reply_per_sender_and_day_across_runs(engine_env, mail_servers,
     assert len(rows(engine_env, "tickets")) == 5  # answering changes nothing about the tickets
 
 
-def test_outbox_retry_closes_an_auto_reply_a_killed_worker_left_instead_of_sending_it_twice(
+def test_outbox_retry_sends_an_auto_reply_again_only_when_it_certainly_did_not_arrive(
     engine_env, mail_servers, new_account
 ) -> None:
-    """Delivery is at least once, but an auto-reply promises at most one a day: one whose outcome a killed process
-    never recorded is closed as interrupted by `outbox retry`, while an ordinary mail left so is sent again."""
-    support, customer, recipient = new_account(), new_account("kunde"), new_account()
+    """Delivery is at least once, but an auto-reply promises at most one a day. `outbox retry` sends one again
+    only after a 4xx reply (it was not taken); one that may have arrived is closed: left queued by a killed
+    process (as interrupted), or failed with a connection lost after the data (keeping its class). An ordinary
+    mail left queued is sent again."""
+    support, recipient = new_account(), new_account()
+    customers = [new_account("kunde") for _ in range(3)]
     applied(engine_env, mail_servers, [support], {support.address: {"autoreply": REPLY}})
-    Mailbox(mail_servers, support).append(inbound(customer.address, "Order 1", "<order-1@example.org>"))
+    Mailbox(mail_servers, support).append(
+        *(inbound(customer.address, f"Order {n}", f"<order-{n}@example.org>") for n, customer in enumerate(customers))
+    )
     assert run("run", "--once").exit_code == 0
     assert run("--as", "alice", "send", "--to", recipient.address, "--subject", "Hi", "--body", "x").exit_code == 0
-    [reply] = replies(engine_env)
+    queued, lost, refused = replies(engine_env)
     [ordinary] = [row for row in outbox_rows(engine_env) if row["subject"] == "Hi"]
-    assert reply["raw"] is not None and ordinary["raw"] is not None  # kept (keep_bodies_days: 1)
-    with sqlite3.connect(engine_env / "state.db") as connection:  # as senders killed before recording leave them
+    assert all(row["raw"] is not None for row in (queued, lost, refused, ordinary))  # kept (keep_bodies_days: 1)
+    with sqlite3.connect(engine_env / "state.db") as connection:  # as a killed sender and failures leave them
+        left_queued = "status = 'queued', owner = 'elsewhere 42', updated_at = '2000-01-01 00:00:00'"
+        connection.execute(f"UPDATE outbox SET {left_queued} WHERE id IN (?, ?)", (queued["id"], ordinary["id"]))
         connection.execute(
-            "UPDATE outbox SET status = 'queued', owner = 'elsewhere 42', updated_at = '2000-01-01 00:00:00'"
+            "UPDATE outbox SET status = 'failed', error_class = 'connection_lost', reply = 'lost after DATA' "
+            "WHERE id = ?",
+            (lost["id"],),
+        )
+        connection.execute(
+            "UPDATE outbox SET status = 'failed', error_class = 'throttled', smtp_code = 451, "
+            "enhanced_code = '4.7.1', reply = '451 4.7.1 try again later' WHERE id = ?",
+            (refused["id"],),
         )
 
     result = run("--as", "alice", "outbox", "retry")
     assert result.exit_code == 0, result.output
-    assert f"#{reply['id']} closed as interrupted, not sent again: an automatic reply that may have arrived." in (
-        result.stdout
-    )
-    assert "1 of 1 mail(s) sent again." in result.stdout
+    for closed in (queued, lost):
+        assert f"#{closed['id']} closed, not sent again: an automatic reply that may have arrived." in result.stdout
+    assert "2 of 2 mail(s) sent again." in result.stdout
     after = {row["id"]: row for row in outbox_rows(engine_env)}
-    closed = after[reply["id"]]
-    assert (closed["status"], closed["error_class"], closed["raw"]) == ("failed", "interrupted", None)
-    assert [row["retry_of"] for row in after.values() if row["retry_of"] is not None] == [ordinary["id"]]
-    assert len(received(mail_servers, customer.address)) == 1  # the one reply of the day, not two
-    assert len(received(mail_servers, recipient.address)) == 2  # at least once: the ordinary mail again
+    assert [(after[row["id"]]["status"], after[row["id"]]["error_class"]) for row in (queued, lost)] == [
+        ("failed", "interrupted"),
+        ("failed", "connection_lost"),
+    ]
+    assert after[queued["id"]]["raw"] is None and after[lost["id"]]["raw"] is None  # nothing sends them later
+    retried = sorted(row["retry_of"] for row in after.values() if row["retry_of"] is not None)
+    assert retried == sorted([refused["id"], ordinary["id"]])
+    # What the faked failures hid arrived once; the reply refused "for now" and the ordinary mail come again.
+    assert [len(received(mail_servers, customer.address)) for customer in customers] == [1, 1, 2]
+    assert len(received(mail_servers, recipient.address)) == 2
     assert run("--as", "alice", "outbox", "retry").stdout == "Nothing to retry.\n"  # closed for good
 
 

@@ -263,7 +263,7 @@ def retry(ctx: typer.Context, config_dir: Path | None = ConfigDirOption) -> None
     for entry_id, why in report.skipped:
         typer.echo(f"#{entry_id} left as it is: {printable(why)}", err=True)
     for entry_id in report.closed:
-        typer.echo(f"#{entry_id} closed as interrupted, not sent again: an automatic reply that may have arrived.")
+        typer.echo(f"#{entry_id} closed, not sent again: an automatic reply that may have arrived.")
     if report.taken_elsewhere:
         typer.echo(f"{report.taken_elsewhere} attempt(s) taken over by another `mailops outbox retry` meanwhile.")
     results = report.results

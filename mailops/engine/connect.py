@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -46,12 +47,14 @@ def connect_account(
     show: Show,
     reconnect: bool = False,
     cancel: threading.Event | None = None,
+    consented: Callable[[str], None] | None = None,
 ) -> ConnectReport:
     """Consent for ``address``, store its token, then verify IMAP and SMTP and send the test mail.
 
     A sign-in as anyone but the declared address (or its aliases, or the delegate of a
     shared mailbox) stores nothing; so does setting ``cancel`` while the consent waits for the
-    sign-in (:class:`~mailops.providers.oauth.ConsentCancelled`).
+    sign-in (:class:`~mailops.providers.oauth.ConsentCancelled`). ``consented`` hears the identity
+    once its token is stored: from then on there is nothing left to cancel.
     """
     account = loaded.spec.account(address)
     if account is None:
@@ -67,6 +70,8 @@ def connect_account(
     cipher_for(settings.token_key())  # no key: say how to make one before anyone signs in
     context = credential_context(loaded, settings, store)
     identity = provider.connect(account, context, method=method, show=show, cancel=cancel)
+    if consented is not None:
+        consented(identity)
     result = asyncio.run(
         verify_account(
             account,

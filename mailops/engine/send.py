@@ -383,8 +383,10 @@ def retry(loaded: LoadedSpec, store: StateStore, settings: Settings, actor: Acto
     a mail whose sender died right after the server took it may arrive twice). Two retries at
     the same time each take an attempt over only once (see :meth:`Outbox.take_over`).
 
-    An automatic reply (``Auto-Submitted``, the worker's auto-replies) left queued is closed as interrupted
-    instead: it may have arrived, and its promise is at most one reply per sender and day."""
+    An automatic reply (``Auto-Submitted``: the worker's auto-replies) promises at most one reply per sender and
+    day: it is sent again only when the server answered "not now" (a 4xx reply), and never arrived. One that may
+    have arrived (left queued, or a connection lost or timed out after the data) is closed instead: a queued
+    one as interrupted, a failed one keeping its class."""
     outbox = Outbox(store)
     outbox.forget_expired_bodies()
     visible = visible_addresses(loaded.spec, actor, store.accounts(include_deleted=True))
@@ -400,8 +402,9 @@ def retry(loaded: LoadedSpec, store: StateStore, settings: Settings, actor: Acto
         if mail is None:
             skipped.append((entry.id, f"{entry.account} is no longer in the spec"))
             continue
-        if entry.status == OutboxStatus.QUEUED and _automatic(mail.raw):
-            if outbox.close_orphan(entry, _interrupted()):
+        if _automatic(mail.raw) and not _refused_for_now(entry):
+            interrupted = _interrupted() if entry.status == OutboxStatus.QUEUED else None
+            if outbox.close_orphan(entry, interrupted):
                 closed.append(entry.id)
             else:
                 taken_elsewhere += 1
@@ -449,6 +452,11 @@ def _automatic(raw: bytes) -> bool:
 
     value = BytesHeaderParser().parsebytes(raw).get("Auto-Submitted")
     return value is not None and str(value).split(";")[0].strip().lower() != "no"
+
+
+def _refused_for_now(entry: OutboxEntry) -> bool:
+    """Whether the server answered ``entry`` with a 4xx reply: it was not taken, and may be tried again."""
+    return entry.status == OutboxStatus.FAILED and entry.smtp_code is not None and 400 <= entry.smtp_code < 500
 
 
 def _temporary(entry: OutboxEntry) -> bool:

@@ -312,6 +312,7 @@ class ConnectAccount:
                     show=lambda text: self._show_sign_in(text, wanted),
                     reconnect=reconnect,
                     cancel=cancel,
+                    consented=lambda identity: self._consented(identity),
                 )
             except ConsentCancelled:
                 self.sign_in.value = ""
@@ -332,16 +333,24 @@ class ConnectAccount:
         if not self._task.start(work, name="connect"):
             shown(self.cancel_button, False)
 
+    def _consented(self, identity: str) -> None:
+        """The token is stored: nothing left to cancel; the logins and the test mail follow."""
+        self._cancel = None
+        shown(self.cancel_button, False)
+        self.sign_in.value = message("note", f"Signed in as {identity}; logging in to IMAP and SMTP …")
+
     def _cancel_sign_in(self) -> None:
         """End the wait for the sign-in: the consent stops within a second or so and stores nothing."""
-        if self._cancel is not None and self._task.running:
-            self._cancel.set()
+        cancel = self._cancel  # read once: the consent may end (and clear it) meanwhile
+        if cancel is not None and self._task.running:
+            cancel.set()
             self.cancel_button.disabled = True
             self.sign_in.value = message("note", "Cancelling the sign-in …")
 
     def _show_sign_in(self, text: str, wanted: str) -> None:
         """What the consent flow asks the person to do, with its link clickable and the code set apart."""
-        if self._cancel is not None and self._cancel.is_set():
+        cancel = self._cancel
+        if cancel is not None and cancel.is_set():
             return  # cancelled before the flow got this far: "Cancelling" stays until it ends
         rendered = _CODE.sub(r"\1<b><code>\2</code></b>", linkified(text))
         self.sign_in.value = (

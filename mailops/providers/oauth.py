@@ -202,44 +202,68 @@ class OAuthProvider(AccountProvider):
         raise TransportError(FailureClass.TOKEN, f"the token of {account.address} kept changing under this process")
 
 
+@dataclass
+class _Consent:
+    """One consent in progress: whom to show the sign-in URL, and the URL once the library opened it."""
+
+    show: Show
+    identity: str
+    opened: str | None = None
+
+
 class _ConsentBrowser(webbrowser.BaseBrowser):
     """The "browser" msal and google-auth-oauthlib open during a consent: it hands the sign-in URL
     to the person (the CLI prints it), which works on a server, over SSH and in a notebook.
-    Outside a consent it declines, and Python's next browser is tried."""
+    Outside a consent it declines, and Python's next browser is tried.
+
+    Consents may run at once (two widgets), and msal opens the browser on a thread of its own: a URL
+    goes to the consent whose identity it names as ``login_hint`` (both flows pass it), the newest
+    one still without a URL when several do."""
 
     def __init__(self) -> None:
         super().__init__("mailops-consent")
-        self.show: Show | None = None
-        self.identity = ""
-        self.opened: str | None = None  # the sign-in URL handed out during this consent
+        self.lock = threading.Lock()
+        self.active: list[_Consent] = []
 
     def open(self, url: str, new: int = 0, autoraise: bool = True) -> bool:
-        if self.show is None:
-            return False
-        self.opened = url
-        self.show(f"Open this address in a browser and sign in as {self.identity}:\n{url}")
+        from urllib.parse import parse_qs, urlsplit
+
+        hint = (parse_qs(urlsplit(url).query).get("login_hint") or [""])[-1].lower()
+        with self.lock:
+            waiting = [consent for consent in self.active if consent.opened is None] or self.active
+            named = [consent for consent in waiting if consent.identity.lower() == hint]
+            chosen = (named or waiting)[-1] if waiting else None
+            if chosen is None:
+                return False
+            chosen.opened = url
+        chosen.show(f"Open this address in a browser and sign in as {chosen.identity}:\n{url}")
         return True
 
 
 _BROWSER: _ConsentBrowser | None = None
+_BROWSER_LOCK = threading.Lock()
+DECLINE_WAIT = 10.0  # seconds the end of a consent waits for its decline to be answered
 
 
 @contextmanager
 def consent_browser(show: Show, identity: str, cancel: threading.Event) -> Iterator[None]:
-    """While this lasts, a library that opens a browser hands the URL to ``show`` instead; setting ``cancel``
-    declines the sign-in (:func:`_decline`), which ends the library's wait for it."""
+    """While this lasts, a library that opens a browser for this consent hands the URL to ``show`` instead;
+    setting ``cancel`` declines the sign-in (:func:`_decline`), which ends the library's wait for it."""
     global _BROWSER
-    if _BROWSER is None:
-        _BROWSER = _ConsentBrowser()
-        webbrowser.register(_BROWSER.name, None, _BROWSER, preferred=True)
+    with _BROWSER_LOCK:
+        if _BROWSER is None:
+            _BROWSER = _ConsentBrowser()
+            webbrowser.register(_BROWSER.name, None, _BROWSER, preferred=True)
     browser = _BROWSER
-    browser.show, browser.identity, browser.opened = show, identity, None
+    consent = _Consent(show, identity)
+    with browser.lock:
+        browser.active.append(consent)
     done = threading.Event()
 
     def watch() -> None:
         while not done.wait(0.2):
-            if cancel.is_set() and browser.opened is not None:  # cancelled earlier: declined once it waits
-                _decline(browser.opened)
+            if cancel.is_set() and consent.opened is not None:  # cancelled earlier: declined once it waits
+                _decline(consent.opened)
                 return
 
     watcher = threading.Thread(target=watch, name="mailops-consent-cancel", daemon=True)
@@ -248,37 +272,50 @@ def consent_browser(show: Show, identity: str, cancel: threading.Event) -> Itera
         yield
     finally:
         done.set()
-        watcher.join()
-        browser.show = browser.opened = None
+        watcher.join(DECLINE_WAIT)  # a listener that answers slowly does not hold the consent up
+        with browser.lock:
+            browser.active.remove(consent)
 
 
-_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 def _decline(sign_in_url: str) -> None:
     """Answer the loopback redirect of ``sign_in_url`` (an authorization request) as the identity provider does
     when the person declines (``error=access_denied``, RFC 6749 4.1.2.1; posted where the request asks for
     ``response_mode=form_post``, as msal's does): the waiting library stops waiting. Only a redirect to this
-    machine is answered."""
+    machine is answered, and nothing it answers is followed.
+
+    The libraries add their parameters after any query the authorization endpoint itself has: of a parameter
+    given twice, the last one is theirs."""
     from urllib.parse import parse_qs, urlencode, urlsplit
-    from urllib.request import ProxyHandler, Request, build_opener
+    from urllib.request import HTTPRedirectHandler, ProxyHandler, Request, build_opener
+
+    class NoRedirects(HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None  # the decline goes to this machine only
 
     query = parse_qs(urlsplit(sign_in_url).query)
-    redirect = (query.get("redirect_uri") or [""])[0]
-    parts = urlsplit(redirect)
-    if parts.scheme != "http" or parts.hostname not in _LOOPBACK_HOSTS:
-        return
+
+    def last(name: str) -> str:
+        return (query.get(name) or [""])[-1]
+
+    redirect = last("redirect_uri")
     answer = {"error": "access_denied", "error_description": "cancelled in mailops"}
-    if query.get("state"):
-        answer["state"] = query["state"][0]
-    if (query.get("response_mode") or [""])[0] == "form_post":
-        request = Request(redirect, data=urlencode(answer).encode("ascii"), method="POST")
-    else:
-        request = Request(f"{redirect}{'&' if parts.query else '?'}{urlencode(answer)}")
-    try:  # no proxy: the redirect goes to this machine
-        build_opener(ProxyHandler({})).open(request, timeout=5).close()
-    except OSError:  # URLError and HTTPError are OSErrors
-        pass  # the library stopped waiting already, or answers with an error page: either way it is done
+    if last("state"):
+        answer["state"] = last("state")
+    try:
+        parts = urlsplit(redirect)
+        if parts.scheme != "http" or parts.hostname not in _LOOPBACK_HOSTS or parts.username or parts.password:
+            return
+        if last("response_mode") == "form_post":
+            request = Request(redirect, data=urlencode(answer).encode("ascii"), method="POST")
+        else:
+            request = Request(f"{redirect}{'&' if parts.query else '?'}{urlencode(answer)}")
+        # No proxy (the redirect goes to this machine), no redirects followed.
+        build_opener(ProxyHandler({}), NoRedirects()).open(request, timeout=5).close()
+    except Exception:  # noqa: BLE001 - a broken address, a refused or odd answer
+        pass  # the library stopped waiting, or its consent times out as it would have without the cancel
 
 
 def _vault(context: CredentialContext) -> TokenVault:

@@ -350,11 +350,13 @@ class Outbox:
             session.flush()
             return row.id
 
-    def close_orphan(self, entry: OutboxEntry, outcome: Outcome) -> bool:
-        """Close the left-behind ``entry`` with ``outcome`` and no next try: its whole message is dropped, so that
-        nothing sends it again. False when another process took it over first (compare and set, as
-        :meth:`take_over`)."""
-        values = _outcome_values(outcome) | {"updated_at": utcnow(), "raw": None, "raw_expires_at": None}
+    def close_orphan(self, entry: OutboxEntry, outcome: Outcome | None = None) -> bool:
+        """Close the left-behind ``entry`` with no next try, and ``outcome`` when given (a queued one needs
+        one): its whole message is dropped, so that nothing sends it again. False when another process took it
+        over first (compare and set, as :meth:`take_over`)."""
+        values = {"updated_at": utcnow(), "raw": None, "raw_expires_at": None}
+        if outcome is not None:
+            values |= _outcome_values(outcome)
         with self._store.session() as session:
             closed = session.execute(update(OutboxRow).where(*_still_left(entry)).values(**values))
             return bool(getattr(closed, "rowcount", 0))
