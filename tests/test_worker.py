@@ -294,6 +294,22 @@ def test_a_pass_stopped_after_a_batch_counts_only_what_it_dealt_with(
     ]
     assert sorted(m["message_id"] for m in rows(engine_env, "messages")) == [f"<new-{n}@example.org>" for n in range(3)]
 
+    # The mailbox is rebuilt (a new UIDVALIDITY) with the stored mail first, then one new message: the mail
+    # found stored again is counted as its batch is dealt with too.
+    box.recreate(box.uidvalidity() + 1000)
+    box.append(*(mail(f"New {n}", f"<new-{n}@example.org>") for n in range(3)), when=new)
+    box.append(mail("Newer", "<newer@example.org>"), when=new)
+    store = StateStore.open(settings.state_url)
+    try:
+        rebuilt = [run_once(loaded, store, settings, stop=StopAfterChecks(2)), run_once(loaded, store, settings)]
+    finally:
+        store.close()
+    again = [runs[0].report for runs in rebuilt]
+    assert [(r.imported, r.already_stored, r.stopped) for r in again if r is not None] == [
+        (0, 2, True),  # UIDs 1 and 2
+        (1, 1, False),  # UIDs 3 and 4
+    ]
+
 
 def test_auto_close_stores_new_tickets_closed(engine_env, mail_servers, new_account) -> None:
     support, sales = new_account(), new_account()
