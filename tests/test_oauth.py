@@ -340,6 +340,31 @@ def test_a_decline_answers_the_librarys_own_loopback_redirect_and_follows_nothin
     assert posted == "POST" and parse_qs(body.decode())["error"] == ["access_denied"]
 
 
+def test_sign_in_urls_go_to_their_own_consent_and_other_pages_to_the_next_browser() -> None:
+    """Two consents at once (two widgets), the browser opened on threads of the libraries' own: each sign-in URL
+    reaches the consent whose identity it names; a page that is no sign-in is left to the next browser."""
+    from mailops.providers import oauth
+
+    shown: dict[str, list[str]] = {"a": [], "b": []}
+    with (
+        oauth.consent_browser(shown["a"].append, "a@example.com", threading.Event()),
+        oauth.consent_browser(shown["b"].append, "b@example.com", threading.Event()),
+    ):
+        browser = oauth._BROWSER
+        assert browser is not None
+        sign_in = "https://idp.example/authorize?redirect_uri=http%3A%2F%2Flocalhost%3A1%2F&login_hint="
+        opened = []
+        for who in ("A@example.com", "b@example.com"):
+            thread = threading.Thread(target=lambda who=who: opened.append(browser.open(sign_in + who)))
+            thread.start()
+            thread.join()
+        assert browser.open("http://127.0.0.1:8866/voila/") is False  # say, the console's own page
+    assert opened == [True, True]
+    assert [len(texts) for texts in shown.values()] == [1, 1]
+    assert shown["a"][0].endswith("login_hint=A@example.com") and shown["b"][0].endswith("login_hint=b@example.com")
+    assert browser.active == []
+
+
 def test_an_alias_is_accepted(oauth_env, mail_servers, idp, new_oauth_account) -> None:
     address, alias = new_oauth_account(), new_oauth_account("alias")
     mail_servers.users.grant_access(address, alias)  # the same mailbox, reached through its alias identity

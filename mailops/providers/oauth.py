@@ -228,7 +228,10 @@ class _ConsentBrowser(webbrowser.BaseBrowser):
     def open(self, url: str, new: int = 0, autoraise: bool = True) -> bool:
         from urllib.parse import parse_qs, urlsplit
 
-        hint = (parse_qs(urlsplit(url).query).get("login_hint") or [""])[-1].lower()
+        query = parse_qs(urlsplit(url).query)
+        if "redirect_uri" not in query:  # not a sign-in: some other code opening a page meanwhile
+            return False
+        hint = (query.get("login_hint") or [""])[-1].lower()
         with self.lock:
             waiting = [consent for consent in self.active if consent.opened is None] or self.active
             named = [consent for consent in waiting if consent.identity.lower() == hint]
