@@ -45,7 +45,7 @@ from mailops.state import StateStore
 from tests import test_notebooks
 from tests.conftest import MailServers, ServerAccount
 from tests.servers import HOST
-from tests.test_notebooks import INFO, SHOP, World, write_outbox
+from tests.test_notebooks import INFO, SHOP, TEAM, World, write_outbox
 from tests.test_send import applied, run, sender_fault
 
 CHROMIUM = Path("/usr/lib/chromium/chromium")
@@ -428,6 +428,24 @@ def test_the_console_connects_a_manual_account_through_its_form(
         screenshot(page, tmp_path / "reports", "console-connect")
         subjects = [message["Subject"] for message in mail_servers.users.messages(address)]
         assert subjects == [f"mailops test mail for {address}"]
+
+        # A Microsoft account: the device code shows with Cancel beside Connect; Cancel ends the wait at once.
+        cancel = page.get_by_role("button", name="Cancel")
+        expect(cancel).to_be_hidden()
+        page.get_by_label("Address", exact=True).fill(TEAM)  # declared as a Microsoft account: the provider follows
+        expect(page.get_by_label("Provider", exact=True)).to_have_value("Microsoft 365")
+        page.get_by_role("button", name="Connect").click()
+        expect(page.get_by_text("enter the code")).to_be_visible()
+        expect(cancel).to_be_visible()
+        expect(page.get_by_role("button", name="Connect")).to_be_disabled()
+        screenshot(page, tmp_path / "reports", "console-device-code")
+        cancel.click()
+        cancelled = page.locator(".mailops-result").filter(has_text="cancelled")
+        expect(cancelled).to_have_text(f"• The sign-in as {TEAM} was cancelled: nothing was stored.")
+        expect(cancel).to_be_hidden()
+        expect(page.get_by_role("button", name="Connect")).to_be_enabled()
+        screenshot(page, tmp_path / "reports", "console-cancelled")
+        assert [state.address for state in StateStore.open(env["MAILOPS_STATE_URL"]).accounts()] == []
 
         assert [url for url in traffic.aborted if not FONT_AWESOME.match(url)] == []
         assert [url for url in traffic.outside() if url not in traffic.aborted] == []

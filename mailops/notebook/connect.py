@@ -357,7 +357,8 @@ class ConnectAccount:
             f'<div style="border-left:3px solid #1f5f99;padding-left:0.6em">'
             f"<div><b>Sign in as {escape(wanted)}</b></div>"
             f'<div style="white-space:pre-wrap">{rendered}</div>'
-            f'<div style="color:#555">Waiting for the sign-in; the result appears here.</div></div>'
+            '<div style="color:#555">Waiting for the sign-in (Cancel stops waiting); the result appears here.</div>'
+            "</div>"
         )
 
     def _start_manual(self, context: Context, address: str, declared: Account | None) -> None:
