@@ -226,12 +226,12 @@ def _address_pairs(values: list[str]) -> list[tuple[str, str]]:
     """``(name, address)`` of each address in ``values`` (bounded), as :func:`getaddresses` reads them, empty
     ones left out. A list of plain addresses (see the module doc) is read here: getaddresses makes each one
     ``(the name's words joined by single spaces, the address)``."""
+    if not values:
+        return []
     pairs: list[tuple[str, str]] = []
     for item in ", ".join(values).split(","):  # a plain address has no comma
-        item = item.strip(" \t\r\n")
-        if not item:
-            continue  # getaddresses makes ("", "") of it, left out below as well
-        pair = _plain_address(item)
+        # An empty item (`a@x, , b@y`) is left to getaddresses: Python versions read such a list differently.
+        pair = _plain_address(item.strip(" \t\r\n"))
         if pair is None:
             return [(name, address) for name, address in getaddresses(values) if address][:MAX_ADDRESSES]
         pairs.append(pair)
