@@ -14,6 +14,7 @@ import os
 import re
 import stat
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from mailops.errors import MailopsError
@@ -137,16 +138,51 @@ def atomic_write(path: Path | str, data: str | bytes, *, mode: int | None = None
     missing directory) the old file is untouched, no temp file is left, and
     :class:`FileWriteError` says why.
     """
-    shown = Path(path)
-    path = Path(os.path.realpath(path))
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    directory = path.parent
+    write_together({Path(path): data}, mode=mode)
+
+
+def write_together(files: Mapping[Path, str | bytes], *, mode: int | None = None, follow_symlinks: bool = True) -> None:
+    """Replace each of ``files`` with its data as :func:`atomic_write` does, all of them or none.
+
+    Every file is written and synced under a temporary name first; only then are they renamed,
+    in order, so that a failure while writing (a full disk, a read-only file) leaves every file
+    as it was. Without ``follow_symlinks`` a symlink among them is replaced by the file itself
+    and what it points to is left alone: for files of generated names in a directory that
+    others may write to.
+    """
+    staged: list[tuple[str, Path]] = []  # (temporary, target)
+    renamed = 0
     try:
-        existing: os.stat_result | None = os.stat(path)
+        for path, data in files.items():
+            staged.append(_stage(path, data, mode=mode, follow_symlinks=follow_symlinks))
+        for temporary, target in staged:
+            os.replace(temporary, target)
+            renamed += 1
+    except BaseException as exc:
+        for temporary, _target in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+        if isinstance(exc, OSError):  # a rename failed (the staging raises FileWriteError)
+            done = "the file is unchanged" if not renamed else f"the {renamed} file(s) before it are replaced"
+            raise FileWriteError(f"cannot write {staged[renamed][1]}: {exc.strerror or exc}; {done}") from None
+        raise
+    for directory in dict.fromkeys(target.parent for _temporary, target in staged):
+        _fsync_directory(directory)
+
+
+def _stage(path: Path, data: str | bytes, *, mode: int | None, follow_symlinks: bool) -> tuple[str, Path]:
+    """The new content of ``path`` under a temporary name beside it, synced; (that name, the file to replace)."""
+    shown = path
+    path = Path(os.path.realpath(path) if follow_symlinks else os.path.abspath(path))
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        existing: os.stat_result | None = os.stat(path) if follow_symlinks else os.lstat(path)
     except FileNotFoundError:
         existing = None
     except OSError as exc:
         raise FileWriteError(f"cannot write {shown}: {exc.strerror}") from None
+    if existing is not None and stat.S_ISLNK(existing.st_mode):
+        existing = None  # the link is replaced, as a new file
     if existing is not None:
         if not stat.S_ISREG(existing.st_mode):
             raise FileWriteError(f"cannot write {shown}: it is {_kind_of(existing.st_mode)}, not a regular file")
@@ -154,7 +190,7 @@ def atomic_write(path: Path | str, data: str | bytes, *, mode: int | None = None
             raise FileWriteError(f"cannot write {shown}: it is read-only; the file is unchanged")
     existing_mode = stat.S_IMODE(existing.st_mode) if existing is not None else None
     try:
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise FileWriteError(f"cannot write {shown}: {exc.strerror}") from None
     try:
@@ -166,14 +202,13 @@ def atomic_write(path: Path | str, data: str | bytes, *, mode: int | None = None
         if existing is not None and (existing.st_uid, existing.st_gid) != (os.getuid(), os.getgid()):
             with contextlib.suppress(PermissionError):  # only root may give a file away
                 os.chown(temporary, existing.st_uid, existing.st_gid)
-        os.replace(temporary, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         if isinstance(exc, OSError):
             raise FileWriteError(f"cannot write {shown}: {exc.strerror or exc}; the file is unchanged") from None
         raise
-    _fsync_directory(directory)
+    return temporary, path
 
 
 def _default_mode() -> int:

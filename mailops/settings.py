@@ -11,6 +11,7 @@ import datetime as dt
 import io
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,10 +19,24 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from mailops.errors import MailopsError
 from mailops.fileio import FileReadError, read_bytes, read_text, regular_file_problem
 
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
 DEFAULT_STATE_URL = "sqlite:///.mailops/state.db"
 ENV_FILE = ".env"
 MAX_ENV_FILE_BYTES = 1024 * 1024
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def known_zone(name: str) -> ZoneInfo:
+    """The IANA time zone ``name``, or ValueError: also for a name that is a directory of the zone
+    database (``America``), too long for a file name, or path-like."""
+    from zoneinfo import ZoneInfo
+
+    try:
+        return ZoneInfo(name)
+    except (KeyError, ValueError, OSError):  # not found is a KeyError, a path-like name a ValueError
+        raise ValueError(f"unknown time zone {name!r}") from None
 
 
 class SettingsError(MailopsError):
@@ -100,11 +115,9 @@ class Settings(BaseSettings):
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo
-
         try:
-            ZoneInfo(value)
-        except (KeyError, ValueError, OSError):  # not found is a KeyError, a path-like name a ValueError
+            known_zone(value)
+        except ValueError:
             raise ValueError(f"{value!r} is not a known time zone; use an IANA name such as Europe/Berlin") from None
         return value
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from sqlalchemy import text as sa_text
 from sqlalchemy import update
 from typer.testing import CliRunner
 
@@ -323,6 +324,15 @@ def test_the_days_are_the_business_time_zones_unless_told_otherwise(
         (["--out", "taken"], "Error: --out taken is a file, not a directory"),
         (["--out", "/proc/mailops-report"], "Error: cannot make the directory /proc/mailops-report"),
         (["--timezone", "Mars/Olympus"], "Error: unknown time zone"),
+        (["--timezone", "America"], "Error: unknown time zone `America`"),  # a directory of the zone database
+        (["--timezone", "A" * 300], "Error: unknown time zone"),  # too long for a file name
+        (["--since", "0001-01-01", "--until", "0001-01-05"], "Error: 0001-01-01 is not within the days a report"),
+        (["--until", "0001-01-10"], "Error: 0001-01-10 is not within the days a report covers"),
+        (["--since", "9999-12-01", "--until", "9999-12-31"], "Error: 9999-12-01 is not within the days a report"),
+        (
+            ["--since", "1926-03-05", "--until", "2026-03-05"],
+            "Error: the period 1926-03-05 to 2026-03-05 is 36,526",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(
@@ -340,21 +350,82 @@ def test_bad_input_is_one_line_and_writes_nothing(
 def test_a_failed_write_leaves_no_new_file(store: StateStore, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mailops.fileio
 
-    written: list[str] = []
-    real = mailops.fileio.atomic_write
+    staged: list[str] = []
+    real = mailops.fileio._stage
 
-    def full_disk_at_the_page(path: Path | str, data: str | bytes, *, mode: int | None = None) -> None:
+    def full_disk_at_the_page(path: Path, data: str | bytes, **options: Any) -> tuple[str, Path]:
         if str(path).endswith(".html"):
             raise mailops.fileio.FileWriteError(f"cannot write {path}: No space left on device; the file is unchanged")
-        written.append(str(path))
-        real(path, data, mode=mode)
+        staged.append(str(path))
+        return real(path, data, **options)
 
-    monkeypatch.setattr(mailops.fileio, "atomic_write", full_disk_at_the_page)
+    monkeypatch.setattr(mailops.fileio, "_stage", full_disk_at_the_page)
     code, output = report(*MARCH)
     assert code == 1
     assert "No space left on device" in output
-    assert len(written) == 7  # every CSV was written, then taken away again
+    assert len(staged) == 7  # every CSV was written under a temporary name, then taken away again
     assert list((workdir / "reports").iterdir()) == []
+
+
+def test_a_failed_report_leaves_the_page_and_its_csvs_of_the_last_one(store: StateStore, workdir: Path) -> None:
+    assert report("--since", "2026-03-04", "--until", "2026-03-05")[0] == 0
+    reports = workdir / "reports"
+    before = {path.name: path.read_bytes() for path in reports.iterdir()}
+    (reports / PAGE).chmod(0o444)  # the page, written last, cannot be replaced: not even by root
+    code, output = report(*MARCH)
+    assert code == 1
+    assert "read-only" in output
+    assert {path.name: path.read_bytes() for path in reports.iterdir()} == before  # no temporary file either
+    headline = (reports / "outbox-2026-03-05-headline.csv").read_text(encoding="utf-8")
+    assert "\nperiod,2026-03-04,2026-03-05," in headline
+
+
+def test_a_symlink_in_the_directory_is_replaced_not_followed(store: StateStore, workdir: Path) -> None:
+    reports, elsewhere = workdir / "reports", workdir / "elsewhere"
+    reports.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "precious.conf").write_text("keep me", encoding="utf-8")
+    planted = {
+        "outbox-2026-03-05-latest-failures.csv": elsewhere / "precious.conf",  # an existing file
+        "outbox-2026-03-05-classes.csv": elsewhere / "made-by-mailops",  # a file it would create
+    }
+    for name, target in planted.items():
+        (reports / name).symlink_to(target)
+    code, output = report(*MARCH)
+    assert code == 0, output
+    assert (elsewhere / "precious.conf").read_text(encoding="utf-8") == "keep me"
+    assert sorted(path.name for path in elsewhere.iterdir()) == ["precious.conf"]
+    for name in planted:
+        assert not (reports / name).is_symlink()
+        assert (reports / name).read_text(encoding="utf-8").startswith(("time,", "class,"))
+
+
+def test_a_carriage_return_in_a_cell_stays_in_its_cell(store: StateStore, workdir: Path) -> None:
+    # A spreadsheet ends a row at a bare CR: unquoted, the rest would be a cell of its own, starting with `=`.
+    hostile_failure(store, at(5, 12), subject="Rechnung 42\r=cmd|' /C calc'!A0", reply="550 no\rmore")
+    code, output = report(*MARCH)
+    assert code == 0, output
+    with (workdir / "reports" / "outbox-2026-03-05-latest-failures.csv").open(encoding="utf-8", newline="") as file:
+        rows = list(csv.reader(file))
+    assert {len(row) for row in rows} == {len(rows[0])}  # no row broken into two
+    [hostile] = [row for row in rows if row[3].startswith("Rechnung")]
+    assert hostile[3] == "Rechnung 42\r=cmd|' /C calc'!A0"
+    assert "550 no\rmore" in hostile
+    assert all(not cell.startswith("=") for row in rows for cell in row)
+
+
+def test_a_text_in_the_store_that_is_not_utf8_is_one_error_line(store: StateStore, workdir: Path) -> None:
+    hostile_failure(store, at(5, 12), subject="placeholder", reply="550 no")
+    with store.session() as session:
+        session.execute(
+            update(OutboxRow)
+            .where(OutboxRow.subject == "placeholder")
+            .values(subject=sa_text("CAST(X'4142FF80' AS TEXT)"))
+        )
+    code, output = report(*MARCH)
+    assert code == 1
+    assert output.startswith("Error: the state store") and "UTF-8" in output
+    assert len(output.strip().splitlines()) == 1
 
 
 def test_the_store_counts_and_a_narrow_load_agree_with_a_full_load(store: StateStore) -> None:

@@ -699,7 +699,8 @@ def mutate_text(draw: Draw, text: str, steps: list[str], kinds: list[str]) -> st
         steps.append(f"append key with {new!r:.200}")
         return text + ("\n" if text and not text.endswith("\n") else "") + f"extra: {new}\n"
     if kind == "insert_character":
-        character = draw(st.one_of(st.sampled_from(ODD_CHARACTERS), st.characters()))
+        # A file holds no lone surrogate (it is not UTF-8); the byte mutations write broken UTF-8.
+        character = draw(st.one_of(st.sampled_from(ODD_CHARACTERS), st.characters(codec="utf-8")))
         position = draw(st.integers(0, len(text)))
         steps.append(f"insert {character!r} at {position}")
         return text[:position] + character + text[position:]

@@ -556,6 +556,41 @@ def test_terminal_escapes_in_stored_mail_are_shown_escaped(engine_env, mail_serv
     assert "Pay\\x1b[31m now" in shown[1].stdout  # escaped, still readable
 
 
+def test_a_stored_message_name_that_is_no_hash_is_refused_and_a_status_typo_is_a_usage_error(
+    engine_env, mail_servers, new_account
+) -> None:
+    """A damaged or hostile row of the state store (a shared database) names a file outside the message
+    directory: it is neither read nor named. A status nobody has would show an empty list: a usage error."""
+    support = new_account()
+    write_spec(engine_env, mail_servers, [support], {support.address: ticket()})
+    accounts = (engine_env / "config" / "accounts.yaml").read_text(encoding="utf-8")
+    (engine_env / "config" / "accounts.yaml").write_text(
+        accounts.replace("    ticket:", "    archive: {enabled: true, retention_days: 30}\n    ticket:", 1),
+        encoding="utf-8",
+    )
+    assert run("apply", "--auto-approve").exit_code == 0
+    box = mail_servers.users.maildir(support.address)
+    for key in list(box.keys()):
+        box.remove(key)
+    Mailbox(mail_servers, support).append(mail("Hello", "<hello@example.org>"))
+    assert run("run", "--once").exit_code == 0
+    [message] = rows(engine_env, "messages")
+    secret = engine_env / "secret.eml"
+    secret.write_text("Subject: not for you\r\n\r\nsecret\r\n", encoding="utf-8")
+    with sqlite3.connect(engine_env / "state.db") as connection:
+        connection.execute("UPDATE messages SET raw_sha256 = ?", (f"../../{secret.with_suffix('')}",))
+    [listed] = json.loads(run("--as", "alice", "tickets", "list", "--json").stdout)
+    for command in (["archive", "show", str(message["id"])], ["tickets", "show", str(listed["id"])]):
+        shown = run("--as", "alice", *command)
+        assert shown.exit_code == 1
+        assert "which is no SHA-256" in shown.stderr
+        assert "secret" not in shown.stdout
+    for command in (["tickets", "list"], ["outbox", "list"]):
+        typo = run("--as", "alice", *command, "--status", "opne")
+        assert typo.exit_code == 2
+        assert "'opne' is none of" in typo.stderr
+
+
 def test_one_failing_account_does_not_stop_the_others(engine_env, mail_servers, new_account, monkeypatch) -> None:
     good, disconnected, locked_out = new_account(), new_account(), new_account()
     accounts = [good, disconnected, locked_out]

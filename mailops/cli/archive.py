@@ -89,9 +89,9 @@ def show_entry(
         entry = Archive(store).entry(entry_id)
         if entry is None or (visible is not None and entry.account not in visible):
             raise MailopsError(f"no archive entry {entry_id}")  # the same answer for one this user may not see
-    raw_store = RawStore(message_dir_of(settings))
-    record = public_record(entry.as_dict()) | {"raw_file": raw_file(raw_store, entry.raw_sha256, entry.raw_kept)}
-    record["text"] = message_text(raw_store, entry.raw_sha256)
+        raw_store = RawStore(message_dir_of(settings))
+        record = public_record(entry.as_dict()) | {"raw_file": raw_file(raw_store, entry.raw_sha256, entry.raw_kept)}
+        record["text"] = message_text(raw_store, entry.raw_sha256)
     if as_json:
         typer.echo(json.dumps(record, indent=2))
         return

@@ -8,7 +8,7 @@ module prints a traceback for a mistake a user can make.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -36,6 +36,13 @@ def fail(message: str, *, code: int = 1) -> NoReturn:
     for line in message.splitlines() or [""]:
         typer.echo(f"Error: {printable(line)}", err=True)
     raise typer.Exit(code)
+
+
+def check_choice(value: str | None, choices: Iterable[str], option: str) -> None:
+    """A usage error (exit 2) when ``value`` is given and none of ``choices``: a typo filters out everything."""
+    allowed = list(choices)
+    if value is not None and value not in allowed:
+        raise typer.BadParameter(f"{value!r} is none of {', '.join(allowed)}.", param_hint=f"'{option}'")
 
 
 def settings_of(ctx: typer.Context, config_dir: Path | None = None) -> Settings:

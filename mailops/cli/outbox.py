@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from mailops.cli.app import app
-from mailops.cli.common import ConfigDirOption, fail, load_spec_or_exit, open_store, reported_errors, settings_of
+from mailops.cli.common import (
+    ConfigDirOption,
+    check_choice,
+    fail,
+    load_spec_or_exit,
+    open_store,
+    reported_errors,
+    settings_of,
+)
 
 if TYPE_CHECKING:
     from mailops.engine.send import SendResult
@@ -139,7 +147,7 @@ def _visible(loaded: LoadedSpec, store: StateStore, actor: Actor) -> set[str] | 
 @outbox_app.command("list")
 def list_entries(
     ctx: typer.Context,
-    status: str | None = typer.Option(None, "--status", help="queued, sent or failed."),
+    status: str | None = typer.Option(None, "--status", help="queued, sent, failed or bounced."),
     account: str | None = typer.Option(None, "--account", help="Only this account."),
     project: str | None = typer.Option(None, "--project", help="Only this project / sales channel."),
     error_class: str | None = typer.Option(None, "--class", help="Only this error class."),
@@ -149,8 +157,9 @@ def list_entries(
     config_dir: Path | None = ConfigDirOption,
 ) -> None:
     """The latest attempts, with To, CC and BCC told apart, and each failure's class and remedy."""
-    from mailops.state.outbox import Outbox
+    from mailops.state.outbox import Outbox, OutboxStatus
 
+    check_choice(status, OutboxStatus, "--status")
     _settings, loaded, actor, store = _context(ctx, config_dir)
     with reported_errors(as_json=as_json):
         entries = Outbox(store).entries(
@@ -290,7 +299,7 @@ def export(
     import pandas as pd
 
     from mailops.fileio import atomic_write
-    from mailops.outbox.analysis import spreadsheet_safe
+    from mailops.outbox.analysis import spreadsheet_csv
     from mailops.state.outbox import Outbox
 
     if format not in ("csv", "parquet"):
@@ -306,12 +315,12 @@ def export(
             for key in ("to", "cc", "bcc"):
                 row[key] = "; ".join(row[key])
         frame = pd.DataFrame(rows, columns=list(_public_columns()))
-        buffer = io.BytesIO()
         if format == "csv":  # opened in spreadsheets too: text that would run as a formula is marked as text
-            spreadsheet_safe(frame).to_csv(buffer, index=False)
+            atomic_write(out, spreadsheet_csv(frame))
         else:
+            buffer = io.BytesIO()
             frame.to_parquet(buffer, index=False)
-        atomic_write(out, buffer.getvalue())
+            atomic_write(out, buffer.getvalue())
     typer.echo(f"Wrote {len(frame)} entr{'y' if len(frame) == 1 else 'ies'} to {out}.")
 
 

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from mailops.cli.app import app
-from mailops.cli.common import ConfigDirOption, load_spec_or_exit, open_store, reported_errors, settings_of
+from mailops.cli.common import (
+    ConfigDirOption,
+    check_choice,
+    load_spec_or_exit,
+    open_store,
+    reported_errors,
+    settings_of,
+)
 
 if TYPE_CHECKING:
     from mailops.engine.visibility import Actor
@@ -253,8 +260,9 @@ def list_tickets(
     config_dir: Path | None = ConfigDirOption,
 ) -> None:
     """The latest tickets the acting user may see."""
-    from mailops.state.tickets import Tickets
+    from mailops.state.tickets import Tickets, TicketStatus
 
+    check_choice(status, TicketStatus, "--status")
     _settings, visible, store = reading_context(ctx, config_dir, as_json=as_json)
     records = Tickets(store)
     with reported_errors(as_json=as_json):
@@ -312,8 +320,10 @@ def show_ticket(
         if ticket is None or (visible is not None and ticket.account not in visible):
             raise MailopsError(f"no ticket {ticket_id}")  # the same answer for one this user may not see
         messages = records.messages(ticket_id=ticket_id)
-    raw_store = RawStore(message_dir_of(settings))
-    mails = [public_record(m.as_dict()) | {"raw_file": raw_file(raw_store, m.raw_sha256, m.raw_kept)} for m in messages]
+        raw_store = RawStore(message_dir_of(settings))
+        mails = [
+            public_record(m.as_dict()) | {"raw_file": raw_file(raw_store, m.raw_sha256, m.raw_kept)} for m in messages
+        ]
     if as_json:
         typer.echo(json.dumps(public_record(ticket.as_dict()) | {"messages": mails}, indent=2))
         return

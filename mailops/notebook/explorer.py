@@ -335,7 +335,7 @@ class OutboxExplorer:
 
     def _export(self) -> None:
         from mailops.fileio import atomic_write
-        from mailops.outbox.analysis import spreadsheet_safe
+        from mailops.outbox.analysis import spreadsheet_csv
         from mailops.outbox.classify import remedy
 
         path = Path(str(self.export_path.value).strip()).expanduser()
@@ -348,12 +348,12 @@ class OutboxExplorer:
         for rows in self._source.export():
             classes = rows["class"]
             remedies = classes.map({name: remedy(str(name)).short for name in classes.cat.categories})
-            parts.append(spreadsheet_safe(rows.assign(remedy=remedies)).to_csv(index=False, header=not parts))
+            parts.append(spreadsheet_csv(rows.assign(remedy=remedies), header=not parts))
             written += len(rows)
         if not parts:  # no row: the header alone
             from mailops.outbox.analysis import COLUMNS
 
-            parts.append(",".join([*COLUMNS, "remedy"]) + "\n")
+            parts.append(",".join([*COLUMNS, "remedy"]) + "\r\n")
         try:
             atomic_write(path, "".join(parts))
         except MailopsError as exc:

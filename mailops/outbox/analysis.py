@@ -88,7 +88,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import zoneinfo
 from collections.abc import Collection, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -461,10 +460,15 @@ def _fetch(session: Session, query: Select[*tuple[Any, ...]]) -> list[tuple[Any,
     expression, row by row) cost three times the fetch itself. The typing is done per column, in
     :func:`_frame_of`.
     """
+    from sqlalchemy.exc import DBAPIError
+
     result = session.connection().execute(query)
-    rows = list(result.cursor.fetchall())
-    result.close()
-    return rows
+    try:
+        return list(result.cursor.fetchall())
+    except session.get_bind().dialect.loaded_dbapi.Error as exc:  # as SQLAlchemy's own fetch wraps it (a text
+        raise DBAPIError(None, None, exc) from None  # that is not UTF-8, say): the store's session reports it
+    finally:
+        result.close()
 
 
 def _cut(rows: list[tuple[Any, ...]], names: list[str]) -> dict[str, pd.Series]:
@@ -693,6 +697,14 @@ def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**changed) if changed else frame
 
 
+def spreadsheet_csv(frame: pd.DataFrame, *, header: bool = True) -> str:
+    """``frame`` as CSV text for a spreadsheet (see :func:`spreadsheet_safe`). Lines end in CRLF (RFC 4180), so
+    that a cell holding a carriage return or a line feed is quoted: a bare CR would end the row in a
+    spreadsheet and start a cell of its own, formula marks or not."""
+    text: str = spreadsheet_safe(frame).to_csv(index=False, header=header, lineterminator="\r\n")
+    return text
+
+
 def spreadsheet_text(table: pa.Table) -> pa.Table:
     """The texts of a CSV that :func:`spreadsheet_safe` wrote, as they were: one leading ``'`` taken off."""
     for position, name in enumerate(table.column_names):
@@ -748,9 +760,11 @@ def seed_frame(seed: pd.DataFrame) -> pd.DataFrame:
 
 
 def _zone(name: str, *, error: type[MailopsError] = AnalysisError) -> str:
+    from mailops.settings import known_zone
+
     try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        known_zone(name)
+    except ValueError:
         raise error(f"unknown time zone {quoted(name)} (an IANA name such as Europe/Berlin)") from None
     return name
 

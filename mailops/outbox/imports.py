@@ -9,7 +9,6 @@ Importing the same file again adds nothing: a row is known by a digest of its fi
 from __future__ import annotations
 
 import hashlib
-import zoneinfo
 from collections import Counter
 from email.utils import getaddresses
 from pathlib import Path
@@ -36,9 +35,11 @@ def import_seed_log(store: StateStore, attempts: list[ImportedAttempt]) -> int:
 def read_import(path: Path | str, *, timezone: str = "Europe/Berlin") -> list[ImportedAttempt]:
     """The log at ``path`` (see :func:`read_seed_log` for its form) as imported attempts; read whole
     before anything is stored, so that a file that cannot be read changes nothing."""
+    from mailops.settings import known_zone
+
     try:
-        zoneinfo.ZoneInfo(timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        known_zone(timezone)
+    except ValueError:
         raise OutboxLogError(f"unknown time zone {quoted(timezone)} (an IANA name such as Europe/Berlin)") from None
     return imported_attempts(read_seed_log(path, timezone=timezone), timezone=timezone)
 

@@ -17,7 +17,6 @@ account statuses it passes in.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import os
 import zoneinfo
 from collections.abc import Collection, Iterable, Mapping
@@ -34,6 +33,10 @@ if TYPE_CHECKING:
     from mailops.state.store import StateStore
 
 DEFAULT_DAYS = 30
+# A report's days, and those of the period before that it is compared with, lie within pandas' times
+# (1677 to 2262); a period longer than ten years is a typo in a year, which would count for minutes.
+EARLIEST_DAY, LATEST_DAY = dt.date(1900, 1, 1), dt.date(2199, 12, 31)
+MAX_DAYS = 3660
 DEFAULT_TIMEZONE = "Europe/Berlin"
 TOP_CLASSES = 5
 TOP_DOMAINS = 10
@@ -78,14 +81,27 @@ def period(
 ) -> Period:
     """The period from ``since`` to ``until``; without ``until`` it ends today (in ``timezone``), without
     ``since`` it is :data:`DEFAULT_DAYS` long. :class:`ReportError` when it would end before it starts."""
+    from mailops.settings import known_zone
+
     try:
-        zone = zoneinfo.ZoneInfo(timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        zone = known_zone(timezone)
+    except ValueError:
         raise ReportError(f"unknown time zone {quoted(timezone)} (an IANA name such as Europe/Berlin)") from None
     last = until or today or dt.datetime.now(zone).date()
-    first = since or last - dt.timedelta(days=DEFAULT_DAYS - 1)
+    for day in (since, last):
+        if day is not None and not EARLIEST_DAY <= day <= LATEST_DAY:
+            raise ReportError(
+                f"{day.isoformat()} is not within the days a report covers, "
+                f"{EARLIEST_DAY.isoformat()} to {LATEST_DAY.isoformat()}"
+            )
+    first = since or max(last - dt.timedelta(days=DEFAULT_DAYS - 1), EARLIEST_DAY)
     if first > last:
         raise ReportError(f"--since {first.isoformat()} is after --until {last.isoformat()}")
+    if (last - first).days + 1 > MAX_DAYS:
+        raise ReportError(
+            f"the period {first.isoformat()} to {last.isoformat()} is {(last - first).days + 1:,} days long; "
+            f"a report covers at most {MAX_DAYS:,} days (ten years)"
+        )
     return Period(first, last, timezone)
 
 
@@ -233,29 +249,19 @@ def _latest(frame: pd.DataFrame, timezone: str) -> pd.DataFrame:
 def write_report(report: Report, directory: Path) -> Path:
     """Write the page and its CSVs into ``directory`` (made when missing); the page's path.
 
-    Everything is rendered before the first file is written; each file is written
-    atomically, the page last. When a write fails, the files this call created are removed
-    again and :class:`ReportError` (or ``FileWriteError``) says why.
+    Everything is rendered and written under temporary names before the first file is
+    replaced, the page last: when a write fails, every file is as it was and
+    :class:`ReportError` (or ``FileWriteError``) says why. A symlink in the directory under
+    one of the files' names is replaced, never followed: the directory may be shared.
     """
-    from mailops.fileio import atomic_write
+    from mailops.fileio import write_together
     from mailops.report.html import render
 
     page = render(report)
-    files = {f"{report.stem}-{name}.csv": _csv(table) for name, table in report.tables().items()}
-    files[f"{report.stem}.html"] = page.encode("utf-8")
+    files = {directory / f"{report.stem}-{name}.csv": _csv(table) for name, table in report.tables().items()}
+    files[directory / f"{report.stem}.html"] = page.encode("utf-8")
     _usable_directory(directory)
-    created: list[Path] = []
-    try:
-        for name, data in files.items():
-            path = directory / name
-            new = not path.exists()
-            atomic_write(path, data)
-            if new:
-                created.append(path)
-    except BaseException:
-        for path in created:
-            path.unlink(missing_ok=True)
-        raise
+    write_together(files, follow_symlinks=False)
     return directory / f"{report.stem}.html"
 
 
@@ -272,8 +278,6 @@ def _usable_directory(directory: Path) -> None:
 
 def _csv(table: pd.DataFrame) -> bytes:
     """The table as UTF-8 CSV; a text cell that a spreadsheet would run as a formula starts with ``'``."""
-    from mailops.outbox.analysis import spreadsheet_safe
+    from mailops.outbox.analysis import spreadsheet_csv
 
-    buffer = io.StringIO()
-    spreadsheet_safe(table).to_csv(buffer, index=False, lineterminator="\n")
-    return buffer.getvalue().encode("utf-8")
+    return spreadsheet_csv(table).encode("utf-8")

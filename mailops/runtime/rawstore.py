@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import threading
 import time
@@ -38,7 +39,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from mailops.fileio import FileWriteError, read_bytes
+from mailops.fileio import FileReadError, FileWriteError, read_bytes
 from mailops.settings import Settings
 from mailops.state.location import sqlite_file
 
@@ -46,6 +47,7 @@ MAX_MESSAGE_BYTES = 1024 * 1024 * 1024  # what `read` accepts; mail servers refu
 SYNC_THREADS = 32  # files synced at once where each needs its own fsync: enough to share a journal commit
 ORPHAN_GRACE_SECONDS = 24 * 3600  # an unreferenced file younger than this may be another importer's, in flight
 ORPHAN_SWEEP_EVERY_SECONDS = 24 * 3600  # the sweep reads every file's age: not on every pass of the worker
+_SHA256_HEX = re.compile("[0-9a-f]{64}")
 _SWEPT_MARK = ".orphans-swept"  # in the store's directory: its time of change is when the last sweep began
 
 _pool: ThreadPoolExecutor | None = None
@@ -92,10 +94,13 @@ class RawStore:
         self._sweeping = threading.Lock()  # the accounts of a pass share the store: one sweep at a time
 
     def path_of(self, sha256: str) -> Path:
-        return self.directory / sha256[:2] / f"{sha256}.eml"
+        return Path(self._file_of(sha256))
 
     def _file_of(self, sha256: str) -> str:
-        # path_of as a string: a batch looks up many, and pathlib costs more than the look.
+        # A name read from the state store is checked: a damaged or hostile row could name `../../x`.
+        if _SHA256_HEX.fullmatch(sha256) is None:
+            raise FileReadError(f"the state store names a stored message {sha256[:80]!r}, which is no SHA-256")
+        # A string, not a Path: a batch looks up many, and pathlib costs more than the look.
         return os.path.join(self.directory, sha256[:2], f"{sha256}.eml")
 
     def put(self, raw: bytes) -> str:
