@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 from typer.testing import CliRunner
 
 from mailops.cli import app
@@ -188,6 +189,22 @@ def test_read_only_commands_create_no_state(write_config, tmp_path: Path, monkey
         assert run(*command).exit_code == 0, command
     assert run("force-unlock", "some-id").exit_code == 1
     assert not (tmp_path / ".mailops").exists()
+
+
+def test_a_new_sqlite_store_and_its_journal_are_readable_by_the_owner_only(tmp_path: Path) -> None:
+    """The store holds who wrote to whom about what (and whole mails while the outbox keeps them)."""
+    database = tmp_path / ".mailops" / "state.db"
+    previous = os.umask(0o022)
+    try:
+        store = StateStore.open(f"sqlite:///{database}")
+        store.record_account("a@example.com", "manual", {}, "connected")
+        with store.session() as session:  # a write under way: the rollback journal is beside the store
+            session.execute(sqlalchemy.text("UPDATE accounts SET status = 'error'"))
+            modes = {path.name: path.stat().st_mode & 0o777 for path in database.parent.iterdir()}
+        store.close()
+    finally:
+        os.umask(previous)
+    assert modes == {"state.db": 0o600, "state.db-journal": 0o600}
 
 
 # -- 8. import is atomic ----------------------------------------------------------------

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, inspect, select, text
@@ -121,6 +122,7 @@ class StateStore:
                 return cls(create_engine("sqlite://"), shown_url=shown, empty=True)
             if sqlite is not None and create:
                 sqlite.parent.mkdir(parents=True, exist_ok=True)
+                _create_private(sqlite)
             engine = create_engine(url)
             sqlite_engine = engine.dialect.name == "sqlite"
             if sqlite_engine:  # readers too wait for a writer, such as another process migrating the store
@@ -382,3 +384,14 @@ def _current_user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return f"uid {os.getuid()}"
+
+
+def _create_private(path: Path) -> None:
+    """Create the SQLite file ``path`` readable by its owner only, unless it exists: it holds who wrote to whom
+    about what, and whole mails while the outbox keeps them. SQLite gives its journal and WAL files the
+    mode of the database."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    os.close(descriptor)
