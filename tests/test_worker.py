@@ -618,6 +618,25 @@ def test_one_failing_account_does_not_stop_the_others(engine_env, mail_servers, 
     assert only.exit_code == 0 and only.stdout == f"{good.address}: imported 0, skipped 0\n"
 
 
+def test_an_account_in_error_is_worked_on_unless_its_failure_needs_a_person(
+    engine_env, mail_servers, new_account
+) -> None:
+    """A timeout that `mailops check` saw (a network blip) does not keep the worker away until the next check;
+    a refused login does: trying it on every pass could get the account locked out."""
+    blipped, refused = new_account(), new_account()
+    applied(engine_env, mail_servers, [blipped, refused], {blipped.address: ticket(), refused.address: ticket()})
+    for account in (blipped, refused):
+        Mailbox(mail_servers, account).append(mail(f"For {account.address}", f"<{account.address}.1@example.org>"))
+    store = StateStore.open(f"sqlite:///{engine_env / 'state.db'}")
+    store.set_status(blipped.address, "error", error_class="timeout", error="IMAP timeout after 0.001 s")
+    store.set_status(refused.address, "error", error_class="auth", error="535 authentication failed")
+    result = run("run", "--once")
+    assert result.exit_code == 1
+    assert f"{blipped.address}: imported 1, skipped 0\n" in result.stdout
+    assert f"{refused.address}: failed (auth): {refused.address} is not connected (status error)" in result.stderr
+    assert {row["subject"] for row in rows(engine_env, "messages")} == {f"For {blipped.address}"}
+
+
 def test_garbage_bytes_are_stored_and_indexed_with_what_can_be_read(engine_env, mail_servers, new_account) -> None:
     support = new_account()
     applied(engine_env, mail_servers, [support], {support.address: ticket()})

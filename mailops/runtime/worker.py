@@ -196,8 +196,15 @@ def _needs_reconnect(store: StateStore, address: str, error: TransportError) -> 
         pass  # the store failed too: the pass reports the login's error, the next one tries again
 
 
+# The failures after which a login can only fail again until a person acts: trying on every pass would
+# repeat the refusal, and a server may lock an account out after repeated failed logins.
+_NEEDS_A_PERSON = frozenset({FailureClass.AUTH, FailureClass.SECRET, FailureClass.TOKEN})
+
+
 def _not_ready(store: StateStore, address: str) -> TransportError | None:
-    """Why ``address`` cannot be worked on now (not applied, not connected); None when it can. A
+    """Why ``address`` cannot be worked on now (not applied, not connected); None when it can. An account in
+    `error` is worked on unless its failure needs a person (a refused login, a missing secret): a timeout or a
+    lost connection that `mailops check` saw, or a failure of its SMTP side, does not keep the worker away. A
     disconnected account keeps the class of the failure that disconnected it."""
     live = store.account(address)
     if live is None:
@@ -209,6 +216,8 @@ def _not_ready(store: StateStore, address: str) -> TransportError | None:
         failure = FailureClass(live.last_error_class or FailureClass.LOCAL)
     except ValueError:
         failure = FailureClass.LOCAL
+    if live.status == AccountStatus.ERROR and failure not in _NEEDS_A_PERSON:
+        return None
     reason = f": {live.last_error}" if live.last_error else ""
     return TransportError(
         failure,
