@@ -447,6 +447,45 @@ def test_an_expired_grant_names_its_remedy(oauth_env, mail_servers, idp, new_oau
     assert "AADSTS700082" in checked[0]["error"]
 
 
+def test_an_identity_provider_outage_is_a_connection_failure_not_a_lost_grant(
+    oauth_env, mail_servers, idp, new_oauth_account
+) -> None:
+    """A 503 from the token endpoint: msal raises instead of answering an error. The grant may be fine, so the
+    account is in `error` (class connect, which the worker still tries), not `needs_reconnect`."""
+    address = new_oauth_account()
+    write_spec(oauth_env, idp, account_yaml(mail_servers, address))
+    assert connect(address, Person(idp, address)).status == "connected"
+    idp.fail_refresh(address, error="temporarily_unavailable", description="Service unavailable", status=503)
+    idp.expire_access_tokens(address)
+    checked = run("check", "--json")
+    assert checked.exit_code == 1
+    [account] = json.loads(checked.stdout)
+    assert (account["status"], account["error_class"]) == ("error", "connect")
+    assert "the Microsoft identity platform at" in account["error"]
+    shown = run("check")
+    assert shown.exit_code == 1
+    assert "connect" in shown.stdout and "mailops uses no HTTPS proxy" in shown.stdout
+    assert "Traceback" not in shown.output
+
+
+@pytest.mark.parametrize(
+    "authority",
+    ["https://127.0.0.1:1", "{base}/organizations"],  # nothing listens; the tenant written into the authority
+)
+def test_an_identity_platform_that_cannot_be_used_is_one_error_line(
+    oauth_env, mail_servers, idp, new_oauth_account, authority: str
+) -> None:
+    address = new_oauth_account()
+    write_spec(oauth_env, idp, account_yaml(mail_servers, address))
+    defaults = oauth_env / "config" / "defaults.yaml"
+    text = defaults.read_text(encoding="utf-8")
+    defaults.write_text(text.replace(f"'{idp.base_url}'", f"'{authority.format(base=idp.base_url)}'"), "utf-8")
+    result = run("connect", address, "--device-code")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: OAUTH connect: the Microsoft identity platform at ")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_smtp_auth_switched_off_is_its_own_class(oauth_env, mail_servers, idp, new_oauth_account) -> None:
     address = new_oauth_account()
     write_spec(oauth_env, idp, account_yaml(mail_servers, address))

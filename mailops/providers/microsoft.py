@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from mailops.providers.base import CredentialContext, register
@@ -79,23 +81,24 @@ class MicrosoftProvider(OAuthProvider):
         show: Show,
         cancel: threading.Event,
     ) -> Consented:
-        client, cache = _client(context, stored)
         wanted = self.consenting_identity(account)
-        if method == "device-code":
-            flow = client.initiate_device_flow(scopes=list(SCOPES))
-            if "user_code" not in flow:
-                raise ConsentError(f"the device code flow did not start: {_describe(flow)}")
-            show(flow["message"])
-            # msal looks at the exit condition once a second while it polls (its default: the code expired).
-            result = client.acquire_token_by_device_flow(
-                flow, exit_condition=lambda flow: cancel.is_set() or flow.get("expires_at", 0) < time.time()
-            )
-        else:
-            # login_hint and select_account: the browser's signed-in account is never taken silently.
-            with consent_browser(show, wanted, cancel):
-                result = client.acquire_token_interactive(
-                    list(SCOPES), login_hint=wanted, prompt="select_account", timeout=600
+        with _identity_platform(context.apps):
+            client, cache = _client(context, stored)
+            if method == "device-code":
+                flow = client.initiate_device_flow(scopes=list(SCOPES))
+                if "user_code" not in flow:
+                    raise ConsentError(f"the device code flow did not start: {_describe(flow)}")
+                show(flow["message"])
+                # msal looks at the exit condition once a second while it polls (its default: the code expired).
+                result = client.acquire_token_by_device_flow(
+                    flow, exit_condition=lambda flow: cancel.is_set() or flow.get("expires_at", 0) < time.time()
                 )
+            else:
+                # login_hint and select_account: the browser's signed-in account is never taken silently.
+                with consent_browser(show, wanted, cancel):
+                    result = client.acquire_token_interactive(
+                        list(SCOPES), login_hint=wanted, prompt="select_account", timeout=600
+                    )
         if not result or "access_token" not in result:
             raise ConsentError(f"the sign-in did not complete: {_describe(result or {})}")
         claims = result.get("id_token_claims") or {}
@@ -105,16 +108,43 @@ class MicrosoftProvider(OAuthProvider):
         return Consented(identity=identity, cache=cache.serialize())
 
     def access_token(self, account: Account, context: CredentialContext, stored: str, identity: str) -> Token:
-        client, cache = _client(context, stored)
-        accounts = client.get_accounts(username=identity)
-        if not accounts:
-            raise TransportError(
-                FailureClass.TOKEN, f"no token of {identity} is stored for {account.address}", protocol="oauth"
-            )
-        result = client.acquire_token_silent_with_error(list(SCOPES), account=accounts[0])
+        with _identity_platform(context.apps):
+            client, cache = _client(context, stored)
+            accounts = client.get_accounts(username=identity)
+            if not accounts:
+                raise TransportError(
+                    FailureClass.TOKEN, f"no token of {identity} is stored for {account.address}", protocol="oauth"
+                )
+            result = client.acquire_token_silent_with_error(list(SCOPES), account=accounts[0])
         if not result or "access_token" not in result:
             raise _refused(result or {})
         return Token(result["access_token"], cache.serialize() if cache.has_state_changed else None)
+
+
+UNREACHABLE_REMEDY = (
+    "The Microsoft identity platform could not be reached, or it answered with an error: the grant may well be "
+    "fine. Check `oauth.microsoft.authority` and `tenant` in defaults.yaml, and that this host reaches the "
+    "authority directly (mailops uses no HTTPS proxy); otherwise try again later."
+)
+
+
+@contextmanager
+def _identity_platform(apps: OAuthApps) -> Iterator[None]:
+    """What msal raises when the identity platform cannot be reached or answers with an error (requests'
+    errors are OSErrors; an authority msal cannot use is a ValueError), as a connection failure."""
+    import msal
+
+    try:
+        yield
+    except (OSError, ValueError, msal.exceptions.MsalError) as exc:
+        app = _app_of(apps)
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise TransportError(
+            FailureClass.CONNECT,
+            f"the Microsoft identity platform at {app.authority}/{app.tenant}: {detail}",
+            protocol="oauth",
+            remedy=UNREACHABLE_REMEDY,
+        ) from None
 
 
 def _app_of(apps: OAuthApps) -> MicrosoftApp:
