@@ -16,9 +16,11 @@ import pytest
 from typer.testing import CliRunner
 
 from mailops.cli import app
+from mailops.runtime.archive import message_text
 from mailops.runtime.autoreply import own_addresses, why_not_answer
 from mailops.runtime.dsn import read_delivery_report
-from mailops.runtime.headers import header_block
+from mailops.runtime.headers import MAX_MIME_BOUNDARIES, header_block
+from mailops.runtime.rawstore import RawStore
 from tests.test_send import outbox_rows, received
 from tests.test_worker import MAILOPS, Mailbox, rows, run, stored, ticket
 
@@ -720,6 +722,26 @@ def test_a_report_is_read_as_rfc_3464_writes_it() -> None:
         b"Final-Recipient: rfc822; x@example.net\r\nAction: delayed\r\nStatus: 4.4.1\r\n\r\n--b--"
     )
     assert delayed is not None and delayed.failed == () and delayed.original_ids() == ("<m-2@example.com>",)
+
+
+def test_a_report_with_more_parts_than_a_report_has_is_not_parsed_and_no_report_is_answered(tmp_path: Path) -> None:
+    """A crafted multipart/report of thousands of empty parts (or nested deep) would hold Python's parser for
+    minutes: it is not read as a delivery report, its text is not searched, and, a report still, it gets no
+    auto-reply. Neither does a read receipt."""
+    head = b"From: MAILER-DAEMON@mx\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
+    wide = head + b"--b\r\n\r\n" * (MAX_MIME_BOUNDARIES + 1) + b"--b--\r\n"
+    assert read_delivery_report(wide) is None
+    bounded = head + b"--b\r\n\r\n" * (MAX_MIME_BOUNDARIES - 1) + b"--b--\r\n"  # the closing line is one too
+    assert read_delivery_report(bounded) is not None
+    assert why_not_answer(header_block(wide), frozenset()) == "a report (multipart/report)"
+    receipt = (
+        b"From: person@example.org\r\nContent-Type: multipart/report; report-type=disposition-notification\r\n\r\n"
+    )
+    assert why_not_answer(header_block(receipt), frozenset()) == "a report (multipart/report)"
+    store = RawStore(tmp_path)
+    [bomb, letter] = store.put_many([wide, b"Subject: x\r\n\r\nfind me\r\n"])
+    assert message_text(store, bomb) == ""
+    assert "find me" in message_text(store, letter)
 
 
 def test_own_addresses_include_aliases(example_config) -> None:

@@ -20,6 +20,7 @@ from email.message import EmailMessage
 from email.policy import default
 
 from mailops.fileio import FileReadError
+from mailops.runtime.headers import parts_are_bounded
 from mailops.runtime.rawstore import RawStore
 from mailops.spec.models import Account
 from mailops.state.archive import Archive
@@ -88,6 +89,8 @@ def message_text(raw_store: RawStore, sha256: str) -> str:
         raw = raw_store.read(sha256)
     except FileReadError:
         return ""
+    if not parts_are_bounded(raw):
+        return ""  # a MIME bomb: parsing it would take minutes
     try:
         message = message_from_bytes(raw, policy=default)
     except Exception:  # noqa: BLE001 - mail from anywhere: what cannot be parsed has no text to search

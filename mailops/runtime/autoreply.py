@@ -11,7 +11,8 @@ talk to each other forever:
 - a robot's address in From, Sender or Return-Path: mailer-daemon, postmaster, no-reply and its
   spellings, bounces, ``owner-*``, ``*-request``;
 - our own addresses (every account of the spec and its aliases) in From, Sender or Return-Path;
-- a delivery status notification (the importer does not even ask);
+- a delivery status notification (the importer does not even ask), and any other report
+  (``multipart/report``: a read receipt, or a delivery report with more parts than one has);
 - mail older than :data:`REPLY_WITHIN`: a first pass over a full mailbox, or ``import_since`` moved
   back, must not answer last year's mail.
 
@@ -82,6 +83,8 @@ def why_not_answer(headers: Message, own: frozenset[str]) -> str | None:
     for name in ("List-Id", "List-Unsubscribe", "X-Autoreply", "X-Autorespond"):
         if has_header(headers, name):
             return name
+    if header_text(headers, "Content-Type").split(";")[0].strip().lower() == "multipart/report":
+        return "a report (multipart/report)"  # a delivery or read report, also one not read as such
     if has_header(headers, "Return-Path"):
         return_path = header_text(headers, "Return-Path").strip()
         if return_path in ("", "<>") or not header_addresses(headers, "Return-Path"):

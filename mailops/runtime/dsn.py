@@ -22,10 +22,11 @@ from email.message import Message
 from email.parser import BytesHeaderParser, HeaderParser
 from email.policy import compat32
 
-from mailops.runtime.headers import message_id_of, storable
+from mailops.runtime.headers import message_id_of, parts_are_bounded, storable
 
 MAX_RECIPIENTS = 100  # recipient blocks read of one report
 MAX_BLOCK_BYTES = 256 * 1024  # of the delivery-status part, read at most
+MAX_HEADER_BYTES = 1024 * 1024  # read of a message's header to see whether it is a report
 MAX_MESSAGE_ID = 250  # the outbox keeps no longer Message-ID: a longer one matches nothing
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _REPLY_CODE = re.compile(r"^\s*([245]\d\d)\b")
@@ -86,8 +87,12 @@ class DeliveryReport:
 
 
 def read_delivery_report(raw: bytes) -> DeliveryReport | None:
-    """The report ``raw`` is, or None when it is no DSN; never raises."""
+    """The report ``raw`` is, or None when it is no DSN (or one with more parts than a report has, see
+    :func:`parts_are_bounded`); never raises. Only a message whose header says it is a report is parsed whole."""
     try:
+        header = BytesHeaderParser(policy=compat32).parsebytes(raw[:MAX_HEADER_BYTES])
+        if header.get_content_type() != "multipart/report" or not parts_are_bounded(raw):
+            return None
         message = message_from_bytes(raw, policy=compat32)
         if message.get_content_type() != "multipart/report":
             return None

@@ -26,6 +26,11 @@ from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
 MAX_TEXT = 2000  # characters kept of one header's text
+# A message is parsed whole (a delivery report, the archive's text search) only with at most this many lines
+# that may be MIME boundaries: Python's parser takes minutes and gigabytes for millions of empty parts, and
+# time that grows with the square of the depth for deep nesting. Real mail has a few dozen, a report with the
+# original it returns included.
+MAX_MIME_BOUNDARIES = 500
 MAX_ADDRESSES = 100  # addresses kept of one To or Cc
 MAX_REFERENCES = 50  # message ids of In-Reply-To and References looked up for the thread
 _MESSAGE_ID = re.compile(r"<([^<>\s]{1,996})>")
@@ -301,3 +306,9 @@ def _answers(headers: Message | _Fields) -> tuple[str, ...]:
     references = [f"<{match}>" for match in _MESSAGE_ID.findall(_text(headers, "References"))]
     ordered: dict[str, None] = dict.fromkeys(replied + references[::-1])
     return tuple(ordered)[:MAX_REFERENCES]
+
+
+def parts_are_bounded(raw: bytes) -> bool:
+    """Whether ``raw`` has few enough lines that may be MIME boundaries (see MAX_MIME_BOUNDARIES) to be
+    parsed whole; counted at the speed of a byte search."""
+    return raw.count(b"\n--") <= MAX_MIME_BOUNDARIES
