@@ -381,11 +381,21 @@ def test_the_console_connects_a_manual_account_through_its_form(
     landing, traffic = guarded
     address, password = f"console-{os.getpid()}@example.com", "pw-" + secrets.token_hex(8)
     mail_servers.users.add(address, password)
-    env = {**world.env, "TMPDIR": private_dirs["TMPDIR"], "MAILOPS_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}"}
+    # The "browser" the console starts records what it was given: everyone can read a command line.
+    opened_with = tmp_path / "browser-arguments"
+    browser = tmp_path / "browser"
+    browser.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {opened_with}.tmp && mv {opened_with}.tmp {opened_with}\n')
+    browser.chmod(0o700)
+    env = {
+        **world.env,
+        "TMPDIR": private_dirs["TMPDIR"],
+        "MAILOPS_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}",
+        "BROWSER": str(browser),
+    }
     port = free_port()
     log = (tmp_path / "console.log").open("w")
     console = subprocess.Popen(
-        [sys.executable, "-m", "mailops", "console", "--port", str(port), "--no-browser"],
+        [sys.executable, "-m", "mailops", "console", "--port", str(port)],
         env=env,
         cwd=tmp_path,
         stdin=subprocess.DEVNULL,
@@ -405,6 +415,14 @@ def test_the_console_connects_a_manual_account_through_its_form(
         started = psutil.Process(console.pid).children(recursive=True)  # Voilà; the page's kernel comes later
         command_lines = [" ".join(child.cmdline()) for child in started]
         assert command_lines and all(token not in line for line in command_lines)  # `ps` shows no secret
+        deadline = time.monotonic() + 30
+        while not opened_with.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [argument] = opened_with.read_text(encoding="utf-8").splitlines()
+        assert token not in argument and argument.startswith("file:///")
+        opening = Path(argument.removeprefix("file://"))
+        assert opening.stat().st_mode & 0o777 == 0o600
+        assert f'content="0; url={url}"' in opening.read_text(encoding="utf-8")
         assert status_without_token(port, "/voila/render/connect_account.ipynb") in (302, 403)
 
         landing.goto(url)  # the landing page lists the console's notebooks

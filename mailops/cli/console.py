@@ -42,7 +42,7 @@ def console(
             if not no_browser:
                 import webbrowser
 
-                webbrowser.open(running.url)
+                webbrowser.open(running.opening_page().as_uri())
             code = running.wait()
         except KeyboardInterrupt:
             typer.echo("Stopping the console …", err=True)

@@ -163,6 +163,24 @@ class Console:
         """The landing page, with the token that logs the browser in."""
         return f"{self.base_url}/?token={self.token}"
 
+    def opening_page(self) -> Path:
+        """A page, readable by this user only, that sends a browser on to :attr:`url`: a browser started with the
+        URL itself would show the token in its command line, to every user of the machine, for as long as it runs
+        (Jupyter opens its servers so too)."""
+        import html
+
+        from mailops.fileio import atomic_write
+
+        page = self.app_dir / "open.html"
+        target = html.escape(self.url, quote=True)
+        atomic_write(
+            page,
+            f'<!DOCTYPE html>\n<meta charset="utf-8">\n<meta http-equiv="refresh" content="0; url={target}">\n'
+            f'<title>mailops console</title>\n<p><a href="{target}">Open the mailops console</a></p>\n',
+            mode=0o600,
+        )
+        return page
+
     def wait(self) -> int:
         """Until Voilà exits; its exit code."""
         return self.process.wait()
