@@ -486,6 +486,23 @@ def test_an_identity_platform_that_cannot_be_used_is_one_error_line(
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_tenant_edited_after_the_consent_keeps_the_account_connected(
+    oauth_env, mail_servers, idp, new_oauth_account
+) -> None:
+    """The tokens stay where the consent stored them: `organizations` written as `common` later (the same
+    users) does not put every Microsoft account into needs_reconnect."""
+    address = new_oauth_account()
+    write_spec(oauth_env, idp, account_yaml(mail_servers, address))
+    assert connect(address, Person(idp, address)).status == "connected"
+    defaults = oauth_env / "config" / "defaults.yaml"
+    text = defaults.read_text(encoding="utf-8")
+    defaults.write_text(text.replace("tenant: organizations", "tenant: common"), encoding="utf-8")
+    idp.expire_access_tokens(address)  # the check refreshes, at the tenant the spec names now
+    checked = run("check", "--json")
+    assert checked.exit_code == 0, checked.output
+    assert json.loads(checked.stdout)[0]["status"] == "connected"
+
+
 def test_smtp_auth_switched_off_is_its_own_class(oauth_env, mail_servers, idp, new_oauth_account) -> None:
     address = new_oauth_account()
     write_spec(oauth_env, idp, account_yaml(mail_servers, address))

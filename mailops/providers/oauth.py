@@ -184,7 +184,9 @@ class OAuthProvider(AccountProvider):
                 FailureClass.TOKEN,
                 f"{account.address} has no OAuth consent yet; run `mailops connect {account.address}`",
             )
-        name = self.cache_name(account, context.apps)
+        # The cache the consent stored its tokens in: an edit of the app's authority or tenant since then does
+        # not lose them (the refresh goes to the one the spec names now). A new client_id has no token there.
+        name = consent.cache
         for attempt in range(3):
             stored = vault.load(name)
             if stored is None:
