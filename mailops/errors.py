@@ -6,8 +6,9 @@ import re
 from dataclasses import asdict, dataclass
 
 # Control characters (C0, DEL, C1, line and paragraph separators) in text shown on a
-# terminal would move the cursor, retitle the window or fake further lines.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# terminal would move the cursor, retitle the window or fake further lines; the bidirectional
+# controls would show `invoice \u202egpj.exe` as `invoice exe.jpg`.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def printable(text: str) -> str:

@@ -111,11 +111,13 @@ def test_an_unknown_time_zone_is_refused(admin_env: Path, zone: str) -> None:
 
 def test_control_characters_in_an_imported_row_never_reach_the_terminal(admin_env: Path) -> None:
     log = admin_env / "log.csv"
-    log.write_text("Datum;From;Subject;Fehler\n01.11.2026;a@example.com;\x1b[2JHi\x07;x\x1b]2:owned\x07\n")
+    log.write_text(
+        "Datum;From;Subject;Fehler\n01.11.2026;a@example.com;\x1b[2JHi\x07 invoice \u202egpj.exe;x\x1b]2:owned\x07\n"
+    )
     assert runner.invoke(app, ["outbox", "import", str(log)]).exit_code == 0
     listed = runner.invoke(app, ["outbox", "list"])
     assert listed.exit_code == 0, listed.output
-    assert "\x1b" not in listed.stdout and "\x07" not in listed.stdout
-    assert "\\x1b[2JHi\\x07" in listed.stdout
+    assert "\x1b" not in listed.stdout and "\x07" not in listed.stdout and "\u202e" not in listed.stdout
+    assert "\\x1b[2JHi\\x07" in listed.stdout and "\\u202egpj.exe" in listed.stdout
     shown = runner.invoke(app, ["outbox", "show", "1"])
     assert "\x1b" not in shown.stdout and "\\x1b]2:owned\\x07" in shown.stdout
