@@ -45,7 +45,12 @@ class SettingsError(MailopsError):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="MAILOPS_", env_file=ENV_FILE, env_file_encoding="utf-8", extra="ignore"
+        # allow_inf_nan: `nan` is no number of seconds (it passed every bound but was reported as too large).
+        env_prefix="MAILOPS_",
+        env_file=ENV_FILE,
+        env_file_encoding="utf-8",
+        extra="ignore",
+        allow_inf_nan=False,
     )
 
     config_dir: Path = Field(Path("config"), description="Directory holding accounts.yaml and defaults.yaml.")

@@ -136,11 +136,19 @@ def test_a_broken_dotenv_stops_before_anything_runs(write_config, tmp_path: Path
     assert not (tmp_path / ".mailops").exists()
 
 
-@pytest.mark.parametrize("name, value", [("MAILOPS_CONNECT_TIMEOUT", "inf"), ("MAILOPS_LOCK_WAIT", "1e309")])
-def test_waits_are_bounded(write_config, name: str, value: str) -> None:
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("MAILOPS_CONNECT_TIMEOUT", "inf", "Input should be a finite number"),
+        ("MAILOPS_LOCK_WAIT", "1e309", "Input should be a finite number"),
+        ("MAILOPS_WORKER_LEASE", "nan", "Input should be a finite number"),
+        ("MAILOPS_COMMAND_TIMEOUT", "3601", "Input should be less than or equal to 3600"),
+    ],
+)
+def test_waits_are_bounded(write_config, name: str, value: str, message: str) -> None:
     result = run("validate", "-c", str(write_config()), env={name: value})
     assert result.exit_code == 1
-    assert result.stderr.startswith(f"Error: setting {name}: Input should be")
+    assert result.stderr.startswith(f"Error: setting {name}: {message}")
 
 
 @pytest.mark.parametrize(
