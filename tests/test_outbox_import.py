@@ -109,6 +109,19 @@ def test_an_unknown_time_zone_is_refused(admin_env: Path, zone: str) -> None:
     assert result.stderr.endswith("` (an IANA name such as Europe/Berlin)\n")
 
 
+def test_a_huge_subject_is_cut_in_the_table_and_whole_in_json(admin_env: Path) -> None:
+    log = admin_env / "log.csv"
+    subject = "Rechnung " + "x" * 20_000
+    log.write_text(f"Datum;From;Subject;Fehler\n01.11.2026;a@example.com;{subject};550 no\n", encoding="utf-8")
+    assert runner.invoke(app, ["outbox", "import", str(log)]).exit_code == 0
+    listed = runner.invoke(app, ["outbox", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert "Rechnung" in listed.stdout and "…" in listed.stdout
+    assert listed.stdout.count("x") < 400
+    [entry] = json.loads(runner.invoke(app, ["outbox", "list", "--json"]).stdout)
+    assert entry["subject"] == subject
+
+
 def test_control_characters_in_an_imported_row_never_reach_the_terminal(admin_env: Path) -> None:
     log = admin_env / "log.csv"
     log.write_text(

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 # A column other than a key column narrower than this is no longer readable in a table.
 _READABLE = 12
+# A value of another column is cut after this many characters (a subject of 200,000 would fill
+# thousands of lines); --json shows it whole.
+MAX_SHOWN = 300
 
 
 @dataclass(frozen=True)
@@ -26,14 +29,21 @@ class Column:
 
 
 def records(console: Console, title: str, columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> RenderableType:
-    """A table when it fits ``console``, else one block per row. A value's lines are its own
+    """A table when it fits ``console``, else one block per row. A value of a column that is no key is cut
+    after :data:`MAX_SHOWN` characters. A value's lines are its own
     (``\\n``); any other control character is shown escaped, never sent to the terminal."""
     from rich.table import Table
     from rich.text import Text
 
     from mailops.errors import printable
 
-    rows = [["\n".join(printable(line) for line in value.split("\n")) for value in row] for row in rows]
+    rows = [
+        [
+            "\n".join(printable(line) for line in (value if column.key else _shortened(value)).split("\n"))
+            for value, column in zip(row, columns, strict=True)
+        ]
+        for row in rows
+    ]
     widths = [max([len(column.title)] + [_widest_line(row[i]) for row in rows]) for i, column in enumerate(columns)]
     needed = sum(w if c.key else min(w, _READABLE) for w, c in zip(widths, columns, strict=True))
     needed += 3 * len(columns) + 1  # borders and padding
@@ -65,3 +75,7 @@ def records(console: Console, title: str, columns: Sequence[Column], rows: Seque
 
 def _widest_line(value: str) -> int:
     return max((len(line) for line in value.splitlines()), default=0)
+
+
+def _shortened(value: str) -> str:
+    return value if len(value) <= MAX_SHOWN else value[: MAX_SHOWN - 1] + "…"
