@@ -325,6 +325,7 @@ def test_the_days_are_the_business_time_zones_unless_told_otherwise(
         (["--out", "/proc/mailops-report"], "Error: cannot make the directory /proc/mailops-report"),
         (["--timezone", "Mars/Olympus"], "Error: unknown time zone"),
         (["--timezone", "America"], "Error: unknown time zone `America`"),  # a directory of the zone database
+        (["--timezone", ""], "Error: unknown time zone ``"),  # not the default
         (["--timezone", "A" * 300], "Error: unknown time zone"),  # too long for a file name
         (["--since", "0001-01-01", "--until", "0001-01-05"], "Error: 0001-01-01 is not within the days a report"),
         (["--until", "0001-01-10"], "Error: 0001-01-10 is not within the days a report covers"),

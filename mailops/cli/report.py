@@ -47,7 +47,8 @@ def _write_report(
     first, last = _day(since, "--since"), _day(until, "--until")
     settings = settings_of(ctx, config_dir)
     with reported_errors():
-        span = period(first, last, timezone=timezone or settings.timezone)  # fails before the spec is read
+        zone = settings.timezone if timezone is None else timezone  # an empty --timezone is no zone, not the default
+        span = period(first, last, timezone=zone)  # fails before the spec is read
     loaded = load_spec_or_exit(settings, as_json=False)
     with reported_errors():
         actor = acting(loaded.spec, settings.user)
