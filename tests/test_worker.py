@@ -75,6 +75,20 @@ def applied(engine_env, mail_servers, accounts, tickets, **kwargs) -> None:
             box.remove(key)
 
 
+def applied_with_archive(engine_env, mail_servers, account, *, retention_days: int) -> None:
+    """:func:`applied` for one account that imports into tickets and keeps an archive too."""
+    write_spec(engine_env, mail_servers, [account], {account.address: ticket()})
+    accounts = (engine_env / "config" / "accounts.yaml").read_text(encoding="utf-8")
+    archive = f"    archive: {{enabled: true, retention_days: {retention_days}}}\n"
+    (engine_env / "config" / "accounts.yaml").write_text(
+        accounts.replace("    ticket:", archive + "    ticket:", 1), encoding="utf-8"
+    )
+    assert run("apply", "--auto-approve").exit_code == 0
+    box = mail_servers.users.maildir(account.address)
+    for key in list(box.keys()):  # apply's test mails are not what these tests import
+        box.remove(key)
+
+
 def mail(subject: str, message_id: str | None, *, reply_to: str | None = None, references: str = "") -> bytes:
     lines = [
         f"From: Kunde <{CUSTOMER}>",
@@ -521,16 +535,7 @@ def test_terminal_escapes_in_stored_mail_are_shown_escaped(engine_env, mail_serv
     (click drops colour sequences from output that is not a terminal, as here, but not the others: the
     hyperlink and the bell would reach a terminal.)"""
     support = new_account()
-    write_spec(engine_env, mail_servers, [support], {support.address: ticket()})
-    accounts = (engine_env / "config" / "accounts.yaml").read_text(encoding="utf-8")
-    (engine_env / "config" / "accounts.yaml").write_text(
-        accounts.replace("    ticket:", "    archive: {enabled: true, retention_days: 0}\n    ticket:", 1),
-        encoding="utf-8",
-    )
-    assert run("apply", "--auto-approve").exit_code == 0
-    box = mail_servers.users.maildir(support.address)
-    for key in list(box.keys()):
-        box.remove(key)
+    applied_with_archive(engine_env, mail_servers, support, retention_days=0)
     hostile = (
         b"From: =?utf-8?q?Evil=1B]8;;https://evil.example/=07Bank=1B[2J?= <evil@example.org>\r\n"
         b"To: support@example.com\r\nSubject: =?utf-8?q?Pay=1B[31m_now=0D=08?=\r\n"
@@ -562,16 +567,7 @@ def test_a_stored_message_name_that_is_no_hash_is_refused_and_a_status_typo_is_a
     """A damaged or hostile row of the state store (a shared database) names a file outside the message
     directory: it is neither read nor named. A status nobody has would show an empty list: a usage error."""
     support = new_account()
-    write_spec(engine_env, mail_servers, [support], {support.address: ticket()})
-    accounts = (engine_env / "config" / "accounts.yaml").read_text(encoding="utf-8")
-    (engine_env / "config" / "accounts.yaml").write_text(
-        accounts.replace("    ticket:", "    archive: {enabled: true, retention_days: 30}\n    ticket:", 1),
-        encoding="utf-8",
-    )
-    assert run("apply", "--auto-approve").exit_code == 0
-    box = mail_servers.users.maildir(support.address)
-    for key in list(box.keys()):
-        box.remove(key)
+    applied_with_archive(engine_env, mail_servers, support, retention_days=30)
     Mailbox(mail_servers, support).append(mail("Hello", "<hello@example.org>"))
     assert run("run", "--once").exit_code == 0
     [message] = rows(engine_env, "messages")
