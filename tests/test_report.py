@@ -249,6 +249,16 @@ def test_the_page_loads_nothing_and_escapes_hostile_text(store: StateStore, work
     assert "<b onmouseover" not in text
 
 
+def test_control_characters_show_escaped_on_the_page(store: StateStore, workdir: Path) -> None:
+    hostile_failure(store, at(5, 12), subject="invoice \u202egpj.exe \x1b[2J", reply="550 no\nsuch user")
+    code, output = report(*MARCH)
+    assert code == 0, output
+    text = "".join(Page((workdir / "reports" / PAGE).read_text(encoding="utf-8")).text)
+    assert "invoice \\u202egpj.exe \\x1b[2J" in text
+    assert "\u202e" not in text and "\x1b" not in text
+    assert "550 no\nsuch user" in text  # a line break is no control to hide
+
+
 def test_a_csv_cell_that_a_spreadsheet_would_run_is_defused(store: StateStore, workdir: Path) -> None:
     hostile_failure(store, at(5, 12), subject='=HYPERLINK("http://evil.example","x")', reply="550 no")
     code, output = report(*MARCH)

@@ -3,7 +3,8 @@
 The styles are inline, the charts are inline SVG, and there is no script, font, image or
 link that a browser would load: the page's Content-Security-Policy forbids every request
 besides, so even text that slipped through would load nothing. Every piece of text from the
-log or the state (subjects, replies, addresses, errors) is HTML-escaped where it is put in.
+log or the state (subjects, replies, addresses, errors) is HTML-escaped where it is put in, its
+control characters written as escapes.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import math
 from html import escape
 from typing import TYPE_CHECKING
+
+from mailops.errors import printable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -169,7 +172,9 @@ def _files(report: Report) -> list[str]:
 
 
 def _text(value: str) -> str:
-    return escape(value, quote=True)
+    # Control characters are shown escaped, as on a terminal: a bidirectional override would show
+    # `invoice \u202egpj.exe` as `invoice exe.jpg`. Line breaks stay (the page folds them).
+    return escape("\n".join(printable(line) for line in value.split("\n")), quote=True)
 
 
 def _value(value: object) -> str:
