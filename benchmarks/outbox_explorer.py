@@ -28,7 +28,11 @@ Measured, one after the other in this process:
 Afterwards (not timed) the explorer's figures and pages are checked against the frame functions on
 the frame of (2) for several filters.
 
-Targets: (1) under 2 s; (3) every redraw under 0.5 s.
+(1) is measured first as what a person opening the notebook in a fresh kernel waits for: a process of its own
+that imports the explorer and opens it (interpreter, every import and the open; median of 3 after a warm-up),
+which is judged; then in this process, for where the time goes.
+
+Targets: (1) under 2 s, as a process; (3) every redraw under 0.5 s.
 Run: .venv/bin/python benchmarks/outbox_explorer.py [--rows N] [--keep DIR]
 Exit code 0 when both targets are met, 1 when one is missed, 2 when the explorer shows wrong figures.
 """
@@ -206,6 +210,28 @@ def _read_into_page_cache(path: Path) -> None:
             pass
 
 
+# A fresh kernel's cell: the interpreter, every import (pandas, SQLAlchemy, ipywidgets, matplotlib) and the open.
+_OPEN_IN_A_PROCESS = "from mailops.notebook.explorer import OutboxExplorer; OutboxExplorer()"
+_PROCESS_RUNS = 3
+
+
+def _open_as_a_process(database: Path, config: Path) -> float:
+    """The median wall time of the open as a process of its own (see benchmarks/_measure.py), after a warm-up."""
+    from benchmarks._measure import measure, spread
+
+    env = {**os.environ, "MAILOPS_STATE_URL": f"sqlite:///{database}", "MAILOPS_CONFIG_DIR": str(config)}
+    runs = [measure([sys.executable, "-c", _OPEN_IN_A_PROCESS], env=env) for _ in range(_PROCESS_RUNS + 1)]
+    failed = next((run for run in runs if run.exit_code != 0), None)
+    if failed is not None:
+        raise SystemExit(f"opening the explorer in a process failed:\n{failed.output[-3000:]}")
+    median, low, high = spread([run.seconds for run in runs[1:]])
+    print(
+        f"(1) open the explorer as a fresh kernel would, a process of its own (interpreter, imports and the open): "
+        f"median {median:.2f} s, min {low:.2f} s, max {high:.2f} s over {_PROCESS_RUNS} runs"
+    )
+    return median
+
+
 def run(database: Path, config: Path, rows: int) -> int:
     from mailops.outbox.analysis import load_store
     from mailops.settings import load_settings
@@ -219,6 +245,7 @@ def run(database: Path, config: Path, rows: int) -> int:
         print(f"migrated the kept state DB in {time.perf_counter() - started:.1f} s (not timed)")
     print(f"load average (1 min) of this machine at the start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     _read_into_page_cache(database)
+    whole = _open_as_a_process(database, config)
 
     started = time.perf_counter()
     from mailops.notebook.explorer import OutboxExplorer
@@ -227,7 +254,7 @@ def run(database: Path, config: Path, rows: int) -> int:
     explorer = OutboxExplorer(settings=settings)
     opened = time.perf_counter() - started  # what the person at the notebook waits for
     print(
-        f"(1) open the explorer on the store: {opened:.2f} s (import the explorer, ipywidgets: "
+        f"    the same in this process: {opened:.2f} s (import the explorer, ipywidgets: "
         f"{imported - started:.2f} s; spec, counts in the database, the matplotlib import meanwhile, summary, "
         f"4 charts and the first page: {time.perf_counter() - imported:.2f} s), {explorer.rows:,} attempts"
     )
@@ -280,11 +307,11 @@ def run(database: Path, config: Path, rows: int) -> int:
         f"redraw after a filter change: median {statistics.median(times) * 1000:.0f} ms, worst {worst * 1000:.0f} ms "
         f"over {len(times)} changes (target: each under {REDRAW_TARGET * 1000:.0f} ms)"
     )
-    print(f"open, loading included: {opened:.2f} s (target: under {OPEN_TARGET:.0f} s) on {rows:,} rows")
+    print(f"open as a process, loading included: {whole:.2f} s (target: under {OPEN_TARGET:.0f} s) on {rows:,} rows")
     print(f"load average (1 min) of this machine at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     if not ok:
         return 2
-    return 0 if opened < OPEN_TARGET and worst < REDRAW_TARGET else 1
+    return 0 if whole < OPEN_TARGET and worst < REDRAW_TARGET else 1
 
 
 def _time_charts(explorer: Any) -> list[float]:
