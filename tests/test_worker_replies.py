@@ -259,6 +259,27 @@ def test_one_auto_reply_per_sender_and_day_across_runs(engine_env, mail_servers,
     assert len(rows(engine_env, "tickets")) == 5  # answering changes nothing about the tickets
 
 
+def test_an_auto_reply_goes_to_the_envelope_sender_and_else_to_from(engine_env, mail_servers, new_account) -> None:
+    support, writer, envelope, forged, client = (new_account() for _ in range(5))
+    applied(engine_env, mail_servers, [support], {support.address: {"autoreply": EVERY_MAIL_REPLY}})
+    # Delivery puts its Return-Path on top; one further down is the sender's own text.
+    delivered = inbound(
+        writer.address, "Delivered", "<delivered@example.org>", f"Return-Path: <{envelope.address}>",
+        f"Return-Path: <{forged.address}>",
+    )  # fmt: skip
+    appended = inbound(client.address, "Appended by a client", "<appended@example.org>")
+    Mailbox(mail_servers, support).append(delivered, appended)
+
+    result = run("run", "--once")
+    assert result.exit_code == 0, result.output
+    assert line_of(result, support.address) == f"{support.address}: imported 2, skipped 0; auto-replies: 2 sent"
+    answered = [json.loads(row["to_addresses"]) for row in replies(engine_env)]
+    assert sorted(answered) == sorted([[envelope.address], [client.address]])
+    assert [m["In-Reply-To"] for m in received(mail_servers, envelope.address)] == ["<delivered@example.org>"]
+    assert [m["In-Reply-To"] for m in received(mail_servers, client.address)] == ["<appended@example.org>"]
+    assert received(mail_servers, writer.address) == received(mail_servers, forged.address) == []
+
+
 def test_outbox_retry_sends_an_auto_reply_again_only_when_it_certainly_did_not_arrive(
     engine_env, mail_servers, new_account
 ) -> None:

@@ -16,11 +16,13 @@ talk to each other forever:
 - mail older than :data:`REPLY_WITHIN`: a first pass over a full mailbox, or ``import_since`` moved
   back, must not answer last year's mail.
 
-The reply goes to the From address, with the account's ``autoreply.subject`` and ``body`` through
-compose and :func:`mailops.engine.send.send_mails` (sender, signature, template, the outbox log),
-carrying ``Auto-Submitted: auto-replied``, ``In-Reply-To`` and ``References``. Our own replies are
-therefore automatic mail to every other mailops: two accounts answering each other stop after one
-reply.
+The reply goes to the envelope sender that delivery recorded, the topmost ``Return-Path`` (RFC 3834 §4:
+automatic responses go to the address that takes mail about a mail, not to the From that a person
+reads), or to the From address where there is none (mail that a client put in the mailbox). It has the
+account's ``autoreply.subject`` and ``body`` through compose and :func:`mailops.engine.send.send_mails`
+(sender, signature, template, the outbox log), and carries ``Auto-Submitted: auto-replied``,
+``In-Reply-To`` and ``References``. Our own replies are therefore automatic mail to every other
+mailops: two accounts answering each other stop after one reply.
 
 With ``once_per_day_per_sender`` a sender gets at most one reply per account and calendar day
 (the day in ``MAILOPS_TIMEZONE``, the business's zone), held by a unique claim in the state store
@@ -102,6 +104,12 @@ def why_not_answer(headers: Message, own: frozenset[str]) -> str | None:
     return None
 
 
+def reply_address(headers: Message) -> str:
+    """Where the auto-reply to a message that :func:`why_not_answer` lets through goes (see the module doc): its
+    first Return-Path address, else its From address. IndexError when it has neither."""
+    return (header_addresses(headers, "Return-Path")[:1] or header_addresses(headers, "From"))[0]
+
+
 @dataclass
 class ReplyCounts:
     """What became of the messages an account's auto-reply looked at in a pass."""
@@ -156,7 +164,7 @@ class AutoReplier:
             self.counts.automatic += 1
             return None
         try:
-            recipient = canonical_address(header_addresses(headers, "From")[0])
+            recipient = canonical_address(reply_address(headers))
         except Exception:  # noqa: BLE001 - an address no server would take is no one to answer
             self.counts.automatic += 1
             return None
