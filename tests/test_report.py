@@ -331,7 +331,8 @@ def test_the_days_are_the_business_time_zones_unless_told_otherwise(
         (["--since", "2026-03-06", "--until", "2026-03-05"], "Error: --since 2026-03-06 is after --until 2026-03-05"),
         (["--since", "05.03.2026"], "Error: --since '05.03.2026' is not a date (YYYY-MM-DD)"),
         (["--until", "2026-02-30"], "Error: --until '2026-02-30' is not a date (YYYY-MM-DD)"),
-        (["--out", "taken"], "Error: --out taken is a file, not a directory"),
+        (["--out", "taken"], "Error: --out taken is not a directory"),
+        (["--out", "/dev/null"], "Error: --out /dev/null is not a directory"),
         (["--out", "/proc/mailops-report"], "Error: cannot make the directory /proc/mailops-report"),
         (["--timezone", "Mars/Olympus"], "Error: unknown time zone"),
         (["--timezone", "America"], "Error: unknown time zone `America`"),  # a directory of the zone database

@@ -267,7 +267,7 @@ def write_report(report: Report, directory: Path) -> Path:
 
 def _usable_directory(directory: Path) -> None:
     if directory.exists() and not directory.is_dir():
-        raise ReportError(f"--out {directory} is a file, not a directory")
+        raise ReportError(f"--out {directory} is not a directory")
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
