@@ -27,6 +27,7 @@ from mailops.outbox.classify import (
     extract_codes,
     is_temporary,
     load_table,
+    read_located_seed_log,
     read_seed_log,
     remedy,
     temporary,
@@ -593,6 +594,20 @@ def test_read_seed_log_needs_only_the_error_column(tmp_path: Path) -> None:
     assert log["time"].isna().all() and log["to"].isna().all()
 
 
+def test_read_seed_log_takes_old_line_ends_nanoseconds_and_blank_lines(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_bytes(b"Datum;Subject;Fehler\r01.01.2026;s;x\r\r  \r;;\r02.01.2026;t;550 5.1.1 unknown\r")
+    log = read_located_seed_log(path)
+    assert log.frame["subject"].tolist() == ["s", "t"] and log.lines.tolist() == [2, 6]
+    path.write_text("Datum;Fehler\n2026-11-03T09:15:00.123456789Z;x\n2026-11-03T09:15:00.5;y\n", encoding="utf-8")
+    log = read_located_seed_log(path, timezone="UTC")
+    assert log.frame["time"].tolist() == [
+        pd.Timestamp("2026-11-03 09:15:00.123456", tz="UTC"),
+        pd.Timestamp("2026-11-03 09:15:00.5", tz="UTC"),
+    ]
+    assert log.has_offset.tolist() == [True, False]
+
+
 def test_read_seed_log_refuses_what_it_cannot_read(tmp_path: Path) -> None:
     def refusal(content: bytes | None, name: str = "log.csv", **options: Any) -> str:
         path = tmp_path / name
@@ -611,7 +626,32 @@ def test_read_seed_log_refuses_what_it_cannot_read(tmp_path: Path) -> None:
     assert "both" in refusal(b"Fehler;error\nx;y\n")
     assert "no header line" in refusal(b"")
     assert "is not a date" in refusal(b"Datum;Fehler\n31.02.2024 10:00;x\n")
-    assert "data row 2" in refusal(b"Datum;Fehler\n01.02.2024 10:00;x\nyesterday;y\n")
+    assert refusal(b"Datum;Fehler\n01.02.2024 10:00;x\nyesterday;y\n").endswith(
+        "log.csv:3: Datum `yesterday` is not a date and time (dd.mm.yyyy HH:MM, dd.mm.yyyy or ISO 8601)"
+    )
+    # Located by the line the row starts on, after a quoted field over two lines and blank lines.
+    multiline = b'Datum;Subject;Fehler\n01.01.2026;"two\nlines";x\n\n\n02.01.2026;s;y\nxx.01.2026;s;z\n'
+    assert "log.csv:7: Datum `xx.01.2026` is not a date" in refusal(multiline)
+    for word in (b"now", b"today"):  # words pandas reads as the time of the import
+        assert "is not a date and time" in refusal(b"Datum;Fehler\n" + word + b";x\n")
+    # Years near the ends of what a time can hold, before or after the zone is applied.
+    assert "log.csv:2: Datum `01.01.0001 00:00` is not within the years 1900 to 2199" in refusal(
+        b"Datum;Fehler\n01.01.0001 00:00;x\n"
+    )
+    assert "not within the years" in refusal(b"Datum;Fehler\n31.12.9999 23:59;x\n", timezone="America/New_York")
+    assert "not within the years" in refusal(b"Datum;Fehler\n9999-12-31T23:59:00-05:00;x\n")
+    assert "log.csv:2: Datum `29.03.2026 02:30` is a time that Europe/Berlin skips" in refusal(
+        b"Datum;Fehler\n29.03.2026 02:30;x\n"
+    )
+    # A line cut short would be a mail sent without an error; a separator too many shifts the fields.
+    cut = b"Datum;To;Subject;Fehler\n03.11.2026 09:15;kunde@example.org;Bestellung;\n03.11.2026 09:16;anna@exa"
+    assert "log.csv:3: 2 field(s) where the header names 4" in refusal(cut)
+    assert "log.csv:2: 3 field(s) where the header names 2" in refusal(b"Datum;Fehler\n01.01.2026;a;extra\n")
+    assert "log.csv:2: a quoted field is never closed" in refusal(b'Datum;Subject;Fehler\n01.01.2026;"open;x\n')
+    assert "log.csv:1: a field is longer than 131,072 characters" in refusal(
+        b"Datum;Fehler;" + b"X" * 200_000 + b"\n01.01.2026;x;y\n"
+    )
+    assert "log.csv:3: a field is longer than" in refusal(b"Datum;Fehler\n01.01.2026;x\n01.01.2026;" + b"y" * 200_000)
     assert "larger than" in refusal(b"Fehler\n" + b"x\n" * 1000, limit=1024)
     assert "not found" in refusal(None, name="missing.csv")
     fifo = tmp_path / "fifo.csv"

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -82,7 +86,10 @@ def test_only_an_administrator_imports(admin_env: Path) -> None:
     "content, message",
     [
         (b"Datum;From;To\n01.01.2026;a@b.de;c@d.de\n", "no `Fehler` (or `error`) column"),
-        (b"Datum;Fehler\n31.02.2026 10:00;x\n", "data row 1: Datum `31.02.2026 10:00` is not a date"),
+        (b"Datum;Fehler\n31.02.2026 10:00;x\n", "bad.csv:2: Datum `31.02.2026 10:00` is not a date"),
+        (b"Datum;Fehler\nnow;x\n", "bad.csv:2: Datum `now` is not a date"),
+        (b"Datum;Fehler\n01.01.0001 00:00;x\n", "bad.csv:2: Datum `01.01.0001 00:00` is not within the years"),
+        (b"Datum;To;Fehler\n01.01.2026;a@example.org;\n01.01.2026;b@exa", "bad.csv:3: 2 field(s) where"),
         (b"Datum;Fehler\n01.01.2026;caf\xe9\n", ":2:"),
     ],
 )
@@ -96,6 +103,42 @@ def test_a_bad_log_is_refused_and_nothing_is_stored(admin_env: Path, content: by
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: ") and message in result.stderr
     assert len(json.loads(runner.invoke(app, ["outbox", "list", "--json"]).stdout)) == 4
+
+
+def test_times_with_an_offset_are_the_same_rows_in_any_zone(admin_env: Path) -> None:
+    log = admin_env / "log.csv"
+    log.write_text(
+        "Datum;From;To;Subject;Fehler\n2026-11-03T09:15:00+01:00;shop@example.com;a@example.org;Offset;550 5.1.1 x\n"
+        "2026-11-03T09:15:00Z;shop@example.com;a@example.org;Zulu;\n03.11.2026 09:15;shop@example.com;;Local;\n",
+        encoding="utf-8",
+    )
+    assert "Imported 3 new entries" in runner.invoke(app, ["outbox", "import", str(log)]).stdout
+    for zone in ("UTC", "America/New_York"):
+        again = runner.invoke(app, ["outbox", "import", str(log), "--timezone", zone])
+        assert again.exit_code == 0 and "Imported 0 new entries" in again.stdout, again.output
+
+
+def test_two_imports_at_once_store_each_row_once(admin_env: Path) -> None:
+    log = admin_env / "log.csv"
+    rows = "".join(f"03.11.2026 09:{n % 60:02d};shop@example.com;k{n}@example.org;;;Mail {n};\n" for n in range(2000))
+    log.write_text("Datum;From;To;CC;BCC;Subject;Fehler\n" + rows, encoding="utf-8")
+    command = [sys.executable, "-m", "mailops", "outbox", "import", str(log)]
+    assert subprocess.run(command, capture_output=True).returncode == 0  # the store exists: both only add
+    log.write_text("Datum;From;To;CC;BCC;Subject;Fehler\n" + rows.replace("Mail", "Second"), encoding="utf-8")
+    # Another writer holds the store while both start, so that both read it before either writes.
+    with sqlite3.connect(admin_env / "state.db", isolation_level=None) as holder:
+        holder.execute("BEGIN IMMEDIATE")
+        both = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        time.sleep(3)  # both started and reading (the store's busy timeout, 10 s, outlasts this)
+        holder.execute("COMMIT")
+    outputs = [process.communicate(timeout=120) for process in both]
+    assert [process.returncode for process in both] == [0, 0], outputs
+    assert sorted(out for out, _err in outputs) == [
+        f"Imported 0 new entries from {log} (marked as imported).\n",
+        f"Imported 2000 new entries from {log} (marked as imported).\n",
+    ]
+    with sqlite3.connect(admin_env / "state.db") as connection:
+        assert connection.execute("SELECT count(*), count(DISTINCT message_id) FROM outbox").fetchone() == (4000, 4000)
 
 
 # A directory of the zone database, and a name too long for a file, are no zones either.

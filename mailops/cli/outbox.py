@@ -354,6 +354,6 @@ def import_log(
         if not acting(loaded.spec, settings.user).admin:
             fail("importing another system's log is for an administrator (policies.cli_user_is_admin, no --as)")
         zone = settings.timezone if timezone is None else timezone  # an empty --timezone is no zone, not the default
-        attempts = read_import(file, timezone=zone)  # unreadable: no store is made
-        count = import_seed_log(open_store(settings, create=True), attempts)
+        log = read_import(file, timezone=zone)  # unreadable: no store is made
+        count = import_seed_log(open_store(settings, create=True), log)
     typer.echo(f"Imported {count} new entr{'y' if count == 1 else 'ies'} from {file} (marked as imported).")

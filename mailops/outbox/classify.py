@@ -59,9 +59,12 @@ Missing optional columns come back as NA. The frame's columns are, in order: ``t
 ``from``, ``to``, ``cc``, ``bcc``, ``subject``, ``error``, ``smtp_code`` (Int64),
 ``enhanced_code``, ``status`` (``failed`` when the error is not blank, else ``sent``)
 and ``class``. Empty fields are NA. A file that is not a regular file, is larger than
-``limit`` (256 MiB), is not UTF-8 (located by line and column), has no error column,
-cannot be parsed or has a date that is none of the forms above is refused with
-:class:`OutboxLogError`, naming the file.
+``limit`` (256 MiB), is not UTF-8 (located by line and column), or has no error column is
+refused with :class:`OutboxLogError`, naming the file; so is, located by its line, a row
+with another number of fields than the header (a line cut short), a quoted field that is
+never closed, a field longer than 131,072 characters, and a date that is none of the forms
+above, outside the years 1900 to 2199, or a local time that ``timezone`` skips when its
+clocks go forward. Blank lines are skipped.
 
 Patterns
 --------
@@ -585,14 +588,29 @@ _OFFSET = r"(?:[zZ]|[+-][0-9][0-9]:?[0-9][0-9])$"
 
 def read_seed_log(path: Path | str, *, timezone: str = "Europe/Berlin", limit: int = MAX_LOG_BYTES) -> pd.DataFrame:
     """The seed system's exported outbox log, classified (columns and refusals: see the module's documentation)."""
+    return read_located_seed_log(path, timezone=timezone, limit=limit).frame
+
+
+@dataclass(frozen=True)
+class SeedLog:
+    """A seed log as :func:`read_located_seed_log` read it."""
+
+    frame: pd.DataFrame  # as read_seed_log gives it
+    lines: npt.NDArray[np.int64]  # per row: the file's line the row starts on
+    has_offset: npt.NDArray[np.bool_]  # per row: its time was written with an offset (or Z)
+    timezone: str  # the zone of the times written without one
+
+
+def read_located_seed_log(path: Path | str, *, timezone: str = "Europe/Berlin", limit: int = MAX_LOG_BYTES) -> SeedLog:
+    """:func:`read_seed_log`, with where each row is in the file and how its time was written."""
     try:
         text = read_text(path, limit=limit, what="outbox log")
     except FileReadError as exc:
         raise OutboxLogError(str(exc)) from None
-    header_line = text.split("\n", 1)[0].rstrip("\r")
+    header_line = _LINE_END.split(text, maxsplit=1)[0]
     if not header_line.strip():
         raise OutboxLogError(f"outbox log {path}:1: no header line (the first line names the columns)")
-    delimiter, header = _sniff(header_line)
+    delimiter, header = _sniff(header_line, path)
     positions: dict[str, int] = {}
     for position, name in enumerate(header):
         column = _COLUMNS.get(name.strip().lower())
@@ -605,30 +623,17 @@ def read_seed_log(path: Path | str, *, timezone: str = "Europe/Berlin", limit: i
     if "error" not in positions:
         shown = ", ".join(quoted(name.strip()) for name in header)
         raise OutboxLogError(f"outbox log {path}:1: no `Fehler` (or `error`) column; the header has {shown}")
-    try:
-        raw = pd.read_csv(
-            io.StringIO(text),
-            sep=delimiter,
-            header=0,
-            usecols=sorted(positions.values()),
-            dtype="str",
-            na_filter=False,
-            skip_blank_lines=True,
-            engine="c",
-        )
-    except (pd.errors.ParserError, ValueError) as exc:
-        raise OutboxLogError(f"outbox log {path}: {' '.join(str(exc).split())}") from None
-    by_position = {position: column for column, position in positions.items()}
-    raw.columns = [by_position[position] for position in sorted(positions.values())]
-    frame = pd.DataFrame(index=pd.RangeIndex(len(raw)))
+    fields, lines = _records(text, delimiter, len(header), positions, path)
+    frame = pd.DataFrame(index=pd.RangeIndex(len(lines)))
     for column in _OUTPUT[1:]:
-        values = raw[column] if column in raw.columns else pd.Series("", index=frame.index, dtype="str")
-        values = values.fillna("")
+        values = pd.Series(fields[column] if column in fields else "", index=frame.index, dtype="str")
         frame[column] = values.where(values.str.strip() != "")
-    if "time" in raw.columns:
-        frame.insert(0, "time", _times(raw["time"], timezone, path))
+    if "time" in fields:
+        times, has_offset = _times(pd.Series(fields["time"], dtype="str"), timezone, path, lines)
     else:
-        frame.insert(0, "time", pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us, UTC]"))
+        times = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us, UTC]")
+        has_offset = np.zeros(len(frame), dtype=bool)
+    frame.insert(0, "time", times)
     texts = _text(frame["error"])
     failed = _contains(texts, CONTENT_PATTERN)
     codes = np.zeros(len(frame), dtype=np.int32)
@@ -642,48 +647,125 @@ def read_seed_log(path: Path | str, *, timezone: str = "Europe/Berlin", limit: i
     frame["enhanced_code"] = enhanced.astype("str").to_numpy()
     frame["status"] = pd.Categorical(np.where(failed, "failed", "sent"), categories=["sent", "failed"])
     frame["class"] = _series(_classify(texts, codes, enhanced, None, codes_from_text=False), frame.index)
-    return frame
+    return SeedLog(frame, lines, has_offset, timezone)
 
 
-def _sniff(header_line: str) -> tuple[str, list[str]]:
+_LINE_END = re.compile(r"\r\n|\n|\r")
+
+
+def _sniff(header_line: str, path: Path | str) -> tuple[str, list[str]]:
     """The separator that splits the header into the most known column names (then the most columns)."""
 
+    def fields(delimiter: str) -> list[str]:
+        try:
+            return next(csv.reader([header_line], delimiter=delimiter), [])
+        except csv.Error as exc:
+            raise OutboxLogError(f"outbox log {path}:1: {_csv_problem(exc)}") from None
+
     def score(delimiter: str) -> tuple[int, int]:
-        fields = next(csv.reader([header_line], delimiter=delimiter), [])
-        return sum(field.strip().lower() in _COLUMNS for field in fields), len(fields)
+        found = fields(delimiter)
+        return sum(field.strip().lower() in _COLUMNS for field in found), len(found)
 
     delimiter = max((";", ",", "\t"), key=score)
-    return delimiter, next(csv.reader([header_line], delimiter=delimiter), [])
+    return delimiter, fields(delimiter)
 
 
-def _times(raw: pd.Series, timezone: str, path: Path | str) -> pd.Series:
-    """``Datum`` as UTC: German or ISO 8601 forms; a time without an offset is local time in ``timezone``."""
+def _records(
+    text: str, delimiter: str, width: int, positions: dict[str, int], path: Path | str
+) -> tuple[dict[str, list[str]], npt.NDArray[np.int64]]:
+    """The fields of the ``positions`` columns of each data record, and the line each starts on. Blank lines
+    (and records of blank fields only) are skipped; a record of another width than the header's is refused:
+    a line cut short would otherwise import as a mail sent without an error."""
+    fields: dict[str, list[str]] = {column: [] for column in positions}
+    takes = [(fields[column].append, position) for column, position in positions.items()]
+    lines: list[int] = []
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    start = 1
+    try:
+        next(reader)  # the header
+        start = reader.line_num + 1
+        for record in reader:
+            if not any(field.strip() for field in record):
+                start = reader.line_num + 1
+                continue
+            if len(record) != width:
+                raise OutboxLogError(
+                    f"outbox log {path}:{start}: {len(record)} field(s) where the header names {width} "
+                    "(a line cut short, or a separator too many?)"
+                )
+            for take, position in takes:
+                take(record[position])
+            lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise OutboxLogError(f"outbox log {path}:{start}: {_csv_problem(exc)}") from None
+    return fields, np.array(lines, dtype=np.int64)
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    problem = str(exc)
+    if "field larger than field limit" in problem:
+        return f"a field is longer than {csv.field_size_limit():,} characters"
+    if "unexpected end of data" in problem:
+        return "a quoted field is never closed"
+    if "expected after" in problem:
+        return f"a quote ends a quoted field in the middle ({problem}); a quote inside one is written twice"
+    return f"not CSV as written here ({problem})"
+
+
+# The years a time may have: within pandas' times (1677 to 2262) whatever the zone; the report's days keep to them.
+FIRST_YEAR, LAST_YEAR = 1900, 2199
+_GERMAN_DATE = r"^[0-9]{1,2}\.[0-9]{1,2}\.([0-9]{4})"
+
+
+def _times(
+    raw: pd.Series, timezone: str, path: Path | str, lines: npt.NDArray[np.int64]
+) -> tuple[pd.Series, npt.NDArray[np.bool_]]:
+    """``Datum`` as UTC, and which were written with an offset: German or ISO 8601 forms; a time without an
+    offset is local time in ``timezone``. Refused: other text, a year outside FIRST_YEAR to LAST_YEAR, and a
+    local time that the zone skips (when the clocks go forward: a log in another zone)."""
     values = raw.fillna("").str.strip()
     result = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[us, UTC]")
     blank = (values == "").to_numpy(dtype=bool)
-    aware = values.str.contains(_OFFSET).to_numpy(dtype=bool) & ~blank
+    german_year = values.str.extract(_GERMAN_DATE, expand=False)
+    written_years = german_year.fillna(values.str.extract(r"^([0-9]{4})", expand=False))
+    years = pd.to_numeric(written_years, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    in_range = (years >= FIRST_YEAR) & (years <= LAST_YEAR)
+    aware = values.str.contains(_OFFSET).to_numpy(dtype=bool) & in_range
+    german = german_year.notna().to_numpy(dtype=bool) & in_range & ~aware
     naive = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[us]")
-    german = values.str.contains(r"^[0-9]{1,2}\.[0-9]{1,2}\.[0-9]{4}").to_numpy(dtype=bool) & ~aware
     for form in _GERMAN_FORMATS:
         todo = german & naive.isna().to_numpy(dtype=bool)
         if todo.any():
-            naive[todo] = pd.to_datetime(values[todo], format=form, errors="coerce")
-    iso = ~blank & ~aware & ~german
+            naive[todo] = _microseconds(pd.to_datetime(values[todo], format=form, errors="coerce"))
+    iso = in_range & ~aware & ~german
     if iso.any():
-        naive[iso] = pd.to_datetime(values[iso], format="ISO8601", errors="coerce")
+        naive[iso] = _microseconds(pd.to_datetime(values[iso], format="ISO8601", errors="coerce"))
     if aware.any():
-        result[aware] = pd.to_datetime(values[aware], format="ISO8601", errors="coerce", utc=True)
+        result[aware] = _microseconds(pd.to_datetime(values[aware], format="ISO8601", errors="coerce", utc=True))
     local = naive.notna().to_numpy(dtype=bool)
+    skipped = np.zeros(len(values), dtype=bool)
     if local.any():
         chosen = naive[local].dt.tz_localize(
-            timezone, ambiguous=np.ones(int(local.sum()), dtype=bool), nonexistent="shift_forward"
+            timezone, ambiguous=np.ones(int(local.sum()), dtype=bool), nonexistent="NaT"
         )
         result[local] = chosen.dt.tz_convert("UTC")
+        skipped[local] = chosen.isna().to_numpy(dtype=bool)
     bad = ~blank & result.isna().to_numpy(dtype=bool)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise OutboxLogError(
-            f"outbox log {path}: data row {row + 1}: Datum {quoted(values.iloc[row])} is not a date and time "
-            "(dd.mm.yyyy HH:MM, dd.mm.yyyy or ISO 8601)"
-        )
-    return result
+        written = f"outbox log {path}:{lines[row]}: Datum {quoted(values.iloc[row])}"
+        if skipped[row]:
+            raise OutboxLogError(
+                f"{written} is a time that {timezone} skips (the clocks go forward over it): "
+                "is the log in another zone? (--timezone)"
+            )
+        if not in_range[row] and not np.isnan(years[row]):
+            raise OutboxLogError(f"{written} is not within the years {FIRST_YEAR} to {LAST_YEAR}")
+        raise OutboxLogError(f"{written} is not a date and time (dd.mm.yyyy HH:MM, dd.mm.yyyy or ISO 8601)")
+    return result, aware
+
+
+def _microseconds(times: pd.Series) -> pd.Series:
+    """``times`` cut to microseconds, the resolution the frame keeps (ISO 8601 may write nanoseconds)."""
+    return times.dt.floor("us").astype("datetime64[us, UTC]" if times.dt.tz is not None else "datetime64[us]")

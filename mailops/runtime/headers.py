@@ -213,7 +213,7 @@ def _text(headers: Message | _Fields, name: str) -> str:
 
 def _pairs(headers: Message | _Fields, name: str) -> list[tuple[str, str]]:
     try:
-        return _address_pairs([str(value) for value in headers.get_all(name) or []])
+        return address_pairs([str(value) for value in headers.get_all(name) or []])
     except Exception:  # noqa: BLE001
         return []
 
@@ -227,10 +227,10 @@ _PLAIN_ADDRESS = re.compile(
 )
 
 
-def _address_pairs(values: list[str]) -> list[tuple[str, str]]:
-    """``(name, address)`` of each address in ``values`` (bounded), as :func:`getaddresses` reads them, empty
-    ones left out. A list of plain addresses (see the module doc) is read here: getaddresses makes each one
-    ``(the name's words joined by single spaces, the address)``."""
+def address_pairs(values: list[str], *, limit: int | None = MAX_ADDRESSES) -> list[tuple[str, str]]:
+    """``(name, address)`` of each address in ``values`` (the first ``limit``), as :func:`getaddresses` reads
+    them, empty ones left out. A list of plain addresses (see the module doc) is read here: getaddresses makes
+    each one ``(the name's words joined by single spaces, the address)``."""
     if not values:
         return []
     pairs: list[tuple[str, str]] = []
@@ -238,9 +238,9 @@ def _address_pairs(values: list[str]) -> list[tuple[str, str]]:
         # An empty item (`a@x, , b@y`) is left to getaddresses: Python versions read such a list differently.
         pair = _plain_address(item.strip(" \t\r\n"))
         if pair is None:
-            return [(name, address) for name, address in getaddresses(values) if address][:MAX_ADDRESSES]
+            return [(name, address) for name, address in getaddresses(values) if address][:limit]
         pairs.append(pair)
-    return pairs[:MAX_ADDRESSES]
+    return pairs[:limit]
 
 
 def _plain_address(text: str) -> tuple[str, str] | None:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, case, select, update
@@ -89,7 +90,38 @@ class ImportedAttempt:
     remedy: str | None = None
 
 
+def _chunks(items: Iterable[ImportedAttempt], size: int) -> Iterator[list[ImportedAttempt]]:
+    """``items`` in lists of ``size`` (the last shorter); itertools.batched from Python 3.12 on."""
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _imported_row(attempt: ImportedAttempt, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "created_at": attempt.created_at,
+        "updated_at": now,
+        "source": IMPORTED,
+        "account": attempt.sender.lower(),
+        "sender": attempt.sender,
+        "sender_name": "",
+        "to_addresses": list(attempt.to),
+        "cc_addresses": list(attempt.cc),
+        "bcc_addresses": list(attempt.bcc),
+        "subject": attempt.subject,
+        "preview": "",
+        "message_id": attempt.key,
+        "status": attempt.status.value,
+        "reply": attempt.reply,
+        "smtp_code": attempt.smtp_code,
+        "enhanced_code": attempt.enhanced_code,
+        "error_class": attempt.error_class,
+        "remedy": attempt.remedy,
+    }
+
+
 IMPORTED = "import"
+_IMPORT_CHUNK = 500  # imported rows looked up and written at a time (SQLite's bound on a statement's parameters)
 OWNER = f"{socket.gethostname()} {os.getpid()}"
 ORPHANED_AFTER = dt.timedelta(hours=1)
 
@@ -266,50 +298,29 @@ class Outbox:
             if finished:
                 connection.execute(drop_raw, finished)
 
-    def record_imported(self, attempts: Sequence[ImportedAttempt]) -> int:
-        """Add another system's finished attempts, marked as imported, in one transaction; how many
-        were new (a row imported before, by its ``key``, is not added again)."""
-        if not attempts:
-            return 0
-        keys = [attempt.key for attempt in attempts]
+    def record_imported(self, attempts: Iterable[ImportedAttempt]) -> int:
+        """Add another system's finished attempts, marked as imported, in one transaction; how many were new (a
+        row imported before, by its ``key``, is not added again). ``attempts`` is read a chunk at a time, and
+        the keys of one call must differ. Two imports at once take turns, so the second finds the first's rows.
+        """
+        from sqlalchemy import insert
+
+        from mailops.state.store import IMPORT_LOCK, lock_writers
+
+        added = 0
         with self._store.session() as session:
-            known: set[str] = set()
-            for start in range(0, len(keys), 500):  # SQLite's bound on query parameters
-                chunk = keys[start : start + 500]
-                query = select(OutboxRow.message_id).where(
-                    OutboxRow.source == IMPORTED, OutboxRow.message_id.in_(chunk)
-                )
-                known.update(session.scalars(query))
+            lock_writers(session.connection(), IMPORT_LOCK)
             now = utcnow()
-            rows = []
-            for attempt in attempts:
-                if attempt.key in known:
-                    continue
-                known.add(attempt.key)
-                rows.append(
-                    OutboxRow(
-                        created_at=attempt.created_at,
-                        updated_at=now,
-                        source=IMPORTED,
-                        account=attempt.sender.lower(),
-                        sender=attempt.sender,
-                        sender_name="",
-                        to_addresses=list(attempt.to),
-                        cc_addresses=list(attempt.cc),
-                        bcc_addresses=list(attempt.bcc),
-                        subject=attempt.subject,
-                        preview="",
-                        message_id=attempt.key,
-                        status=attempt.status.value,
-                        reply=attempt.reply,
-                        smtp_code=attempt.smtp_code,
-                        enhanced_code=attempt.enhanced_code,
-                        error_class=attempt.error_class,
-                        remedy=attempt.remedy,
-                    )
-                )
-            session.add_all(rows)
-            return len(rows)
+            for chunk in _chunks(attempts, _IMPORT_CHUNK):
+                keys = [attempt.key for attempt in chunk]
+                query = select(OutboxRow.message_id).where(OutboxRow.source == IMPORTED, OutboxRow.message_id.in_(keys))
+                known = set(session.scalars(query))
+                rows = [_imported_row(attempt, now) for attempt in chunk if attempt.key not in known]
+                if rows:
+                    # render_nulls: a None is a NULL, not a key left out, so that every row is of one batch.
+                    session.execute(insert(OutboxRow).execution_options(render_nulls=True), rows)
+                added += len(rows)
+        return added
 
     def orphans(self) -> list[OutboxEntry]:
         """Attempts left behind: queued by a process that is gone (or silent for an hour), and

@@ -11,7 +11,7 @@ from enum import Enum
 from mailops.errors import MailopsError
 
 # The migrations in migrations/versions, oldest first; a test keeps the two in step.
-KNOWN_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007")
+KNOWN_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008")
 SCHEMA_REVISION = KNOWN_REVISIONS[-1]
 MAILOPS_TABLES = frozenset(
     {

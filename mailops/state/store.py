@@ -148,7 +148,7 @@ class StateStore:
         config = Config()
         config.set_main_option("script_location", "mailops.state:migrations")
         with self.engine.begin() as connection:
-            _lock_for_migration(connection)
+            lock_writers(connection, MIGRATION_LOCK)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
@@ -345,24 +345,28 @@ def _is_abandoned(row: ApplyLockRow, now: dt.datetime) -> bool:
     return False
 
 
-# Any fixed number: the key of PostgreSQL's advisory lock that migrations take.
-_MIGRATION_LOCK_KEY = 0x6D61696C6F7073  # "mailops"
+# Any fixed numbers: the keys of PostgreSQL's advisory locks.
+MIGRATION_LOCK = 0x6D61696C6F7073  # "mailops"
+IMPORT_LOCK = MIGRATION_LOCK + 1  # `mailops outbox import`
 
 
-def _lock_for_migration(connection: Connection) -> None:
-    """Make the migration one transaction that only one process at a time runs.
+def lock_writers(connection: Connection, key: int) -> None:
+    """Make the transaction that begins on ``connection`` the only one at a time that takes the lock ``key``.
 
     Two mailops opening a new store at once would both create its tables, and the second
-    fail. With the lock the second waits, and then Alembic finds the store current. On
-    SQLite the explicit BEGIN is also what makes the migration atomic: its driver commits
-    each CREATE on its own otherwise, and a kill in the middle would leave a half-made
-    store that the next start refuses as another application's database.
+    fail; two importing the same log at once would both find its rows new. With the lock the
+    second waits for the first to commit, and then finds its work done. SQLite has one lock
+    for every writer: BEGIN IMMEDIATE takes it now (waiting out another writer for the busy
+    timeout). The explicit BEGIN is also what makes a migration atomic there: its driver
+    commits each CREATE on its own otherwise, and a kill in the middle would leave a half-made
+    store that the next start refuses as another application's database. PostgreSQL takes the
+    advisory lock ``key`` until the transaction ends.
     """
     dialect = connection.dialect.name
     if dialect == "sqlite":
-        connection.exec_driver_sql("BEGIN IMMEDIATE")  # waits out another writer (busy timeout)
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
     elif dialect == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def _schema_status(engine: Engine, shown: str, *, will_migrate: bool) -> SchemaStatus:

@@ -121,6 +121,7 @@ class OutboxRow(Base):
         Index("ix_outbox_retry_of", "retry_of", sqlite_where=text("retry_of IS NOT NULL")),
         Index("ix_outbox_time", "created_at"),
         Index("ix_outbox_account_project_time", "account", "project", "created_at"),
+        Index("ix_outbox_message_id", "message_id"),  # migration 0008: imports' keys, bounces' Message-IDs
         # SQLite only: PostgreSQL has no btree for a JSON column, nor for an expression over one.
         Index(
             "ix_outbox_unsent",
