@@ -11,6 +11,7 @@ import datetime as dt
 from email.policy import compat32
 from email.utils import getaddresses, parsedate_to_datetime
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -103,7 +104,21 @@ def address_lists(draw: st.DrawFn) -> list[str]:
 @example([", , a@example.com ,"])
 def test_plain_addresses_are_read_as_getaddresses_reads_them(values: list[str]) -> None:
     expected = [(name, address) for name, address in getaddresses(values) if address][:MAX_ADDRESSES]
-    assert headers._address_pairs(values) == expected  # noqa: SLF001
+    assert headers.address_pairs(values) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Fri, 31 Dec 9999 23:59:59 -0100",  # beyond the last time in UTC
+        "Fri, 31 Dec 9999 23:59:59 +0100",  # in UTC, but not in a zone east of it
+        "Mon, 1 Jan 0001 00:00:00 +1400",  # the library would read it as 2000 or 2001
+        "Mon, 1 Jan 0000 00:00:00 +0000",
+        "Sat, 1 Jan 0099 00:00:00 +0000",
+    ],
+)
+def test_a_date_that_no_zone_shows_or_that_the_library_would_move_is_none(text: str) -> None:
+    assert read_headers(f"From: a@example.org\r\nDate: {text}\r\n\r\n".encode()).sent_at is None
 
 
 DAYS = st.sampled_from(["", "Mon, ", "Tue, ", "Sun, "])
@@ -130,6 +145,13 @@ def test_a_standard_date_is_read_as_parsedate_reads_it(
     try:
         value = parsedate_to_datetime(text)
         expected: dt.datetime | None = value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+        # Not a time any zone can show: a day from the ends of what a time holds is none.
+        if (
+            not dt.datetime(1, 1, 2, tzinfo=dt.UTC)
+            <= expected.astimezone(dt.UTC)
+            <= dt.datetime(9999, 12, 30, tzinfo=dt.UTC)
+        ):
+            expected = None
     except Exception:  # noqa: BLE001 - the reader's "no date"
         expected = None
     got = read_headers(raw).sent_at

@@ -650,6 +650,8 @@ def test_unreadable_mail_and_reports_never_end_a_run(engine_env, mail_servers, n
         b"Content-Type: multipart/report; report-type=delivery-status\r\n\r\nno boundary at all",
         b"Subject: " + b"x" * 300_000 + b"\r\nFrom: " + b"<a@b.example>, " * 20_000 + b"\r\nPrecedence: bulk\r\n\r\n.",
         bytes(range(256)) * 64,
+        # A Date beyond the last time in UTC: no date, not a failed pass.
+        b"From: a@example.org\r\nDate: Fri, 31 Dec 9999 23:59:59 -0100\r\nPrecedence: bulk\r\n\r\nFar off.\r\n",
     ):
         maildir.add(raw)
     mail_servers.users.maildir(support.address)  # hands the files to the mail user
@@ -657,7 +659,7 @@ def test_unreadable_mail_and_reports_never_end_a_run(engine_env, mail_servers, n
     result = run("run", "--once")
     assert result.exit_code == 0, result.output
     line = line_of(result, support.address)
-    assert line.startswith(f"{support.address}: imported 7, skipped 0; archived 7;")
+    assert line.startswith(f"{support.address}: imported 8, skipped 0; archived 8;")
     assert "delivery report(s) matching no outbox entry (archived)" in line
     assert outbox_rows(engine_env)[0]["status"] == "sent"  # a Message-ID with a control character matches nothing
     assert len(outbox_rows(engine_env)) == 1  # and nobody was answered

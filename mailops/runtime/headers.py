@@ -298,7 +298,21 @@ def _date(headers: Message | _Fields) -> dt.datetime | None:
             value = parsedate_to_datetime(text)
     except Exception:  # noqa: BLE001 - ValueError, TypeError, IndexError: all mean "no date"
         return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)  # "-0000": UTC, origin unknown
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)  # "-0000": UTC, origin unknown
+    try:
+        utc = value.astimezone(dt.UTC)
+    except OverflowError:  # year 9999 west of Greenwich is beyond what a time holds
+        return None
+    if not _EARLIEST <= utc <= _LATEST or _EARLY_YEAR.search(text):
+        return None
+    return value
+
+
+# A day from the ends of what a time holds, so that it shows in any zone.
+_EARLIEST, _LATEST = dt.datetime(1, 1, 2, tzinfo=dt.UTC), dt.datetime(9999, 12, 30, tzinfo=dt.UTC)
+# A year of four digits below 1000 (`0001`): the library reads a year below 100 as 19xx or 20xx.
+_EARLY_YEAR = re.compile(r"(?<![0-9+-])0[0-9]{3}(?![0-9])")
 
 
 def _answers(headers: Message | _Fields) -> tuple[str, ...]:
