@@ -191,6 +191,10 @@ def test_archive_commands_show_only_what_the_user_may_see(engine_env, mail_serve
     assert [entry["subject"] for entry in by_sender] == ["Hello"]
     assert json.loads(run("--as", "alice", "archive", "search", "secret", "--json").stdout) == []
     assert len(json.loads(run("--as", "bob", "archive", "search", "secret", "--json").stdout)) == 1
+    # The search text in the title is text: not markup, and its control characters escaped.
+    for typed, title in (("[/]", "[/]"), ("[link=http://x]y", "[link=http://x]y"), ("\x1b[2Jz", "\\x1b[2Jz")):
+        titled = run("--as", "alice", "archive", "search", typed)
+        assert titled.exit_code == 0 and title in titled.stdout and "\x1b" not in titled.stdout, titled.output
 
     shown = run("--as", "alice", "archive", "show", str(entries["Invoice 42"]))
     assert shown.exit_code == 0, shown.output

@@ -37,6 +37,7 @@ def records(console: Console, title: str, columns: Sequence[Column], rows: Seque
 
     from mailops.errors import printable
 
+    title = printable(title)  # it may carry what a user typed (a search): shown, never markup or a control
     rows = [
         [
             "\n".join(printable(line) for line in (value if column.key else _shortened(value)).split("\n"))
@@ -48,7 +49,7 @@ def records(console: Console, title: str, columns: Sequence[Column], rows: Seque
     needed = sum(w if c.key else min(w, _READABLE) for w, c in zip(widths, columns, strict=True))
     needed += 3 * len(columns) + 1  # borders and padding
     if needed <= console.width:
-        table = Table(title=title, title_justify="left")
+        table = Table(title=Text(title), title_justify="left")
         for column, width in zip(columns, widths, strict=True):
             if column.key:
                 table.add_column(column.title, no_wrap=True, min_width=width)
