@@ -398,6 +398,13 @@ AUTOMATIC = {
     "noreply": ("NoReply+123@shop.example", []),
     "donotreply": ("do-not-reply@bank.example", []),
     "outlook suppress": ("colleague@example.net", ["X-Auto-Response-Suppress: All"]),
+    # Blanks before the colon (RFC 5322's obsolete syntax), every field of a name, a comment after the keyword.
+    "obsolete auto-submitted": ("away2@example.net", ["Auto-Submitted : auto-replied"]),
+    "obsolete precedence": ("news2@example.net", ["Precedence\t: bulk"]),
+    "obsolete list-id": ("poster2@example.net", ["List-Id : <users.lists.example.net>"]),
+    "second auto-submitted": ("away3@example.net", ["Auto-Submitted: no", "Auto-Submitted: auto-replied"]),
+    "precedence with a comment": ("news3@example.net", ["Precedence: bulk (mass mail)"]),
+    "noreply as a word": ("notifications-noreply@shop.example", []),
 }
 
 

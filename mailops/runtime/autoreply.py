@@ -3,13 +3,14 @@
 Never answered (RFC 3834, and what mail programs add to it), so that two responders can never
 talk to each other forever:
 
-- mail that says it is automatic: ``Auto-Submitted`` other than ``no``; ``Precedence`` ``bulk``,
-  ``list``, ``junk`` (or ``auto_reply``); Microsoft's ``X-Auto-Response-Suppress`` asking for no
-  auto-reply; ``X-Autoreply`` / ``X-Autorespond``;
+- mail that says it is automatic: an ``Auto-Submitted`` other than ``no`` (any of them); ``Precedence``
+  ``bulk``, ``list``, ``junk`` (or ``auto_reply``), with a comment after it or not; Microsoft's
+  ``X-Auto-Response-Suppress`` asking for no auto-reply; ``X-Autoreply`` / ``X-Autorespond``. A field
+  written with blanks before its colon (RFC 5322's obsolete syntax) counts as well;
 - mailing-list mail: ``List-Id`` or ``List-Unsubscribe``;
 - a bounce's envelope: a ``Return-Path`` that is empty or ``<>``;
 - a robot's address in From, Sender or Return-Path: mailer-daemon, postmaster, no-reply and its
-  spellings, bounces, ``owner-*``, ``*-request``;
+  spellings (also as a word of the address: ``notifications-noreply``), bounces, ``owner-*``, ``*-request``;
 - our own addresses (every account of the spec and its aliases) in From, Sender or Return-Path;
 - a delivery status notification (the importer does not even ask), and any other report
   (``multipart/report``: a read receipt, or a delivery report with more parts than one has);
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from typing import TYPE_CHECKING
 
-from mailops.runtime.headers import has_header, header_addresses, header_block, header_text
+from mailops.runtime.headers import has_header, header_addresses, header_block, header_text, header_texts
 from mailops.state.autoreplies import ONCE_A_DAY, AutoReplies, ReplyClaim, ReplyStatus, claim_in
 
 if TYPE_CHECKING:
@@ -54,7 +55,8 @@ REPLY_WITHIN = dt.timedelta(days=3)  # older mail is not answered (a weekend wit
 REFERENCES_KEPT = 10  # message ids a reply's References carries at most (the newest)
 _MESSAGE_ID = re.compile(r"<([!-;=?-~]{1,250})>")  # printable ASCII without < and >
 _ROBOT = re.compile(
-    r"^(?:mailer[-_.]?daemon|postmaster|no[-_.]?reply|do[-_.]?not[-_.]?reply|bounces?|owner-.*|.*-request)"
+    r"^(?:mailer[-_.]?daemon|postmaster|bounces?|owner-.*|.*-request"
+    r"|(?:.*[-_.])?no[-_.]?reply|(?:.*[-_.])?do[-_.]?not[-_.]?reply)"  # also as a word of it: notifications-noreply
     r"(?:[-+_.].*)?$",
     re.IGNORECASE,
 )
@@ -73,12 +75,12 @@ def own_addresses(spec: Spec) -> frozenset[str]:
 
 def why_not_answer(headers: Message, own: frozenset[str]) -> str | None:
     """Why the message with ``headers`` must get no auto-reply (see the module doc); None when it may."""
-    submitted = header_text(headers, "Auto-Submitted")
-    if has_header(headers, "Auto-Submitted") and submitted.split(";")[0].strip().lower() != "no":
-        return f"Auto-Submitted: {submitted}"
-    precedence = header_text(headers, "Precedence").strip().lower()
-    if precedence in _BULK_PRECEDENCE:
-        return f"Precedence: {precedence}"
+    for submitted in header_texts(headers, "Auto-Submitted"):  # each one: a first `no` does not hide the next
+        if _first_word(submitted) != "no":
+            return f"Auto-Submitted: {submitted}"
+    for precedence in header_texts(headers, "Precedence"):
+        if _first_word(precedence) in _BULK_PRECEDENCE:
+            return f"Precedence: {precedence}"
     suppress = {word.strip().lower() for word in header_text(headers, "X-Auto-Response-Suppress").split(",")}
     if suppress & _SUPPRESS:
         return "X-Auto-Response-Suppress"
@@ -108,6 +110,12 @@ def reply_address(headers: Message) -> str:
     """Where the auto-reply to a message that :func:`why_not_answer` lets through goes (see the module doc): its
     first Return-Path address, else its From address. IndexError when it has neither."""
     return (header_addresses(headers, "Return-Path")[:1] or header_addresses(headers, "From"))[0]
+
+
+def _first_word(value: str) -> str:
+    """The keyword a field's value starts with, lower-cased: `auto-replied; owner=...` and `bulk (comment)` are
+    `auto-replied` and `bulk`."""
+    return re.split(r"[\s;(]", value.strip(), maxsplit=1)[0].lower()
 
 
 @dataclass

@@ -94,6 +94,15 @@ def header_text(headers: Message, name: str) -> str:
     return _text(headers, name)
 
 
+def header_texts(headers: Message, name: str) -> tuple[str, ...]:
+    """Every header ``name``, each as :func:`header_text` gives the first."""
+    try:
+        values = headers.get_all(name) or []
+    except Exception:  # noqa: BLE001 - a header the library cannot even fetch is an empty one
+        return ()
+    return tuple(_decoded(value) for value in values)
+
+
 def has_header(headers: Message, name: str) -> bool:
     try:
         return name in headers
@@ -117,7 +126,18 @@ _PLAIN_HEADER = re.compile(rb"(?:" + _PLAIN_FIELD + rb")+" + _LINE_END + rb"?")
 
 def _parse(raw: bytes) -> Message:
     # compat32 parses anything (defects are recorded, not raised); only the header is read.
+    end = _HEADER_END.search(raw)
+    head = raw[: end.start()] if end else raw
+    if _OBSOLETE_NAME.search(head):
+        raw = _OBSOLETE_NAME.sub(rb"\1:", head) + raw[len(head) :]
     return BytesHeaderParser(policy=compat32).parsebytes(raw)
+
+
+# RFC 5322 §4.5.3 (obs-optional): blanks may stand between a field's name and its colon (`Precedence : bulk`).
+# Python's parser takes such a line for the end of the header, and every field after it for the body: they are
+# read with the blanks taken out, up to the blank line that ends the header.
+_OBSOLETE_NAME = re.compile(rb"^([!-9;-~]+)[ \t]+:", re.MULTILINE)
+_HEADER_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 
 # One field of a plain header whose lines end in LF or CRLF: its name, and its value as compat32 stores it (the rest
@@ -201,6 +221,10 @@ def _text(headers: Message | _Fields, name: str) -> str:
         return ""
     if value is None:
         return ""
+    return _decoded(value)
+
+
+def _decoded(value: Any) -> str:
     if isinstance(value, str) and "=?" not in value:
         decoded = value  # no encoded word: decoding gives the text back as it is
     else:
