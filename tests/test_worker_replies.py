@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mailops.cli import app
-from mailops.runtime.archive import message_text
+from mailops.runtime.archive import MAX_CONVERTED_HTML, message_text
 from mailops.runtime.autoreply import own_addresses, why_not_answer
 from mailops.runtime.dsn import read_delivery_report
 from mailops.runtime.headers import MAX_MIME_BOUNDARIES, header_block
@@ -776,6 +776,25 @@ def test_a_report_with_more_parts_than_a_report_has_is_not_parsed_and_no_report_
     [bomb, letter] = store.put_many([wide, b"Subject: x\r\n\r\nfind me\r\n"])
     assert message_text(store, bomb) == ""
     assert "find me" in message_text(store, letter)
+
+
+def test_a_message_of_heavy_html_has_a_bounded_share_of_it_converted(tmp_path: Path, monkeypatch) -> None:
+    """HTML of nothing but tags converts at seconds a megabyte and gives no text: only so much of a message's HTML
+    is converted, however much of it there is and however little text it gives; its other text is still read."""
+    from mailops.compose import htmlbody
+
+    converted: list[int] = []
+    convert = htmlbody.html_to_text
+    monkeypatch.setattr(htmlbody, "html_to_text", lambda html: converted.append(len(html)) or convert(html))
+    tags = "<table><tr>" + "<td></td>" * 100_000 + "</tr></table>"
+    parts = [f"Content-Type: text/html; charset=utf-8\r\n\r\n{tags}\r\n" for _ in range(3)]
+    parts.append("Content-Type: text/plain; charset=utf-8\r\n\r\nfind me too\r\n")
+    body = "".join(f"--b\r\n{part}" for part in parts) + "--b--\r\n"
+    raw = ("Subject: tags\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n" + body).encode()
+    store = RawStore(tmp_path)
+    [heavy] = store.put_many([raw])
+    assert "find me too" in message_text(store, heavy)
+    assert 0 < sum(converted) <= MAX_CONVERTED_HTML < 3 * len(tags)
 
 
 def test_own_addresses_include_aliases(example_config) -> None:

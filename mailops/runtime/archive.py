@@ -27,7 +27,10 @@ from mailops.state.archive import Archive
 from mailops.state.store import StateStore
 from mailops.state.tickets import IndexedMessage
 
-MAX_SEARCHED_TEXT = 4 * 1024 * 1024  # characters of one message's text that a search reads
+MAX_SEARCHED_TEXT = 4 * 1024 * 1024  # characters of one message's text parts that a search reads
+# Characters of one message's HTML that are turned into text: markup converts at about three seconds a million
+# characters when it is all tags (and gives no text), so more would make a show or a search wait for minutes.
+MAX_CONVERTED_HTML = 512 * 1024
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ def _texts(message: object) -> Iterator[str]:
 
     if not isinstance(message, EmailMessage):
         return
-    size = 0
+    read, html_left = 0, MAX_CONVERTED_HTML  # what the parts hold counts, not what their text comes to
     for part in message.walk():
         if part.get_content_maintype() != "text" or part.is_attachment():
             continue
@@ -113,8 +116,14 @@ def _texts(message: object) -> Iterator[str]:
             continue
         if not isinstance(content, str):
             continue
-        text = html_to_text(content[:MAX_SEARCHED_TEXT]) if part.get_content_subtype() == "html" else content
-        yield text
-        size += len(text)
-        if size >= MAX_SEARCHED_TEXT:
+        if part.get_content_subtype() == "html":
+            if html_left <= 0:
+                continue
+            content = content[:html_left]
+            html_left -= len(content)
+            yield html_to_text(content)
+        else:
+            yield content
+        read += len(content)
+        if read >= MAX_SEARCHED_TEXT:
             return
