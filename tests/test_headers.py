@@ -121,6 +121,21 @@ def test_a_date_that_no_zone_shows_or_that_the_library_would_move_is_none(text: 
     assert read_headers(f"From: a@example.org\r\nDate: {text}\r\n\r\n".encode()).sent_at is None
 
 
+def test_header_bytes_above_ascii_are_read_as_utf_8() -> None:
+    """Mail as RFC 6532 writes it: UTF-8 in the header without encoded words; invalid bytes are replaced."""
+    raw = "From: Jörg Müller <j@example.org>\r\nTo: Änne <a@example.org>, b@example.org\r\nSubject: Grüße aus Köln\r\n"
+    for end in ("\r\n", "\r\nX-Obsolete : name with a blank\r\n\r\n"):  # plain, and read by the parser
+        read = read_headers((raw + end).encode())
+        assert (read.subject, read.sender, read.to) == (
+            "Grüße aus Köln",
+            "Jörg Müller <j@example.org>",
+            ("a@example.org", "b@example.org"),
+        )
+        block = headers.header_block((raw + end).encode())
+        assert headers.header_text(block, "Subject") == "Grüße aus Köln"
+    assert read_headers(b"Subject: Caf\xe9 =?utf-8?q?latin?=\r\n\r\n").subject == "Caf\ufffd =?utf-8?q?latin?="
+
+
 DAYS = st.sampled_from(["", "Mon, ", "Tue, ", "Sun, "])
 MONTHS = st.sampled_from("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split())
 

@@ -57,48 +57,51 @@ def imported_attempts(log: SeedLog) -> Iterator[ImportedAttempt]:
     A row is known by its fields as the file writes them: a time without an offset by its
     wall-clock time as written, so that the same file imported with another --timezone adds
     nothing; a time with an offset by the wall-clock time of that instant in a fixed zone.
-    The columns are converted whole first: a million rows go through Python once, not through pandas.
+    The columns are converted a chunk of rows at a time: rows go through Python, not one by one
+    through pandas, and no more of them than a chunk at once.
     """
-    frame = log.frame
     now = utcnow()
-    times = frame["time"]
-    written = times.dt.tz_convert(log.timezone).dt.strftime(_KEY_TIME)
-    if log.has_offset.any():
-        written = written.where(~log.has_offset, times.dt.tz_convert(_KEY_ZONE).dt.strftime(_KEY_TIME))
-    columns = {name: _texts(frame[name]) for name in ("from", "to", "cc", "bcc", "subject", "error")}
-    rows = zip(
-        _texts(written),
-        *columns.values(),
-        [now if pd.isna(time) else time for time in times.dt.to_pydatetime()],
-        frame["status"].to_numpy() == OutboxStatus.FAILED.value,
-        _texts(frame["class"]),
-        frame["smtp_code"].astype("object").where(frame["smtp_code"].notna(), None).tolist(),
-        _texts(frame["enhanced_code"]),
-        strict=True,
-    )
-    seen: Counter[str] = Counter()
-    for time, sender, to, cc, bcc, subject, error, created_at, failed, error_class, smtp_code, enhanced in rows:
-        fields = [time, sender, to, cc, bcc, subject, error]
-        digest = hashlib.sha256("\x1f".join(fields).encode("utf-8", "surrogatepass")).hexdigest()
-        seen[digest] += 1
-        kept_class = (error_class or None) if failed else None
-        yield ImportedAttempt(
-            key=f"import:{digest[:40]}:{seen[digest]}",
-            created_at=created_at,
-            sender=(_addresses(sender) or [""])[0],
-            to=_addresses(to),
-            cc=_addresses(cc),
-            bcc=_addresses(bcc),
-            subject=subject,
-            status=OutboxStatus.FAILED if failed else OutboxStatus.SENT,
-            reply=error or None,
-            smtp_code=None if smtp_code is None else int(smtp_code),
-            enhanced_code=enhanced or None,
-            error_class=kept_class,
-            remedy=remedy(kept_class).long if kept_class else None,
+    seen: Counter[bytes] = Counter()
+    for start in range(0, len(log.frame), _CHUNK_ROWS):
+        frame = log.frame.iloc[start : start + _CHUNK_ROWS]
+        has_offset = log.has_offset[start : start + _CHUNK_ROWS]
+        times = frame["time"]
+        written = times.dt.tz_convert(log.timezone).dt.strftime(_KEY_TIME)
+        if has_offset.any():
+            written = written.where(~has_offset, times.dt.tz_convert(_KEY_ZONE).dt.strftime(_KEY_TIME))
+        rows = zip(
+            _texts(written),
+            *(_texts(frame[name]) for name in ("from", "to", "cc", "bcc", "subject", "error")),
+            [now if pd.isna(time) else time for time in times.dt.to_pydatetime()],
+            frame["status"].to_numpy() == OutboxStatus.FAILED.value,
+            _texts(frame["class"]),
+            frame["smtp_code"].astype("object").where(frame["smtp_code"].notna(), None).tolist(),
+            _texts(frame["enhanced_code"]),
+            strict=True,
         )
+        for time, sender, to, cc, bcc, subject, error, created_at, failed, error_class, smtp_code, enhanced in rows:
+            fields = [time, sender, to, cc, bcc, subject, error]
+            digest = hashlib.sha256("\x1f".join(fields).encode("utf-8", "surrogatepass")).digest()[:20]
+            seen[digest] += 1
+            kept_class = (error_class or None) if failed else None
+            yield ImportedAttempt(
+                key=f"import:{digest.hex()}:{seen[digest]}",
+                created_at=created_at,
+                sender=(_addresses(sender) or [""])[0],
+                to=_addresses(to),
+                cc=_addresses(cc),
+                bcc=_addresses(bcc),
+                subject=subject,
+                status=OutboxStatus.FAILED if failed else OutboxStatus.SENT,
+                reply=error or None,
+                smtp_code=None if smtp_code is None else int(smtp_code),
+                enhanced_code=enhanced or None,
+                error_class=kept_class,
+                remedy=remedy(kept_class).long if kept_class else None,
+            )
 
 
+_CHUNK_ROWS = 10_000
 _KEY_TIME = "%Y-%m-%d %H:%M:%S"
 
 

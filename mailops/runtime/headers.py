@@ -97,7 +97,7 @@ def header_text(headers: Message, name: str) -> str:
 def header_texts(headers: Message, name: str) -> tuple[str, ...]:
     """Every header ``name``, each as :func:`header_text` gives the first."""
     try:
-        values = headers.get_all(name) or []
+        values = _raw_values(headers, name)
     except Exception:  # noqa: BLE001 - a header the library cannot even fetch is an empty one
         return ()
     return tuple(_decoded(value) for value in values)
@@ -193,6 +193,9 @@ class _Fields:
         found = self._by_name.get(name.lower())
         return [self._policy.header_fetch_parse(*field) for field in found] if found else None
 
+    def raw_values(self, name: str) -> list[str]:
+        return [value for _name, value in self._by_name.get(name.lower(), [])]
+
 
 def _fields(raw: bytes, names: frozenset[str]) -> _Fields:
     """The fields ``names`` (lower-cased) of the header of the message ``raw``, for lookups; never raises."""
@@ -213,31 +216,39 @@ def storable(text: str) -> str:
     return data.decode("utf-8", "replace").replace("\x00", "")[:MAX_TEXT]
 
 
+def _raw_values(headers: Message | _Fields, name: str) -> list[str]:
+    """The values of the fields ``name`` as the message has them. (The policy's lookup would turn a value with
+    bytes above ASCII into a header of unknown charset, whose text has each such byte replaced.)"""
+    if isinstance(headers, _Fields):
+        return headers.raw_values(name)
+    wanted = name.lower()
+    return [str(value) for field, value in headers.raw_items() if field.lower() == wanted]
+
+
 def _text(headers: Message | _Fields, name: str) -> str:
-    """A header's text with its encoded words (RFC 2047) decoded; the raw text when they are broken."""
+    """A header's text (see :func:`_decoded`); "" when it is missing."""
     try:
-        value = headers.get(name)
+        values = _raw_values(headers, name)
     except Exception:  # noqa: BLE001 - a header the library cannot even fetch is an empty one
         return ""
-    if value is None:
-        return ""
-    return _decoded(value)
+    return _decoded(values[0]) if values else ""
 
 
-def _decoded(value: Any) -> str:
-    if isinstance(value, str) and "=?" not in value:
-        decoded = value  # no encoded word: decoding gives the text back as it is
-    else:
+def _decoded(value: str) -> str:
+    """A field's value as text: bytes above ASCII read as UTF-8 (RFC 6532, the invalid ones replaced), encoded
+    words (RFC 2047) decoded, unless they are broken; unfolded, storable and bounded."""
+    text = storable(value)
+    if "=?" in text and text.isascii():  # the library writes other characters beside encoded words as escapes
         try:
-            decoded = str(make_header(decode_header(str(value))))
+            text = str(make_header(decode_header(text)))
         except Exception:  # noqa: BLE001 - unknown charsets, broken base64: keep what is there
-            decoded = str(value)
-    return storable(" ".join(decoded.split()))  # unfolded
+            pass
+    return storable(" ".join(text.split()))  # unfolded
 
 
 def _pairs(headers: Message | _Fields, name: str) -> list[tuple[str, str]]:
     try:
-        return address_pairs([str(value) for value in headers.get_all(name) or []])
+        return address_pairs([storable(value) for value in _raw_values(headers, name)])
     except Exception:  # noqa: BLE001
         return []
 
