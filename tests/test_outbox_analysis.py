@@ -775,7 +775,8 @@ def test_the_store_summary_is_what_the_frame_functions_give(example: StateStore,
     if timezone == "Europe/Berlin":  # counted by hand in test_summaries_count_each_mail_once_by_its_final_attempt
         assert summary.headline == analysis.Headline(sent=3, failed=5, queued=1, rate=0.625)
         assert records(summary.domains) == [("kunde.de", 1, 4, 5, 0.8), ("beispiel.de", 1, 1, 2, 0.5)]
-        assert summary.latest_failures["message_id"].tolist()[-1] == "<m9@example.com>"  # logged last
+        # The newest by time: m9 was logged after m7, but is of March 3rd, m7 of March 5th.
+        assert summary.latest_failures["message_id"].tolist()[-1] == "<m7@example.com>"
     # Against the day before: March 2nd, where m3 was throttled once and then went out (one mail, sent).
     assert_store_summary_is_the_frames(
         example, dt.date(2026, 3, 3), march_5, timezone=timezone, previous=(march_2, march_2)

@@ -141,6 +141,24 @@ def test_two_imports_at_once_store_each_row_once(admin_env: Path) -> None:
         assert connection.execute("SELECT count(*), count(DISTINCT message_id) FROM outbox").fetchone() == (4000, 4000)
 
 
+def test_list_and_export_read_dates_in_the_business_zone_and_order_by_time(admin_env: Path) -> None:
+    later, earlier = admin_env / "later.csv", admin_env / "earlier.csv"
+    header = "Datum;From;To;Subject;Fehler\n"
+    later.write_text(header + "20.11.2026 10:00;shop@example.com;a@example.org;Newest;550 5.1.1 unknown\n")
+    earlier.write_text(header + "03.11.2026 00:30;shop@example.com;b@example.org;Past midnight;550 5.1.1 unknown\n")
+    for log in (later, earlier):  # the older log imported last
+        assert runner.invoke(app, ["outbox", "import", str(log)]).exit_code == 0
+    newest = json.loads(runner.invoke(app, ["outbox", "list", "--limit", "1", "--json"]).stdout)
+    assert [entry["subject"] for entry in newest] == ["Newest"]
+    # 00:30 in Berlin is 23:30 UTC of the day before: a date is the business's day, as in `report`.
+    since = json.loads(runner.invoke(app, ["outbox", "list", "--since", "2026-11-03", "--json"]).stdout)
+    assert sorted(entry["subject"] for entry in since) == ["Newest", "Past midnight"]
+    exported = runner.invoke(app, ["outbox", "export", "--since", "2026-11-03", "--out", "out.csv"])
+    assert exported.exit_code == 0 and "Wrote 2 entries" in exported.stdout
+    lines = (admin_env / "out.csv").read_text(encoding="utf-8").splitlines()
+    assert "Newest" in lines[1] and "Past midnight" in lines[2]  # in the order the log was written
+
+
 # A directory of the zone database, and a name too long for a file, are no zones either.
 @pytest.mark.parametrize("zone", ["Mars/Olympus", "America", "A" * 300])
 def test_an_unknown_time_zone_is_refused(admin_env: Path, zone: str) -> None:

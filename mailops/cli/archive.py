@@ -107,7 +107,10 @@ def show_entry(
 
 
 def _utc(since: dt.datetime | None) -> dt.datetime | None:
-    return since.replace(tzinfo=dt.UTC) if since is not None and since.tzinfo is None else since
+    # The store compares times as UTC text: one with another offset is converted, not read as UTC.
+    return (
+        None if since is None else (since.replace(tzinfo=dt.UTC) if since.tzinfo is None else since).astimezone(dt.UTC)
+    )
 
 
 def _print_entries(entries: list[IndexedMessage], title: str, *, as_json: bool) -> None:

@@ -48,6 +48,14 @@ def _context(ctx: typer.Context, config_dir: Path | None) -> tuple[Settings, Loa
 MAX_ID = 2**63 - 1  # the database's largest integer: a bigger number is a usage error, not an overflow
 
 
+def _in_zone(since: dt.datetime | None, settings: Settings) -> dt.datetime | None:
+    """``--since`` as an instant in UTC, as the store compares times: a date or time without an offset is the
+    business's (MAILOPS_TIMEZONE), as the days of `report` and the times of `outbox import` are."""
+    if since is None:
+        return None
+    return (since.replace(tzinfo=settings.zone) if since.tzinfo is None else since).astimezone(dt.UTC)
+
+
 @app.command()
 def send(
     ctx: typer.Context,
@@ -151,7 +159,11 @@ def list_entries(
     account: str | None = typer.Option(None, "--account", help="Only this account."),
     project: str | None = typer.Option(None, "--project", help="Only this project / sales channel."),
     error_class: str | None = typer.Option(None, "--class", help="Only this error class."),
-    since: dt.datetime | None = typer.Option(None, "--since", help="Only attempts since this date (YYYY-MM-DD)."),
+    since: dt.datetime | None = typer.Option(
+        None,
+        "--since",
+        help="Only attempts since this date (YYYY-MM-DD) or time, in MAILOPS_TIMEZONE.",
+    ),
     limit: int = typer.Option(50, "--limit", min=1, max=MAX_ID, help="At most this many, newest first."),
     as_json: bool = typer.Option(False, "--json", help="Print the entries as JSON."),
     config_dir: Path | None = ConfigDirOption,
@@ -160,7 +172,7 @@ def list_entries(
     from mailops.state.outbox import Outbox, OutboxStatus
 
     check_choice(status, OutboxStatus, "--status")
-    _settings, loaded, actor, store = _context(ctx, config_dir)
+    settings, loaded, actor, store = _context(ctx, config_dir)
     with reported_errors(as_json=as_json):
         entries = Outbox(store).entries(
             accounts=_visible(loaded, store, actor),
@@ -168,7 +180,7 @@ def list_entries(
             account=account,
             project=project,
             error_class=error_class,
-            since=since.replace(tzinfo=dt.UTC) if since and since.tzinfo is None else since,
+            since=_in_zone(since, settings),
             limit=limit,
         )
     if as_json:
@@ -290,7 +302,9 @@ def export(
     ctx: typer.Context,
     out: Path = typer.Option(..., "--out", help="The file to write."),
     format: str = typer.Option("csv", "--format", help="csv or parquet."),  # noqa: A002 - the option's name
-    since: dt.datetime | None = typer.Option(None, "--since", help="Only attempts since this date."),
+    since: dt.datetime | None = typer.Option(
+        None, "--since", help="Only attempts since this date (YYYY-MM-DD) or time, in MAILOPS_TIMEZONE."
+    ),
     config_dir: Path | None = ConfigDirOption,
 ) -> None:
     """Write the outbox log (what this user may see) as CSV or Parquet, for analysis."""
@@ -304,13 +318,11 @@ def export(
 
     if format not in ("csv", "parquet"):
         fail("--format is csv or parquet")
-    _settings, loaded, actor, store = _context(ctx, config_dir)
+    settings, loaded, actor, store = _context(ctx, config_dir)
     with reported_errors():
-        entries = Outbox(store).entries(
-            accounts=_visible(loaded, store, actor),
-            since=since.replace(tzinfo=dt.UTC) if since and since.tzinfo is None else since,
-        )
-        rows = [entry.as_dict() for entry in reversed(entries)]  # real times for Parquet
+        entries = Outbox(store).entries(accounts=_visible(loaded, store, actor), since=_in_zone(since, settings))
+        # In the order the log was written (real times for Parquet).
+        rows = [entry.as_dict() for entry in sorted(entries, key=lambda entry: entry.id)]
         for row in rows:
             for key in ("to", "cc", "bcc"):
                 row[key] = "; ".join(row[key])

@@ -429,8 +429,9 @@ def load_store(
     columns to read (default: all); the others come back NA, and ``recipient_domain`` needs
     ``to`` (:data:`SUMMARY_COLUMNS` reads what the summaries need, a fraction of the bytes).
     ``statuses`` keeps only attempts of those statuses, ``newest`` only the ``newest`` latest
-    attempts (by id). ``final`` is decided over the whole store (see "Mails, not attempts"). The
-    whole messages kept for `outbox resend` are never read.
+    attempts (by time, then id: a log imported later may hold older mail). ``final`` is decided
+    over the whole store (see "Mails, not attempts"). The whole messages kept for `outbox resend`
+    are never read.
     """
     if not store.exists:
         return empty_frame()
@@ -440,7 +441,7 @@ def load_store(
     if statuses is not None:
         query = query.where(OutboxRow.status.in_(sorted(statuses)))
     if newest is not None:
-        query = query.order_by(None).order_by(OutboxRow.id.desc()).limit(newest)
+        query = query.order_by(None).order_by(OutboxRow.created_at.desc(), OutboxRow.id.desc()).limit(newest)
     with store.session() as session:
         rows = _fetch(session, query)
     if newest is not None:
@@ -1363,11 +1364,11 @@ def _microseconds(moment: dt.datetime) -> int:
 def _latest_failures(session: Session, rest: pd.DataFrame, now: npt.NDArray[np.bool_], latest: int) -> pd.DataFrame:
     """The ``latest`` newest failed attempts of the period in full, oldest first, as :func:`load_store` gives them:
     the rest holds every failed attempt, and whether it was its mail's last."""
-    failing = rest.loc[now & (rest["status"] == OutboxStatus.FAILED.value).to_numpy(), ["id", "final"]]
-    chosen = failing.sort_values("id").tail(latest)
+    failing = rest.loc[now & (rest["status"] == OutboxStatus.FAILED.value).to_numpy(), ["id", "time", "final"]]
+    chosen = failing.sort_values(["time", "id"]).tail(latest)  # by time: a log imported later may hold older mail
     wanted = _wanted(None)
     query = select(*(_STORE_COLUMNS[name] for name in wanted)).where(OutboxRow.id.in_(chosen["id"].tolist()))
-    rows = _fetch(session, query.order_by(OutboxRow.id))
+    rows = _fetch(session, query.order_by(OutboxRow.created_at, OutboxRow.id))
     raw = _cut(rows, wanted)
     raw["final"] = chosen["final"].reset_index(drop=True)
     return _frame_of(raw, len(rows), None)

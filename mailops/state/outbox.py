@@ -392,10 +392,11 @@ class Outbox:
         since: dt.datetime | None = None,
         limit: int | None = None,
     ) -> list[OutboxEntry]:
-        """The attempts, newest first; ``accounts`` (lower-cased) limits them to what the acting user may see."""
+        """The attempts, newest first (by time: a log imported later may hold older mail); ``accounts``
+        (lower-cased) limits them to what the acting user may see."""
         if not self._store.exists:
             return []
-        query = select(OutboxRow).order_by(OutboxRow.id.desc())
+        query = select(OutboxRow).order_by(OutboxRow.created_at.desc(), OutboxRow.id.desc())
         if accounts is not None:
             query = query.where(OutboxRow.account.in_(sorted(accounts)))
         if status is not None:
