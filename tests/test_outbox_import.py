@@ -144,7 +144,10 @@ def test_two_imports_at_once_store_each_row_once(admin_env: Path) -> None:
 def test_list_and_export_read_dates_in_the_business_zone_and_order_by_time(admin_env: Path) -> None:
     later, earlier = admin_env / "later.csv", admin_env / "earlier.csv"
     header = "Datum;From;To;Subject;Fehler\n"
-    later.write_text(header + "20.11.2026 10:00;shop@example.com;a@example.org;Newest;550 5.1.1 unknown\n")
+    later.write_text(
+        header + "20.11.2026 10:00;shop@example.com;a@example.org;Newest;550 5.1.1 unknown\n"
+        "20.11.2026 09:00;shop@example.com;c@example.org;Sent;\n"
+    )
     earlier.write_text(header + "03.11.2026 00:30;shop@example.com;b@example.org;Past midnight;550 5.1.1 unknown\n")
     for log in (later, earlier):  # the older log imported last
         assert runner.invoke(app, ["outbox", "import", str(log)]).exit_code == 0
@@ -152,11 +155,12 @@ def test_list_and_export_read_dates_in_the_business_zone_and_order_by_time(admin
     assert [entry["subject"] for entry in newest] == ["Newest"]
     # 00:30 in Berlin is 23:30 UTC of the day before: a date is the business's day, as in `report`.
     since = json.loads(runner.invoke(app, ["outbox", "list", "--since", "2026-11-03", "--json"]).stdout)
-    assert sorted(entry["subject"] for entry in since) == ["Newest", "Past midnight"]
+    assert sorted(entry["subject"] for entry in since) == ["Newest", "Past midnight", "Sent"]
     exported = runner.invoke(app, ["outbox", "export", "--since", "2026-11-03", "--out", "out.csv"])
-    assert exported.exit_code == 0 and "Wrote 2 entries" in exported.stdout
+    assert exported.exit_code == 0 and "Wrote 3 entries" in exported.stdout
     lines = (admin_env / "out.csv").read_text(encoding="utf-8").splitlines()
-    assert "Newest" in lines[1] and "Past midnight" in lines[2]  # in the order the log was written
+    assert "Newest" in lines[1] and "Sent" in lines[2] and "Past midnight" in lines[3]  # as the log was written
+    assert ",550," in lines[1] and "550.0" not in lines[1]  # a code is a number, not a float
 
 
 # A directory of the zone database, and a name too long for a file, are no zones either.

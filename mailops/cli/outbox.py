@@ -327,6 +327,8 @@ def export(
             for key in ("to", "cc", "bcc"):
                 row[key] = "; ".join(row[key])
         frame = pd.DataFrame(rows, columns=list(_public_columns()))
+        for column in ("retry_of", "smtp_code"):  # numbers, some missing: not floats (`552.0`)
+            frame[column] = frame[column].astype("Int64")
         if format == "csv":  # opened in spreadsheets too: text that would run as a formula is marked as text
             atomic_write(out, spreadsheet_csv(frame))
         else:
