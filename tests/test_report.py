@@ -24,6 +24,7 @@ from mailops.cli import app
 from mailops.outbox import analysis
 from mailops.outbox.classify import remedy
 from mailops.report import Period
+from mailops.report.html import MAX_CELL
 from mailops.state import StateStore
 from mailops.state.outbox import NewAttempt, Outbox, OutboxStatus, Outcome
 from mailops.state.tables import OutboxRow
@@ -257,6 +258,20 @@ def test_control_characters_show_escaped_on_the_page(store: StateStore, workdir:
     assert "invoice \\u202egpj.exe \\x1b[2J" in text
     assert "\u202e" not in text and "\x1b" not in text
     assert "550 no\nsuch user" in text  # a line break is no control to hide
+
+
+def test_a_long_text_is_cut_on_the_page_and_whole_in_the_csv(store: StateStore, workdir: Path) -> None:
+    subject, reply = "S" * 100_000, "550 " + "R" * 100_000
+    hostile_failure(store, at(5, 12), subject=subject, reply=reply, to=tuple(f"r{n}@kunde.de" for n in range(2_000)))
+    code, output = report(*MARCH)
+    assert code == 0, output
+    page = (workdir / "reports" / PAGE).read_text(encoding="utf-8")
+    assert len(page) < 100_000  # each text is cut at MAX_CELL characters
+    for text in ("S" * MAX_CELL, "R" * MAX_CELL, "r1999@kunde.de"):
+        assert text not in page
+    assert "S" * (MAX_CELL - 1) + "…" in page
+    latest = pd.read_csv(workdir / "reports" / "outbox-2026-03-05-latest-failures.csv")
+    assert subject in latest["subject"].tolist() and reply in latest["reply"].tolist()
 
 
 def test_a_csv_cell_that_a_spreadsheet_would_run_is_defused(store: StateStore, workdir: Path) -> None:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 # Nothing may be loaded from anywhere: inline styles only (the SVGs' own <style> included).
 CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
-MAX_REPLY = 300  # characters of a server's reply in the table; the CSV has it whole
+MAX_CELL = 300  # characters of a text (a subject, the recipients, a server's reply) in a table; the CSV has it whole
 NONE = "—"
 
 _STYLE = """
@@ -152,12 +152,10 @@ def _latest(latest: pd.DataFrame, timezone: str) -> list[str]:
         "<th>server's reply</th></tr></thead><tbody>"
     )
     for row in latest.to_dict("records"):
-        reply = _value(row["reply"])
-        if len(reply) > MAX_REPLY:
-            reply = reply[: MAX_REPLY - 1] + "…"
-        cells = "".join(f"<td>{_text(_value(row[name]))}</td>" for name in ("time", "account", "to", "subject"))
+        cells = "".join(f"<td>{_text(_cell(row[name]))}</td>" for name in ("time", "account", "to", "subject"))
         lines.append(
-            f'<tr>{cells}<td><code>{_text(_value(row["class"]))}</code></td><td class="reply">{_text(reply)}</td></tr>'
+            f"<tr>{cells}<td><code>{_text(_value(row['class']))}</code></td>"
+            f'<td class="reply">{_text(_cell(row["reply"]))}</td></tr>'
         )
     lines.append("</tbody></table>")
     return lines
@@ -175,6 +173,12 @@ def _text(value: str) -> str:
     # Control characters are shown escaped, as on a terminal: a bidirectional override would show
     # `invoice \u202egpj.exe` as `invoice exe.jpg`. Line breaks stay (the page folds them).
     return escape("\n".join(printable(line) for line in value.split("\n")), quote=True)
+
+
+def _cell(value: object) -> str:
+    """A table cell's text, cut after :data:`MAX_CELL` characters."""
+    text = _value(value)
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
 def _value(value: object) -> str:
