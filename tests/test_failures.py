@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 import ssl
 
@@ -49,7 +50,11 @@ def test_errors_raised_on_this_side_are_local_not_the_servers() -> None:
         "Grüße".encode("ascii")
     except UnicodeEncodeError as exc:
         encoding = classify(exc, "imap")
-    for error in (header, encoding):
+    try:  # what a mail's content can make of our own reading: a date beyond the calendar
+        dt.datetime(9999, 12, 31, 23, 0, tzinfo=dt.timezone(dt.timedelta(hours=-2))).astimezone(dt.UTC)
+    except OverflowError as exc:
+        overflow = classify(exc, "imap")
+    for error in (header, encoding, overflow, classify(KeyError("uid"), "imap")):
         assert error.failure_class is FailureClass.LOCAL
         assert "no server refused anything" in error.remedy
 

@@ -169,8 +169,8 @@ def classify(exc: BaseException, protocol: str) -> TransportError:
         return exc
     if _NO_STARTTLS.search(_text(exc)):
         return TransportError(FailureClass.TLS, _text(exc), protocol=protocol, remedy=NO_STARTTLS_REMEDY)
-    if isinstance(exc, ValueError | TypeError) and not isinstance(exc, OSError):  # ssl errors are ValueErrors too
-        # Raised on this side while building a command or a message, before any server saw it.
+    if isinstance(exc, _LOCAL) and not isinstance(exc, OSError):  # ssl errors are ValueErrors too
+        # Raised on this side while building a command or a message, or reading what came back: no server's doing.
         return TransportError(FailureClass.LOCAL, f"{type(exc).__name__}: {_text(exc)}", protocol=protocol)
     smtp = _classify_smtp(exc, protocol)
     if smtp is not None:
@@ -181,6 +181,8 @@ def classify(exc: BaseException, protocol: str) -> TransportError:
     return _classify_os(exc, protocol)
 
 
+# What Python raises for a value it cannot work with (a date beyond the calendar is an OverflowError).
+_LOCAL = (ValueError, TypeError, ArithmeticError, LookupError, AttributeError)
 # The peer went away after the connection was made (an EOF inside TLS is one too).
 _CONNECTION_LOST = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, ssl.SSLEOFError)
 
