@@ -348,6 +348,7 @@ def test_the_days_are_the_business_time_zones_unless_told_otherwise(
         (["--until", "2026-02-30"], "Error: --until '2026-02-30' is not a date (YYYY-MM-DD)"),
         (["--out", "taken"], "Error: --out taken is not a directory"),
         (["--out", "/dev/null"], "Error: --out /dev/null is not a directory"),
+        (["--out", ""], "Error: --out is empty: name the directory for the report"),
         (["--out", "/proc/mailops-report"], "Error: cannot make the directory /proc/mailops-report"),
         (["--timezone", "Mars/Olympus"], "Error: unknown time zone"),
         (["--timezone", "America"], "Error: unknown time zone `America`"),  # a directory of the zone database

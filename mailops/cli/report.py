@@ -16,7 +16,7 @@ def report(
     ctx: typer.Context,
     since: str | None = typer.Option(None, "--since", help="First day, YYYY-MM-DD [default: 29 days before --until]"),
     until: str | None = typer.Option(None, "--until", help="Last day, included, YYYY-MM-DD [default: today]"),
-    out: Path = typer.Option(Path("reports"), "--out", help="Directory for the page and its CSVs."),
+    out: str = typer.Option("reports", "--out", help="Directory for the page and its CSVs."),
     timezone: str | None = typer.Option(
         None, "--timezone", help="The zone whose calendar days count [default: MAILOPS_TIMEZONE, Europe/Berlin]."
     ),
@@ -32,8 +32,10 @@ def report(
 
     # The command imports pandas and matplotlib and builds the report's frames: many objects and no garbage, which
     # the cycle collector would otherwise walk again and again (about half a second of a million rows' report).
+    if not out:  # as a path it would be the current directory, which nobody meant
+        fail("--out is empty: name the directory for the report (default: reports)")
     with cycle_collector_paused():
-        page = _write_report(ctx, since, until, out, timezone, config_dir)
+        page = _write_report(ctx, since, until, Path(out), timezone, config_dir)
     typer.echo(str(page))
 
 
