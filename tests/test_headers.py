@@ -136,6 +136,20 @@ def test_header_bytes_above_ascii_are_read_as_utf_8() -> None:
     assert read_headers(b"Subject: Caf\xe9 =?utf-8?q?latin?=\r\n\r\n").subject == "Caf\ufffd =?utf-8?q?latin?="
 
 
+def test_long_headers_are_parsed_and_decoded_whole_and_only_then_cut() -> None:
+    to = ",\r\n ".join(f"recipient.number{n:03d}@customer-domain.example.com" for n in range(80))
+    subject = " ".join("=?utf-8?q?Gr=C3=BC=C3=9Fe_aus_K=C3=B6ln?=" for _ in range(60))
+    references = "\r\n ".join(
+        f"<message.{n:03d}.{'x' * 17}@example.com>" for n in range(45)
+    )  # 1,979 characters unfolded, more folded
+    read = read_headers(f"To: {to}\r\nSubject: {subject}\r\nReferences: {references}\r\n\r\n".encode())
+    assert len(read.to) == 80 and read.to[-1] == "recipient.number079@customer-domain.example.com"
+    assert read.subject == "Grüße aus Köln" * 60
+    assert read.answers[0].startswith("<message.044.")  # the newest reference first, none lost to the folds
+    # A comment or a zone without its sign is no early year.
+    assert read_headers(b"Date: Tue, 2 Jan 2024 09:15:00 +0000 (UTC 0000)\r\n\r\n").sent_at is not None
+
+
 DAYS = st.sampled_from(["", "Mon, ", "Tue, ", "Sun, "])
 MONTHS = st.sampled_from("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split())
 

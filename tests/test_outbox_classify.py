@@ -608,6 +608,18 @@ def test_read_seed_log_takes_old_line_ends_nanoseconds_and_blank_lines(tmp_path:
     assert log.has_offset.tolist() == [True, False]
 
 
+def test_read_seed_log_reads_quotes_and_line_ends_as_exports_write_them(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text(
+        'Datum;From;To;Subject;Fehler\n01.01.2026;"Anna, B" <a@example.com>;k@example.org;Hallo;;\n'
+        "02.01.2026;b@example.com;k@example.org;Zwei;550 5.1.1 unknown;;\n",
+        encoding="utf-8",
+    )
+    log = read_seed_log(path)
+    assert log["from"].tolist() == ["Anna, B <a@example.com>", "b@example.com"]
+    assert log["subject"].tolist() == ["Hallo", "Zwei"] and log["status"].tolist() == ["sent", "failed"]
+
+
 def test_read_seed_log_refuses_what_it_cannot_read(tmp_path: Path) -> None:
     def refusal(content: bytes | None, name: str = "log.csv", **options: Any) -> str:
         path = tmp_path / name
@@ -647,7 +659,8 @@ def test_read_seed_log_refuses_what_it_cannot_read(tmp_path: Path) -> None:
     cut = b"Datum;To;Subject;Fehler\n03.11.2026 09:15;kunde@example.org;Bestellung;\n03.11.2026 09:16;anna@exa"
     assert "log.csv:3: 2 field(s) where the header names 4" in refusal(cut)
     assert "log.csv:2: 3 field(s) where the header names 2" in refusal(b"Datum;Fehler\n01.01.2026;a;extra\n")
-    assert "log.csv:2: a quoted field is never closed" in refusal(b'Datum;Subject;Fehler\n01.01.2026;"open;x\n')
+    # A quote never closed takes the rest of the file into its field: the row is then short of fields.
+    assert "log.csv:2: 2 field(s) where the header names 3" in refusal(b'Datum;Subject;Fehler\n01.01.2026;"open;x\n')
     assert "log.csv:1: a field is longer than 131,072 characters" in refusal(
         b"Datum;Fehler;" + b"X" * 200_000 + b"\n01.01.2026;x;y\n"
     )

@@ -156,6 +156,9 @@ def test_list_and_export_read_dates_in_the_business_zone_and_order_by_time(admin
     # 00:30 in Berlin is 23:30 UTC of the day before: a date is the business's day, as in `report`.
     since = json.loads(runner.invoke(app, ["outbox", "list", "--since", "2026-11-03", "--json"]).stdout)
     assert sorted(entry["subject"] for entry in since) == ["Newest", "Past midnight", "Sent"]
+    for edge, count in (("0001-01-01", 3), ("9999-12-31T23:59:59", 0)):  # the calendar's ends: all, and none
+        listed = runner.invoke(app, ["outbox", "list", "--since", edge, "--json"])
+        assert listed.exit_code == 0 and len(json.loads(listed.stdout)) == count, listed.output
     exported = runner.invoke(app, ["outbox", "export", "--since", "2026-11-03", "--out", "out.csv"])
     assert exported.exit_code == 0 and "Wrote 3 entries" in exported.stdout
     lines = (admin_env / "out.csv").read_text(encoding="utf-8").splitlines()

@@ -53,7 +53,10 @@ def _in_zone(since: dt.datetime | None, settings: Settings) -> dt.datetime | Non
     business's (MAILOPS_TIMEZONE), as the days of `report` and the times of `outbox import` are."""
     if since is None:
         return None
-    return (since.replace(tzinfo=settings.zone) if since.tzinfo is None else since).astimezone(dt.UTC)
+    try:
+        return (since.replace(tzinfo=settings.zone) if since.tzinfo is None else since).astimezone(dt.UTC)
+    except OverflowError:  # within a day of the calendar's ends: since the first day is everything, the last none
+        return None if since.year == dt.MINYEAR else dt.datetime.max.replace(tzinfo=dt.UTC)
 
 
 @app.command()

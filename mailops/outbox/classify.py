@@ -61,10 +61,10 @@ Missing optional columns come back as NA. The frame's columns are, in order: ``t
 and ``class``. Empty fields are NA. A file that is not a regular file, is larger than
 ``limit`` (256 MiB), is not UTF-8 (located by line and column), or has no error column is
 refused with :class:`OutboxLogError`, naming the file; so is, located by its line, a row
-with another number of fields than the header (a line cut short), a quoted field that is
-never closed, a field longer than 131,072 characters, and a date that is none of the forms
-above, outside the years 1900 to 2199, or a local time that ``timezone`` skips when its
-clocks go forward. Blank lines are skipped.
+with another number of fields than the header (a line cut short, or a quoted field never
+closed; empty fields beyond the header's are dropped), a field longer than 131,072
+characters, and a date that is none of the forms above, outside the years 1900 to 2199, or
+a local time that ``timezone`` skips when its clocks go forward. Blank lines are skipped.
 
 Patterns
 --------
@@ -674,12 +674,14 @@ def _records(
     text: str, delimiter: str, width: int, positions: dict[str, int], path: Path | str
 ) -> tuple[dict[str, list[str]], npt.NDArray[np.int64]]:
     """The fields of the ``positions`` columns of each data record, and the line each starts on. Blank lines
-    (and records of blank fields only) are skipped; a record of another width than the header's is refused:
-    a line cut short would otherwise import as a mail sent without an error."""
+    (and records of blank fields only) are skipped, and empty fields beyond the header's; a record of another
+    width than the header's is refused: a line cut short would otherwise import as a mail sent without an error."""
     fields: dict[str, list[str]] = {column: [] for column in positions}
     takes = [(fields[column].append, position) for column, position in positions.items()]
     lines: list[int] = []
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    # Quotes are read as leniently as spreadsheets write them (`"Anna, B" <a@example.com>` is one field); a quote
+    # never closed takes the rest of the file into one field, which the count of fields then refuses.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     start = 1
     try:
         next(reader)  # the header
@@ -688,6 +690,8 @@ def _records(
             if not any(field.strip() for field in record):
                 start = reader.line_num + 1
                 continue
+            if len(record) > width and not any(field.strip() for field in record[width:]):
+                del record[width:]  # separators at the end of a line: a common export's habit
             if len(record) != width:
                 raise OutboxLogError(
                     f"outbox log {path}:{start}: {len(record)} field(s) where the header names {width} "
@@ -706,10 +710,6 @@ def _csv_problem(exc: csv.Error) -> str:
     problem = str(exc)
     if "field larger than field limit" in problem:
         return f"a field is longer than {csv.field_size_limit():,} characters"
-    if "unexpected end of data" in problem:
-        return "a quoted field is never closed"
-    if "expected after" in problem:
-        return f"a quote ends a quoted field in the middle ({problem}); a quote inside one is written twice"
     return f"not CSV as written here ({problem})"
 
 

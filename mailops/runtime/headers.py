@@ -209,11 +209,19 @@ def storable(text: str) -> str:
     """``text`` as any database takes it: bytes that were not UTF-8 replaced, NUL dropped, bounded."""
     if text.isascii() and "\x00" not in text:
         return text[:MAX_TEXT]
+    return _as_utf8(text).replace("\x00", "")[:MAX_TEXT]
+
+
+def _as_utf8(text: str) -> str:
+    """``text`` as the parser read it (bytes above ASCII as surrogates) with those bytes read as UTF-8, the ones
+    that are not replaced."""
+    if text.isascii():
+        return text
     try:
         data = text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         data = text.encode("utf-8", "replace")
-    return data.decode("utf-8", "replace").replace("\x00", "")[:MAX_TEXT]
+    return data.decode("utf-8", "replace")
 
 
 def _raw_values(headers: Message | _Fields, name: str) -> list[str]:
@@ -237,7 +245,7 @@ def _text(headers: Message | _Fields, name: str) -> str:
 def _decoded(value: str) -> str:
     """A field's value as text: bytes above ASCII read as UTF-8 (RFC 6532, the invalid ones replaced), encoded
     words (RFC 2047) decoded, unless they are broken; unfolded, storable and bounded."""
-    text = storable(value)
+    text = _as_utf8(value)  # whole: cut only once decoded and unfolded
     if "=?" in text and text.isascii():  # the library writes other characters beside encoded words as escapes
         try:
             text = str(make_header(decode_header(text)))
@@ -248,7 +256,7 @@ def _decoded(value: str) -> str:
 
 def _pairs(headers: Message | _Fields, name: str) -> list[tuple[str, str]]:
     try:
-        return address_pairs([storable(value) for value in _raw_values(headers, name)])
+        return address_pairs([_as_utf8(value) for value in _raw_values(headers, name)])
     except Exception:  # noqa: BLE001
         return []
 
@@ -339,15 +347,15 @@ def _date(headers: Message | _Fields) -> dt.datetime | None:
         utc = value.astimezone(dt.UTC)
     except OverflowError:  # year 9999 west of Greenwich is beyond what a time holds
         return None
-    if not _EARLIEST <= utc <= _LATEST or _EARLY_YEAR.search(text):
+    if not _EARLIEST <= utc <= _LATEST or _EARLY_YEAR.search(text.split("(", 1)[0]):
         return None
     return value
 
 
 # A day from the ends of what a time holds, so that it shows in any zone.
 _EARLIEST, _LATEST = dt.datetime(1, 1, 2, tzinfo=dt.UTC), dt.datetime(9999, 12, 30, tzinfo=dt.UTC)
-# A year of four digits below 1000 (`0001`): the library reads a year below 100 as 19xx or 20xx.
-_EARLY_YEAR = re.compile(r"(?<![0-9+-])0[0-9]{3}(?![0-9])")
+# A year of four digits below 1000 (`Jan 0001`): the library reads a year below 100 as 19xx or 20xx.
+_EARLY_YEAR = re.compile(r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\s+0[0-9]{3}(?![0-9])", re.IGNORECASE)
 
 
 def _answers(headers: Message | _Fields) -> tuple[str, ...]:
