@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-import sqlite3
+import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -118,27 +120,62 @@ def test_times_with_an_offset_are_the_same_rows_in_any_zone(admin_env: Path) -> 
         assert again.exit_code == 0 and "Imported 0 new entries" in again.stdout, again.output
 
 
-def test_two_imports_at_once_store_each_row_once(admin_env: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def import_store(request: pytest.FixtureRequest, admin_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The state URL of an empty store, SQLite's or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{admin_env / 'state.db'}"
+    from sqlalchemy import create_engine, text
+
+    server = request.getfixturevalue("postgres_url").rsplit("/", 1)[0]
+    database = f"imports_{os.getpid()}_{os.urandom(4).hex()}"
+    admin = create_engine(server + "/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {database}"))
+    admin.dispose()
+    monkeypatch.setenv("MAILOPS_STATE_URL", f"{server}/{database}")
+    return f"{server}/{database}"
+
+
+@contextmanager
+def writes_held(url: str) -> Iterator[None]:
+    """Another process holds the outbox, so that two imports started meanwhile both read it before either writes."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        if url.startswith("sqlite"):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.execute(text("LOCK TABLE outbox IN SHARE ROW EXCLUSIVE MODE"))
+        yield
+        connection.commit()
+    engine.dispose()
+
+
+def test_two_imports_at_once_store_each_row_once(admin_env: Path, import_store: str) -> None:
+    from sqlalchemy import create_engine, text
+
     log = admin_env / "log.csv"
     rows = "".join(f"03.11.2026 09:{n % 60:02d};shop@example.com;k{n}@example.org;;;Mail {n};\n" for n in range(2000))
     log.write_text("Datum;From;To;CC;BCC;Subject;Fehler\n" + rows, encoding="utf-8")
     command = [sys.executable, "-m", "mailops", "outbox", "import", str(log)]
     assert subprocess.run(command, capture_output=True).returncode == 0  # the store exists: both only add
     log.write_text("Datum;From;To;CC;BCC;Subject;Fehler\n" + rows.replace("Mail", "Second"), encoding="utf-8")
-    # Another writer holds the store while both start, so that both read it before either writes.
-    with sqlite3.connect(admin_env / "state.db", isolation_level=None) as holder:
-        holder.execute("BEGIN IMMEDIATE")
+    with writes_held(import_store):
         both = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-        time.sleep(3)  # both started and reading (the store's busy timeout, 10 s, outlasts this)
-        holder.execute("COMMIT")
+        time.sleep(3)  # both started and waiting to write (SQLite's busy timeout, 10 s, outlasts this)
     outputs = [process.communicate(timeout=120) for process in both]
     assert [process.returncode for process in both] == [0, 0], outputs
     assert sorted(out for out, _err in outputs) == [
         f"Imported 0 new entries from {log} (marked as imported).\n",
         f"Imported 2000 new entries from {log} (marked as imported).\n",
     ]
-    with sqlite3.connect(admin_env / "state.db") as connection:
-        assert connection.execute("SELECT count(*), count(DISTINCT message_id) FROM outbox").fetchone() == (4000, 4000)
+    engine = create_engine(import_store)
+    with engine.connect() as connection:
+        counted = connection.execute(text("SELECT count(*), count(DISTINCT message_id) FROM outbox")).one()
+    engine.dispose()
+    assert tuple(counted) == (4000, 4000)
 
 
 def test_list_and_export_read_dates_in_the_business_zone_and_order_by_time(admin_env: Path) -> None:

@@ -9,6 +9,7 @@ An attempt is written `queued` before a byte goes to the server, then updated to
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import socket
 from collections.abc import Iterable, Iterator, Sequence
@@ -17,12 +18,13 @@ from enum import StrEnum
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, case, select, update
+from sqlalchemy import bindparam, case, func, select, update
 
 from mailops.state.accounts import aware, utcnow
 from mailops.state.tables import OutboxRow
 
 if TYPE_CHECKING:
+    from sqlalchemy import Table
     from sqlalchemy.orm import Session
 
     from mailops.state.store import StateStore
@@ -97,6 +99,16 @@ def _chunks(items: Iterable[ImportedAttempt], size: int) -> Iterator[list[Import
         yield chunk
 
 
+@functools.cache
+def _import_stage() -> Table:
+    """The temporary table that :meth:`Outbox.record_imported` writes the rows of an import to first: the outbox's
+    columns but its id, without their defaults (:func:`_imported_row` sets what the outbox needs)."""
+    from sqlalchemy import Column, MetaData, Table
+
+    columns = [Column(column.name, column.type) for column in OutboxRow.__table__.columns if column.name != "id"]
+    return Table("outbox_import_stage", MetaData(), *columns, prefixes=["TEMPORARY"])
+
+
 def _imported_row(attempt: ImportedAttempt, now: dt.datetime) -> dict[str, Any]:
     return {
         "created_at": attempt.created_at,
@@ -117,6 +129,7 @@ def _imported_row(attempt: ImportedAttempt, now: dt.datetime) -> dict[str, Any]:
         "enhanced_code": attempt.enhanced_code,
         "error_class": attempt.error_class,
         "remedy": attempt.remedy,
+        "attempt": 1,
     }
 
 
@@ -300,27 +313,37 @@ class Outbox:
 
     def record_imported(self, attempts: Iterable[ImportedAttempt]) -> int:
         """Add another system's finished attempts, marked as imported, in one transaction; how many were new (a
-        row imported before, by its ``key``, is not added again). ``attempts`` is read a chunk at a time, and
-        the keys of one call must differ. Two imports at once take turns, so the second finds the first's rows.
+        row imported before, by its ``key``, is not added again). The keys of one call must differ.
+
+        The rows are first written a chunk at a time to a temporary table of this connection, which locks nothing
+        that another process uses; then one statement under the import lock adds those whose key the outbox does
+        not hold yet. So SQLite's one write lock is held only for that statement, not while the rows are made, and
+        two imports at once take turns: the second finds the first's rows.
         """
-        from sqlalchemy import insert
+        from sqlalchemy import exists, insert
 
         from mailops.state.store import IMPORT_LOCK, lock_writers
 
-        added = 0
-        with self._store.session() as session:
-            lock_writers(session.connection(), IMPORT_LOCK)
-            now = utcnow()
-            for chunk in _chunks(attempts, _IMPORT_CHUNK):
-                keys = [attempt.key for attempt in chunk]
-                query = select(OutboxRow.message_id).where(OutboxRow.source == IMPORTED, OutboxRow.message_id.in_(keys))
-                known = set(session.scalars(query))
-                rows = [_imported_row(attempt, now) for attempt in chunk if attempt.key not in known]
-                if rows:
-                    # render_nulls: a None is a NULL, not a key left out, so that every row is of one batch.
-                    session.execute(insert(OutboxRow).execution_options(render_nulls=True), rows)
-                added += len(rows)
-        return added
+        stage = _import_stage()
+        with self._store.connection() as connection:
+            stage.create(connection, checkfirst=True)  # a connection of the pool may hold one left by a failure
+            connection.execute(stage.delete())
+            try:
+                now = utcnow()
+                for chunk in _chunks(attempts, _IMPORT_CHUNK):
+                    connection.execute(stage.insert(), [_imported_row(attempt, now) for attempt in chunk])
+                connection.commit()
+                lock_writers(connection, IMPORT_LOCK)
+                known = exists().where(OutboxRow.source == IMPORTED, OutboxRow.message_id == stage.c.message_id)
+                added = connection.execute(select(func.count()).select_from(stage).where(~known)).scalar_one()
+                names = [column.name for column in stage.c]  # (drivers differ in the rowcount of INSERT ... SELECT)
+                connection.execute(insert(OutboxRow).from_select(names, select(*stage.c).where(~known)))
+                connection.commit()
+            finally:
+                connection.rollback()
+                stage.drop(connection)
+                connection.commit()
+        return int(added)
 
     def orphans(self) -> list[OutboxEntry]:
         """Attempts left behind: queued by a process that is gone (or silent for an hour), and

@@ -169,8 +169,21 @@ class StateStore:
         except IntegrityError:
             raise  # the lock's race, handled by acquire_lock
         except (SQLAlchemyError, ValueError) as exc:  # ValueError: a record that does not decode
-            detail = redact(_first_line(exc), *self._secrets)
-            raise StateError(f"the state store {self._shown_url} failed: {detail}") from None
+            raise self._failed(exc) from None
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A connection whose transactions the caller commits (what is not committed is rolled back); failures
+        as in :meth:`session`."""
+        try:
+            with self.engine.connect() as connection:
+                yield connection
+        except (SQLAlchemyError, ValueError) as exc:
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: BaseException) -> StateError:
+        detail = redact(_first_line(exc), *self._secrets)
+        return StateError(f"the state store {self._shown_url} failed: {detail}")
 
     # -- accounts -------------------------------------------------------------
 
