@@ -77,9 +77,8 @@ class for the same text.
 from __future__ import annotations
 
 import csv
-import io
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -624,12 +623,13 @@ def read_located_seed_log(path: Path | str, *, timezone: str = "Europe/Berlin", 
         shown = ", ".join(quoted(name.strip()) for name in header)
         raise OutboxLogError(f"outbox log {path}:1: no `Fehler` (or `error`) column; the header has {shown}")
     fields, lines = _records(text, delimiter, len(header), positions, path)
+    del text  # the file's text and each column's list of Python strings go as soon as the frame has them
     frame = pd.DataFrame(index=pd.RangeIndex(len(lines)))
     for column in _OUTPUT[1:]:
-        values = pd.Series(fields[column] if column in fields else "", index=frame.index, dtype="str")
+        values = pd.Series(fields.pop(column) if column in fields else "", index=frame.index, dtype="str")
         frame[column] = values.where(values.str.strip() != "")
     if "time" in fields:
-        times, has_offset = _times(pd.Series(fields["time"], dtype="str"), timezone, path, lines)
+        times, has_offset = _times(pd.Series(fields.pop("time"), dtype="str"), timezone, path, lines)
     else:
         times = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us, UTC]")
         has_offset = np.zeros(len(frame), dtype=bool)
@@ -681,7 +681,7 @@ def _records(
     lines: list[int] = []
     # Quotes are read as leniently as spreadsheets write them (`"Anna, B" <a@example.com>` is one field); a quote
     # never closed takes the rest of the file into one field, which the count of fields then refuses.
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader = csv.reader(_lines(text), delimiter=delimiter)
     start = 1
     try:
         next(reader)  # the header
@@ -704,6 +704,16 @@ def _records(
     except csv.Error as exc:
         raise OutboxLogError(f"outbox log {path}:{start}: {_csv_problem(exc)}") from None
     return fields, np.array(lines, dtype=np.int64)
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of ``text`` with their ends (CRLF, LF or CR), one at a time: a StringIO of the whole file would
+    hold four bytes a character."""
+    for line in _LINE.finditer(text):
+        yield line.group()
+
+
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
 
 
 def _csv_problem(exc: csv.Error) -> str:
