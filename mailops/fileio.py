@@ -14,8 +14,9 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 from mailops.errors import MailopsError
 
@@ -141,7 +142,20 @@ def atomic_write(path: Path | str, data: str | bytes, *, mode: int | None = None
     write_together({Path(path): data}, mode=mode)
 
 
-def write_together(files: Mapping[Path, str | bytes], *, mode: int | None = None, follow_symlinks: bool = True) -> None:
+# Content made piece by piece: it is given the temporary file to write into.
+Writer = Callable[[BinaryIO], None]
+
+
+def atomic_write_from(path: Path | str, writer: Writer, *, mode: int | None = None) -> None:
+    """:func:`atomic_write` of content that ``writer`` writes into the open temporary file, piece by piece:
+    for a file too large to hold in memory. Whatever ``writer`` raises leaves the old file untouched and
+    no temporary file, and is raised as it is (an :class:`OSError` as :class:`FileWriteError`)."""
+    write_together({Path(path): writer}, mode=mode)
+
+
+def write_together(
+    files: Mapping[Path, str | bytes | Writer], *, mode: int | None = None, follow_symlinks: bool = True
+) -> None:
     """Replace each of ``files`` with its data as :func:`atomic_write` does, all of them or none.
 
     Every file is written and synced under a temporary name first; only then are they renamed,
@@ -170,11 +184,10 @@ def write_together(files: Mapping[Path, str | bytes], *, mode: int | None = None
         _fsync_directory(directory)
 
 
-def _stage(path: Path, data: str | bytes, *, mode: int | None, follow_symlinks: bool) -> tuple[str, Path]:
+def _stage(path: Path, data: str | bytes | Writer, *, mode: int | None, follow_symlinks: bool) -> tuple[str, Path]:
     """The new content of ``path`` under a temporary name beside it, synced; (that name, the file to replace)."""
     shown = path
     path = Path(os.path.realpath(path) if follow_symlinks else os.path.abspath(path))
-    payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
         existing: os.stat_result | None = os.stat(path) if follow_symlinks else os.lstat(path)
     except FileNotFoundError:
@@ -195,7 +208,10 @@ def _stage(path: Path, data: str | bytes, *, mode: int | None, follow_symlinks: 
         raise FileWriteError(f"cannot write {shown}: {exc.strerror}") from None
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            handle.write(payload)
+            if callable(data):
+                data(handle)
+            else:
+                handle.write(data.encode("utf-8") if isinstance(data, str) else data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temporary, existing_mode if existing_mode is not None else (mode or _default_mode()))

@@ -7,7 +7,11 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import random
+import resource
+import signal
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +24,7 @@ from sqlalchemy import update
 from typer.testing import CliRunner
 
 from mailops.cli import app
+from mailops.cli import outbox as outbox_cli
 from mailops.outbox import analysis, charts
 from mailops.outbox.analysis import (
     COLUMNS,
@@ -437,6 +442,40 @@ def test_an_export_of_the_cli_loads_as_the_same_frame(example: StateStore, workd
     exported = load_export(out)
     assert_shape(exported)
     pd.testing.assert_frame_equal(exported, load_store(example))
+
+
+@pytest.mark.parametrize("form", ["csv", "parquet"])
+def test_an_export_in_chunks_is_the_same_as_one_at_once(
+    example: StateStore, workdir: Path, form: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chunks of two: some hold no project, no reply or no code at all, and still write those columns typed.
+    monkeypatch.setattr(outbox_cli, "EXPORT_CHUNK", 2)
+    out = workdir / f"outbox.{form}"
+    result = runner.invoke(app, ["outbox", "export", "--out", str(out), "--format", form])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"Wrote 12 entries to {out}.\n"
+    pd.testing.assert_frame_equal(load_export(out), load_store(example))
+    if form == "csv":
+        assert out.read_text(encoding="utf-8").count("id,created_at,") == 1  # one header
+
+
+def test_an_export_that_cannot_finish_leaves_the_old_file(example: StateStore, workdir: Path) -> None:
+    out = workdir / "outbox.csv"
+    out.write_text("the export of yesterday\n")
+    small = 3000  # bytes: the export of the example is larger, so the write fails midway
+
+    def small_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (small, small))
+
+    command = [sys.executable, "-m", "mailops", "outbox", "export", "--out", str(out)]
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, preexec_fn=small_disk, check=False)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"Error: cannot write {out}: File too large; the file is unchanged")
+    assert out.read_text() == "the export of yesterday\n"
+    assert [path.name for path in workdir.iterdir() if path.name.startswith(".outbox.csv")] == []  # no temp file
+    assert runner.invoke(app, ["outbox", "export", "--out", str(out)]).exit_code == 0
+    assert out.stat().st_size > small
 
 
 def test_a_csv_export_marks_formulas_as_text_and_loads_back_unmarked(example: StateStore, workdir: Path) -> None:
