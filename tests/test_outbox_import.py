@@ -178,6 +178,17 @@ def test_two_imports_at_once_store_each_row_once(admin_env: Path, import_store: 
     assert tuple(counted) == (4000, 4000)
 
 
+def test_list_takes_a_known_class_and_refuses_a_typo(admin_env: Path) -> None:
+    log = admin_env / "log.csv"
+    log.write_text(SEED_LOG, encoding="utf-8")
+    assert runner.invoke(app, ["outbox", "import", str(log)]).exit_code == 0
+    full = json.loads(runner.invoke(app, ["outbox", "list", "--class", "mailbox_full", "--json"]).stdout)
+    assert [entry["subject"] for entry in full] == ["Rechnung"]
+    typo = runner.invoke(app, ["outbox", "list", "--class", "mailbox-full"])  # would list nothing, silently
+    assert typo.exit_code == 2
+    assert "'mailbox-full' is none of no_recipient," in " ".join(typo.stderr.split())
+
+
 def test_list_and_export_read_dates_in_the_business_zone_and_order_by_time(admin_env: Path) -> None:
     later, earlier = admin_env / "later.csv", admin_env / "earlier.csv"
     header = "Datum;From;To;Subject;Fehler\n"

@@ -180,6 +180,10 @@ def list_entries(
     from mailops.state.outbox import Outbox, OutboxStatus
 
     check_choice(status, OutboxStatus, "--status")
+    if error_class is not None:
+        from mailops.outbox.classify import CLASSES
+
+        check_choice(error_class, CLASSES, "--class")
     settings, loaded, actor, store = _context(ctx, config_dir)
     with reported_errors(as_json=as_json):
         entries = Outbox(store).entries(
