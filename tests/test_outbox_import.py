@@ -93,6 +93,9 @@ def test_only_an_administrator_imports(admin_env: Path) -> None:
         (b"Datum;Fehler\n01.01.0001 00:00;x\n", "bad.csv:2: Datum `01.01.0001 00:00` is not within the years"),
         (b"Datum;To;Fehler\n01.01.2026;a@example.org;\n01.01.2026;b@exa", "bad.csv:3: 2 field(s) where"),
         (b"Datum;Fehler\n01.01.2026;caf\xe9\n", ":2:"),
+        # An attempt's time is not made up: the import's own time would put it in today's report.
+        (b"Datum;Fehler\n01.01.2026 10:00;x\n;y\n", "bad.csv:3: Datum: no time; an imported attempt needs when"),
+        (b"To;Fehler\na@example.org;x\n", "bad.csv:2: Datum: no time"),
     ],
 )
 def test_a_bad_log_is_refused_and_nothing_is_stored(admin_env: Path, content: bytes, message: str) -> None:

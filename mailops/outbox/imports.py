@@ -22,7 +22,6 @@ import pandas as pd
 from mailops.errors import quoted
 from mailops.outbox.classify import OutboxLogError, SeedLog, read_located_seed_log, remedy
 from mailops.runtime.headers import address_pairs
-from mailops.state.accounts import utcnow
 from mailops.state.outbox import ImportedAttempt, Outbox, OutboxStatus
 
 if TYPE_CHECKING:
@@ -48,7 +47,15 @@ def read_import(path: Path | str, *, timezone: str = "Europe/Berlin") -> SeedLog
         known_zone(timezone)
     except ValueError:
         raise OutboxLogError(f"unknown time zone {quoted(timezone)} (an IANA name such as Europe/Berlin)") from None
-    return read_located_seed_log(path, timezone=timezone)
+    log = read_located_seed_log(path, timezone=timezone)
+    undated = log.frame["time"].isna().to_numpy()
+    if undated.any():  # the outbox keeps when each attempt was made: no time is made up for one
+        line = int(log.lines[undated.argmax()])
+        raise OutboxLogError(
+            f"outbox log {path}:{line}: Datum: no time; an imported attempt needs when it was sent "
+            "(the seed's export has a Datum column)"
+        )
+    return log
 
 
 def imported_attempts(log: SeedLog) -> Iterator[ImportedAttempt]:
@@ -60,7 +67,6 @@ def imported_attempts(log: SeedLog) -> Iterator[ImportedAttempt]:
     The columns are converted a chunk of rows at a time: rows go through Python, not one by one
     through pandas, and no more of them than a chunk at once.
     """
-    now = utcnow()
     seen: Counter[bytes] = Counter()
     for start in range(0, len(log.frame), _CHUNK_ROWS):
         frame = log.frame.iloc[start : start + _CHUNK_ROWS]
@@ -72,7 +78,7 @@ def imported_attempts(log: SeedLog) -> Iterator[ImportedAttempt]:
         rows = zip(
             _texts(written),
             *(_texts(frame[name]) for name in ("from", "to", "cc", "bcc", "subject", "error")),
-            [now if pd.isna(time) else time for time in times.dt.to_pydatetime()],
+            times.dt.to_pydatetime().tolist(),  # every row has one (read_import)
             frame["status"].to_numpy() == OutboxStatus.FAILED.value,
             _texts(frame["class"]),
             frame["smtp_code"].astype("object").where(frame["smtp_code"].notna(), None).tolist(),
