@@ -53,6 +53,16 @@ def _private_tool_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
         os.environ.setdefault(variable, str(root / variable.lower()))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_proxy_from_the_caller() -> None:
+    """The identity providers' HTTPS takes the environment's proxy; the tests' servers are reached directly
+    (a test that wants a proxy sets its own)."""
+    import os
+
+    for variable in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        os.environ.pop(variable, None)
+
+
 @pytest.fixture
 def write_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ConfigWriter:
     """Write a spec into ``./config`` of a fresh working directory; messages then say ``config/…``."""

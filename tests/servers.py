@@ -30,10 +30,13 @@ import logging
 import mailbox
 import os
 import pwd
+import select
 import shutil
 import socket
+import socketserver
 import ssl
 import subprocess
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -513,3 +516,56 @@ class Postgres:
         bin_dir = self.binaries()
         if bin_dir is not None and self.data.exists():
             self._run(str(bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+
+
+class ConnectProxy:
+    """An HTTP proxy on 127.0.0.1 that tunnels CONNECT (as a company's proxy does for HTTPS) and remembers
+    where each tunnel went; it sees the TLS bytes only."""
+
+    def __init__(self) -> None:
+        self.targets: list[str] = []
+        proxy = self
+
+        class Tunnel(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                request = self.rfile.readline(8192).decode("latin-1").split()
+                while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):  # the request's header fields
+                    pass
+                if len(request) != 3 or request[0] != "CONNECT":
+                    self.wfile.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                    return
+                proxy.targets.append(request[1])
+                host, _, port = request[1].rpartition(":")
+                try:
+                    with socket.create_connection((host, int(port)), timeout=10) as upstream:
+                        self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        self.wfile.flush()
+                        _pipe(self.connection, upstream)
+                except OSError:  # either side went away: the tunnel ends, as a proxy's does
+                    pass
+
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Tunnel)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> ConnectProxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _pipe(one: socket.socket, other: socket.socket) -> None:
+    """Copy bytes both ways until either side closes."""
+    while True:
+        readable, _, _ = select.select([one, other], [], [], 30)
+        if not readable:
+            return
+        for source in readable:
+            data = source.recv(65536)
+            if not data:
+                return
+            (other if source is one else one).sendall(data)

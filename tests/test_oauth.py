@@ -28,7 +28,7 @@ from mailops.settings import load_settings
 from mailops.spec import load_spec
 from mailops.state import StateStore
 from mailops.state.tokens import TokenVault, make_key
-from tests.servers import HOST
+from tests.servers import HOST, ConnectProxy, free_port
 
 runner = CliRunner()
 MAILOPS = [sys.executable, "-m", "mailops"]
@@ -464,8 +464,43 @@ def test_an_identity_provider_outage_is_a_connection_failure_not_a_lost_grant(
     assert "the Microsoft identity platform at" in account["error"]
     shown = run("check")
     assert shown.exit_code == 1
-    assert "connect" in shown.stdout and "mailops uses no HTTPS proxy" in shown.stdout
+    assert "connect" in shown.stdout and "through the proxy that HTTPS_PROXY names" in shown.stdout
     assert "Traceback" not in shown.output
+
+
+def test_the_identity_platform_is_reached_through_the_proxy_of_the_environment(
+    oauth_env, mail_servers, idp, new_oauth_account, monkeypatch
+) -> None:
+    """A company network reaches Microsoft and Google only through its proxy: HTTPS_PROXY is taken, and
+    NO_PROXY; inside the tunnel the provider's certificate is checked against MAILOPS_CA_FILE as without it
+    (the system's CAs alone would refuse the local provider's)."""
+    address = new_oauth_account()
+    write_spec(oauth_env, idp, account_yaml(mail_servers, address))
+    assert connect(address, Person(idp, address)).status == "connected"
+    refreshes = idp.refreshes(address)
+    proxy = ConnectProxy().start()
+    try:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        monkeypatch.setenv("NO_PROXY", "mail.example.com")
+        idp.expire_access_tokens(address)
+        checked = run("check")
+        assert checked.exit_code == 0, checked.output
+        assert idp.refreshes(address) == refreshes + 1
+        assert set(proxy.targets) == {f"{idp.host}:{idp.port}"}  # IMAP is no HTTPS: it goes directly
+        tunnels = len(proxy.targets)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        idp.expire_access_tokens(address)
+        assert run("check").exit_code == 0
+        assert idp.refreshes(address) == refreshes + 2 and len(proxy.targets) == tunnels
+    finally:
+        proxy.stop()
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{free_port()}")  # no proxy there
+    monkeypatch.delenv("NO_PROXY")
+    idp.expire_access_tokens(address)
+    shown = run("check")
+    assert shown.exit_code == 1
+    assert "connect" in shown.stdout and "through the proxy that HTTPS_PROXY names" in shown.stdout
+    assert idp.refreshes(address) == refreshes + 2
 
 
 @pytest.mark.parametrize(

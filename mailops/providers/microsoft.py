@@ -124,7 +124,8 @@ class MicrosoftProvider(OAuthProvider):
 UNREACHABLE_REMEDY = (
     "The Microsoft identity platform could not be reached, or it answered with an error: the grant may well be "
     "fine. Check `oauth.microsoft.authority` and `tenant` in defaults.yaml, and that this host reaches the "
-    "authority directly (mailops uses no HTTPS proxy); otherwise try again later."
+    "authority (directly, or through the proxy that HTTPS_PROXY names; NO_PROXY lists the hosts it does not take); "
+    "otherwise try again later."
 )
 
 

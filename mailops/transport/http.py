@@ -2,8 +2,11 @@
 
 msal and google-auth use requests. Its sessions here verify certificates against the
 system's CAs plus MAILOPS_CA_FILE (an adapter with the same SSL context as the mail
-protocols), and ignore proxy and CA variables from the environment: the trust mailops
-is configured with is the trust it uses.
+protocols), and ignore the CA variables of the environment (REQUESTS_CA_BUNDLE and the
+like) and ~/.netrc: the trust mailops is configured with is the trust it uses. A proxy
+is taken from the environment as usual (HTTPS_PROXY, NO_PROXY), since many company
+networks reach the identity providers only through one; inside its tunnel the server's
+certificate is checked as without it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ class _TrustingAdapter(HTTPAdapter):
         kwargs["ssl_context"] = self._context
         super().init_poolmanager(*args, **kwargs)
 
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        proxy_kwargs["ssl_context"] = self._context  # the server's TLS inside the proxy's tunnel
+        return super().proxy_manager_for(proxy, **proxy_kwargs)
+
     def send(
         self,
         request: requests.PreparedRequest,
@@ -37,6 +44,8 @@ class _TrustingAdapter(HTTPAdapter):
         cert: str | tuple[str, str] | None = None,
         proxies: dict[str, str] | None = None,
     ) -> requests.Response:
+        if not proxies:  # the session ignores the environment; its proxy for this URL is taken here
+            proxies = requests.utils.get_environ_proxies(request.url or "")
         # No request waits forever, whatever the library forgot to pass.
         return super().send(request, stream, timeout or TIMEOUT, verify, cert, proxies)
 
@@ -44,6 +53,6 @@ class _TrustingAdapter(HTTPAdapter):
 def https_session(ca_file: Path | None, session: requests.Session | None = None) -> requests.Session:
     """``session`` (or a new one) set up to trust what mailops trusts, and nothing from the environment."""
     session = session or requests.Session()
-    session.trust_env = False  # REQUESTS_CA_BUNDLE and proxies would silently override the trust set here
+    session.trust_env = False  # REQUESTS_CA_BUNDLE would silently override the trust set here (proxies: the adapter)
     session.mount("https://", _TrustingAdapter(ca_file))
     return session
