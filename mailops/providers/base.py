@@ -8,14 +8,15 @@ must consent first and for the credential to log in with. Nothing outside
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, get_args
 
 from mailops.providers.presets import ServerPreset, preset_for
-from mailops.spec.models import Account, OAuthApps
+from mailops.spec.models import Account, OAuthApps, Provider
 from mailops.transport.connection import Credential
 
 if TYPE_CHECKING:
@@ -108,8 +109,8 @@ def register(cls: type[AccountProvider]) -> type[AccountProvider]:
 @cache  # providers hold no state of their own
 def provider_for(name: str) -> AccountProvider:
     """The provider registered as ``name`` (one of the spec's `provider:` values)."""
-    import mailops.providers.google  # noqa: F401 - each module registers its class
-    import mailops.providers.manual  # noqa: F401
-    import mailops.providers.microsoft  # noqa: F401
-
+    if name not in _REGISTRY and name in get_args(Provider):
+        # Each module registers its class; only the one asked for is imported (a spec of manual
+        # accounts needs none of the OAuth libraries).
+        importlib.import_module(f"mailops.providers.{name}")
     return _REGISTRY[name]()

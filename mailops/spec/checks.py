@@ -12,7 +12,6 @@ from pathlib import Path
 from mailops.errors import quoted
 from mailops.fileio import FileReadError, MiB, NotUtf8Error, decode_utf8, read_bytes, regular_file_problem
 from mailops.providers.base import provider_for
-from mailops.spec.htmltemplate import check_html_template
 from mailops.spec.loader import ACCOUNTS_FILE, DEFAULTS_FILE, Report, SpecParts
 from mailops.spec.models import TEMPLATE_VARIABLES, Account, Spec
 from mailops.spec.yamldoc import FieldPath
@@ -148,6 +147,8 @@ def _check_html_template(parts: SpecParts, config_dir: Path, report: Report) -> 
     except NotUtf8Error as exc:
         report.problem(DEFAULTS_FILE, path, f"{relative}:{exc.line}:{exc.column}: {exc}")
         return
+    from mailops.spec.htmltemplate import check_html_template  # here: HTML's parser only for a template
+
     for problem in check_html_template(text):
         where = f"{relative}:{problem}" if problem[:1].isdigit() else f"{relative} {problem}"
         report.problem(DEFAULTS_FILE, path, where)

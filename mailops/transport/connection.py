@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import ssl
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ssl
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class Timeouts:
 @cache
 def client_tls_context(ca_file: Path | None = None) -> ssl.SSLContext:
     """Verifying TLS context: the system's CAs plus ``ca_file`` (for self-hosted servers)."""
+    import ssl  # here: a plan, which connects nowhere, should not pay for it
+
     context = ssl.create_default_context()
     if ca_file is not None:
         context.load_verify_locations(cafile=str(ca_file))
