@@ -392,7 +392,10 @@ def test_a_failed_write_leaves_no_new_file(store: StateStore, workdir: Path, mon
     assert code == 1
     assert "No space left on device" in output
     assert len(staged) == 7  # every CSV was written under a temporary name, then taken away again
-    assert list((workdir / "reports").iterdir()) == []
+    assert not (workdir / "reports").exists()  # made for this report, and taken away with it
+    (workdir / "reports").mkdir()
+    assert report(*MARCH)[0] == 1
+    assert list((workdir / "reports").iterdir()) == []  # one that was there stays
 
 
 def test_a_failed_report_leaves_the_page_and_its_csvs_of_the_last_one(store: StateStore, workdir: Path) -> None:

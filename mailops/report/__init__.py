@@ -16,7 +16,9 @@ account statuses it passes in.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import itertools
 import os
 import zoneinfo
 from collections.abc import Collection, Iterable, Mapping
@@ -250,9 +252,10 @@ def write_report(report: Report, directory: Path) -> Path:
     """Write the page and its CSVs into ``directory`` (made when missing); the page's path.
 
     Everything is rendered and written under temporary names before the first file is
-    replaced, the page last: when a write fails, every file is as it was and
-    :class:`ReportError` (or ``FileWriteError``) says why. A symlink in the directory under
-    one of the files' names is replaced, never followed: the directory may be shared.
+    replaced, the page last: when a write fails, every file is as it was (and the
+    directories made for it are gone again), and :class:`ReportError` (or ``FileWriteError``)
+    says why. A symlink in the directory under one of the files' names is replaced, never
+    followed: the directory may be shared.
     """
     from mailops.fileio import write_together
     from mailops.report.html import render
@@ -260,20 +263,30 @@ def write_report(report: Report, directory: Path) -> Path:
     page = render(report)
     files = {directory / f"{report.stem}-{name}.csv": _csv(table) for name, table in report.tables().items()}
     files[directory / f"{report.stem}.html"] = page.encode("utf-8")
-    _usable_directory(directory)
-    write_together(files, follow_symlinks=False)
+    made = _usable_directory(directory)
+    try:
+        write_together(files, follow_symlinks=False)
+    except BaseException:
+        for path in made:  # innermost first; one that holds something meanwhile stays
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
     return directory / f"{report.stem}.html"
 
 
-def _usable_directory(directory: Path) -> None:
+def _usable_directory(directory: Path) -> list[Path]:
+    """Make ``directory`` when missing, and check that it can be written into; the directories it made,
+    innermost first."""
     if directory.exists() and not directory.is_dir():
         raise ReportError(f"--out {directory} is not a directory")
+    missing = list(itertools.takewhile(lambda path: not path.exists(), [directory, *directory.parents]))
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ReportError(f"cannot make the directory {directory}: {exc.strerror or exc}") from None
     if not os.access(directory, os.W_OK | os.X_OK):
         raise ReportError(f"cannot write into {directory}: permission denied")
+    return missing
 
 
 def _csv(table: pd.DataFrame) -> bytes:
