@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import stat
 import tempfile
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -149,8 +151,33 @@ Writer = Callable[[BinaryIO], None]
 def atomic_write_from(path: Path | str, writer: Writer, *, mode: int | None = None) -> None:
     """:func:`atomic_write` of content that ``writer`` writes into the open temporary file, piece by piece:
     for a file too large to hold in memory. Whatever ``writer`` raises leaves the old file untouched and
-    no temporary file, and is raised as it is (an :class:`OSError` as :class:`FileWriteError`)."""
-    write_together({Path(path): writer}, mode=mode)
+    no temporary file, and is raised as it is (an :class:`OSError` as :class:`FileWriteError`). Such a write
+    may take minutes: a SIGTERM or SIGHUP meanwhile ends the process the same way (exit code 128 + the
+    signal's number), not with the temporary file left behind."""
+    with _signals_as_exit():
+        write_together({Path(path): writer}, mode=mode)
+
+
+@contextlib.contextmanager
+def _signals_as_exit() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise SystemExit while the block runs, so that it cleans up after itself; only where
+    they would end the process anyway (their default action, in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def leave(number: int, _frame: object) -> None:
+        raise SystemExit(128 + number)
+
+    replaced = {}
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(number) is signal.SIG_DFL:
+            replaced[number] = signal.signal(number, leave)
+    try:
+        yield
+    finally:
+        for number, handler in replaced.items():
+            signal.signal(number, handler)
 
 
 def write_together(

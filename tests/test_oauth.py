@@ -28,6 +28,7 @@ from mailops.settings import load_settings
 from mailops.spec import load_spec
 from mailops.state import StateStore
 from mailops.state.tokens import TokenVault, make_key
+from mailops.transport.http import https_session
 from tests.servers import HOST, ConnectProxy, free_port
 
 runner = CliRunner()
@@ -501,6 +502,30 @@ def test_the_identity_platform_is_reached_through_the_proxy_of_the_environment(
     assert shown.exit_code == 1
     assert "connect" in shown.stdout and "through the proxy that HTTPS_PROXY names" in shown.stdout
     assert idp.refreshes(address) == refreshes + 2
+
+
+@pytest.mark.parametrize(
+    "variable, proxy, refused",
+    [
+        # Only HTTPS_PROXY: ALL_PROXY is often a desktop's SOCKS proxy, which mailops does not speak.
+        ("ALL_PROXY", "socks5h://127.0.0.1:1", None),
+        ("HTTPS_PROXY", "socks5://127.0.0.1:1", "HTTPS_PROXY names no HTTP proxy"),
+        # A password with a `/` that is not percent-encoded: the parser's message would show it.
+        ("HTTPS_PROXY", "http://alice:S3cret/Pw@proxy.example:3128", "HTTPS_PROXY is no URL that can be read"),
+    ],
+)
+def test_a_proxy_that_cannot_be_used_is_named_without_its_password(
+    idp, monkeypatch, variable: str, proxy: str, refused: str | None
+) -> None:
+    monkeypatch.setenv(variable, proxy)
+    session = https_session(idp.ca_file)
+    if refused is None:
+        assert session.get(f"{idp.base_url}/google/certs").status_code == 200  # directly
+        return
+    with pytest.raises(requests.exceptions.InvalidProxyURL) as raised:
+        session.get(f"{idp.base_url}/google/certs")
+    assert str(raised.value).startswith(refused)
+    assert "alice" not in str(raised.value) and "S3cret" not in str(raised.value)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -457,6 +458,25 @@ def test_an_export_in_chunks_is_the_same_as_one_at_once(
     pd.testing.assert_frame_equal(load_export(out), load_store(example))
     if form == "csv":
         assert out.read_text(encoding="utf-8").count("id,created_at,") == 1  # one header
+    else:  # pandas reads its own types back: a code is no float (`552.0`), a time keeps its zone
+        types = pd.read_parquet(out).dtypes
+        read_back = (types["retry_of"], types["smtp_code"], str(types["created_at"]))
+        assert read_back == ("Int64", "Int64", "datetime64[us, UTC]")
+
+
+@pytest.mark.parametrize(
+    "accounts, since",
+    [(None, None), ({SHOP}, None), ({SHOP}, at(2, 11)), ({INFO, HIDDEN}, at(4, 0)), (set(), None), (None, at(9, 0))],
+)
+def test_chunks_are_the_entries_a_user_sees_since_a_time_in_the_order_logged(
+    example: StateStore, accounts: set[str] | None, since: dt.datetime | None
+) -> None:
+    outbox = Outbox(example)
+    entries = sorted(outbox.entries(accounts=accounts, since=since), key=lambda entry: entry.id)
+    chunks = list(outbox.chunks(accounts=accounts, since=since, size=2))
+    rows = [dict(zip(chunk, values, strict=True)) for chunk in chunks for values in zip(*chunk.values(), strict=True)]
+    assert rows == [entry.as_dict() for entry in entries]
+    assert all(chunk["id"] for chunk in chunks)  # no empty chunk
 
 
 def test_an_export_that_cannot_finish_leaves_the_old_file(example: StateStore, workdir: Path) -> None:
@@ -476,6 +496,31 @@ def test_an_export_that_cannot_finish_leaves_the_old_file(example: StateStore, w
     assert [path.name for path in workdir.iterdir() if path.name.startswith(".outbox.csv")] == []  # no temp file
     assert runner.invoke(app, ["outbox", "export", "--out", str(out)]).exit_code == 0
     assert out.stat().st_size > small
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_an_export_stopped_midway_leaves_the_old_file_and_no_temporary_one(
+    example: StateStore, workdir: Path, stop: signal.Signals
+) -> None:
+    columns = ", ".join(column.name for column in OutboxRow.__table__.c if column.name != "id")
+    with sqlite3.connect(workdir / "state.db") as database:  # the example's twelve rows, 12 * 2**12 times
+        for _ in range(12):
+            database.execute(f"INSERT INTO outbox ({columns}) SELECT {columns} FROM outbox")
+    out = workdir / "outbox.csv"
+    out.write_text("the export of yesterday\n")
+    command = [sys.executable, "-m", "mailops", "outbox", "export", "--out", str(out)]
+    export = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not [path for path in workdir.iterdir() if path.name.startswith(".outbox.csv.")]:  # writing now
+            assert export.poll() is None, export.communicate()
+            time.sleep(0.01)
+        export.send_signal(stop)
+        _, stderr = export.communicate(timeout=60)
+    finally:
+        export.kill()
+    assert export.returncode == 128 + stop, stderr
+    assert out.read_text() == "the export of yesterday\n"
+    assert [path.name for path in workdir.iterdir() if path.name.startswith(".outbox.csv")] == []
 
 
 def test_a_csv_export_marks_formulas_as_text_and_loads_back_unmarked(example: StateStore, workdir: Path) -> None:

@@ -380,6 +380,9 @@ def _parquet_writer(frames: Iterator[pd.DataFrame]) -> Writer:
     typed = {"id": numbers, "attempt": numbers, "retry_of": numbers, "smtp_code": numbers, "has_raw": pa.bool_()}
     typed |= {"created_at": times, "updated_at": times}
     schema = pa.schema([(name, typed.get(name, pa.string())) for name in _public_columns()])
+    # With pandas' description of the columns, which pandas reads back by (Int64 stays Int64, not float).
+    empty = _export_frame(dict.fromkeys(_public_columns(), []))
+    schema = schema.with_metadata(pa.Schema.from_pandas(empty, preserve_index=False).metadata)
 
     def write(handle: BinaryIO) -> None:
         with pq.ParquetWriter(handle, schema) as writer:

@@ -27,7 +27,7 @@ from mailops.providers.oauth import (
     consent_browser,
 )
 from mailops.spec.models import Account, GoogleApp, OAuthApps
-from mailops.transport.failures import FailureClass, TransportError
+from mailops.transport.failures import PROXY_HINT, FailureClass, TransportError
 
 if TYPE_CHECKING:
     import requests
@@ -39,6 +39,11 @@ TESTING_APP_DAYS = 7
 REVOKED_REMEDY = (
     "Google refused the refresh token: it was revoked, unused for six months, or the password changed (or "
     "the account holds too many tokens for this app). Run `mailops reconnect ADDRESS`."
+)
+UNREACHABLE_REMEDY = (
+    "Google's token endpoint could not be reached, or it answered with an error: the grant may well be fine. "
+    f"Check that this host reaches the OAuth client's token_uri, Google's oauth2.googleapis.com ({PROXY_HINT}); "
+    "otherwise try again later."
 )
 TESTING_APP_REMEDY = (
     'Google refused the refresh token seven days after consent: the OAuth app is in "testing" status, '
@@ -112,7 +117,9 @@ class GoogleProvider(OAuthProvider):
             remedy = TESTING_APP_REMEDY if testing else REVOKED_REMEDY
             raise TransportError(FailureClass.TOKEN, str(exc), protocol="oauth", remedy=remedy) from None
         except GoogleAuthError as exc:  # the token endpoint cannot be reached: the grant may be fine
-            raise TransportError(FailureClass.CONNECT, f"Google token endpoint: {exc}", protocol="oauth") from None
+            raise TransportError(
+                FailureClass.CONNECT, f"Google token endpoint: {exc}", protocol="oauth", remedy=UNREACHABLE_REMEDY
+            ) from None
         return Token(str(credentials.token), credentials.to_json())  # type: ignore[no-untyped-call]
 
 

@@ -26,7 +26,7 @@ from mailops.providers.oauth import (
     consent_browser,
 )
 from mailops.spec.models import Account, MicrosoftApp, OAuthApps
-from mailops.transport.failures import FailureClass, TransportError
+from mailops.transport.failures import PROXY_HINT, FailureClass, TransportError
 
 if TYPE_CHECKING:
     import msal
@@ -124,8 +124,7 @@ class MicrosoftProvider(OAuthProvider):
 UNREACHABLE_REMEDY = (
     "The Microsoft identity platform could not be reached, or it answered with an error: the grant may well be "
     "fine. Check `oauth.microsoft.authority` and `tenant` in defaults.yaml, and that this host reaches the "
-    "authority (directly, or through the proxy that HTTPS_PROXY names; NO_PROXY lists the hosts it does not take); "
-    "otherwise try again later."
+    f"authority ({PROXY_HINT}); otherwise try again later."
 )
 
 

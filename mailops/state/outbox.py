@@ -455,24 +455,37 @@ class Outbox:
     def chunks(
         self, *, accounts: set[str] | None = None, since: dt.datetime | None = None, size: int = 10_000
     ) -> Iterator[dict[str, list[Any]]]:
-        """The attempts in the order they were logged (by id), ``size`` at a time, each chunk read on its own
-        and given as columns: what ``outbox export`` writes, in memory bounded by the chunk, not by the log.
-        The columns are named and hold values as the fields of :class:`OutboxEntry` (``owner`` left out);
-        ``accounts`` as in :meth:`entries`."""
+        """The attempts in the order they were logged (by id), read ``size`` at a time, each chunk on its own: what
+        ``outbox export`` writes, in memory bounded by the chunk, not by the log (an entry that changes while
+        the chunks are read shows as it was when its chunk was). Given as columns, named and holding values as
+        the fields of :class:`OutboxEntry` (``owner`` left out); ``accounts`` as in :meth:`entries`.
+
+        Each chunk is asked for by its ids alone and filtered here: a filter in the query may lead the
+        database to another index than the ids', and each chunk would then read all the rest."""
         if not self._store.exists:
             return
         after = 0
+        if since is not None:  # nothing logged before the first attempt since then is
+            with self._store.session() as session:
+                first = session.scalar(select(func.min(OutboxRow.id)).where(OutboxRow.created_at >= since))
+            if first is None:
+                return
+            after = first - 1
         while True:
             query = _listing().where(OutboxRow.id > after).order_by(OutboxRow.id).limit(size)
-            if accounts is not None:
-                query = query.where(OutboxRow.account.in_(sorted(accounts)))
-            if since is not None:
-                query = query.where(OutboxRow.created_at >= since)
             with self._store.session() as session:
                 result = session.connection().execute(query)  # plain rows: no need of the ORM's bookkeeping
                 names, rows = [str(name) for name in result.keys()], result.all()
             if not rows:
                 return
+            after = rows[-1].id
+            rows = [
+                row
+                for row in rows
+                if (accounts is None or row.account in accounts) and (since is None or aware(row.created_at) >= since)
+            ]
+            if not rows:
+                continue
             columns = dict(zip(names, (list(values) for values in zip(*rows, strict=True)), strict=True))
             chunk = {_ENTRY_FIELD.get(name, name): values for name, values in columns.items() if name != "owner"}
             for name in ("created_at", "updated_at"):
@@ -480,7 +493,6 @@ class Outbox:
             for name in ("to", "cc", "bcc"):
                 chunk[name] = [tuple(value) for value in chunk[name]]
             yield chunk
-            after = chunk["id"][-1]
 
     def entry(self, entry_id: int) -> OutboxEntry | None:
         if not self._store.exists:

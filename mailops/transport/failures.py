@@ -32,6 +32,9 @@ class FailureClass(StrEnum):
     SMTP_AUTH_DISABLED = "smtp_auth_disabled"
 
 
+# How the identity providers are reached (mailops.transport.http), for the remedies of their failures.
+PROXY_HINT = "directly, or through the proxy that HTTPS_PROXY names; NO_PROXY lists the hosts it does not take"
+
 REMEDIES: dict[FailureClass, str] = {
     FailureClass.CONNECT: (
         "The server could not be reached. Check the host name and port in the spec, that the host "

@@ -16,6 +16,8 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from mailops.transport.connection import client_tls_context
 
@@ -45,9 +47,32 @@ class _TrustingAdapter(HTTPAdapter):
         proxies: dict[str, str] | None = None,
     ) -> requests.Response:
         if not proxies:  # the session ignores the environment; its proxy for this URL is taken here
-            proxies = requests.utils.get_environ_proxies(request.url or "")
+            proxies = environment_proxy(request.url or "")
         # No request waits forever, whatever the library forgot to pass.
         return super().send(request, stream, timeout or TIMEOUT, verify, cert, proxies)
+
+
+def environment_proxy(url: str) -> dict[str, str]:
+    """The proxy of the environment for the HTTPS ``url``: HTTPS_PROXY's, unless NO_PROXY lists its host (ALL_PROXY
+    and the like are not taken: a SOCKS proxy there is often a desktop's, which mailops does not speak). A
+    proxy that cannot be used raises :class:`requests.exceptions.InvalidProxyURL`, whose text never holds the
+    proxy's user name or password."""
+    found = requests.utils.get_environ_proxies(url).get("https")
+    if not found:
+        return {}
+    try:
+        parsed = parse_url(found)
+    except LocationParseError:  # its text would show the user name and the password: not passed on
+        raise requests.exceptions.InvalidProxyURL(
+            "HTTPS_PROXY is no URL that can be read (percent-encode `/`, `#`, `@` and `:` in its user name and "
+            "password)"
+        ) from None
+    if parsed.scheme not in (None, "http", "https") or not parsed.host:
+        raise requests.exceptions.InvalidProxyURL(
+            f"HTTPS_PROXY names no HTTP proxy (such as http://proxy.example:3128): scheme {parsed.scheme!r}, "
+            f"host {parsed.host!r}"
+        )
+    return {"https": found}
 
 
 def https_session(ca_file: Path | None, session: requests.Session | None = None) -> requests.Session:
