@@ -509,7 +509,13 @@ def test_an_export_stopped_midway_leaves_the_old_file_and_no_temporary_one(
     out = workdir / "outbox.csv"
     out.write_text("the export of yesterday\n")
     command = [sys.executable, "-m", "mailops", "outbox", "export", "--out", str(out)]
-    export = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def as_a_terminal_would() -> None:  # under nohup the signal is ignored, and so the export would finish
+        signal.signal(stop, signal.SIG_DFL)
+
+    export = subprocess.Popen(
+        command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_a_terminal_would
+    )
     try:
         while not [path for path in workdir.iterdir() if path.name.startswith(".outbox.csv.")]:  # writing now
             assert export.poll() is None, export.communicate()
