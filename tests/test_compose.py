@@ -401,6 +401,18 @@ def test_without_a_template_an_html_body_gets_a_generated_text_part(plain_spec) 
     assert ("template", "none in the defaults") in composed.explanation
 
 
+def test_a_table_is_laid_out_unless_its_layout_would_be_huge(plain_spec) -> None:
+    """inscriptis pads each cell to its column's width: one wide cell over thousands of rows would come to
+    gigabytes of text from a few hundred KB of HTML. Such a table's rows flow instead, a line each."""
+    order = "<table><tr><td>Artikel</td><td>Preis</td></tr><tr><td>Tasse</td><td>4,50 €</td></tr></table>"
+    laid_out = plain_text(parsed(make(plain_spec, acting_user="bob", body=order, html=True)))
+    assert laid_out.startswith("Artikel  Preis\nTasse    4,50 €\n")
+    wide = "<table><tr><td>" + "A" * 120_000 + "</td><td>B</td></tr>" + "<tr><td>x</td><td>y</td></tr>" * 12_000
+    flowing = plain_text(parsed(make(plain_spec, acting_user="bob", body=wide + "</table>", html=True)))
+    assert flowing.startswith("A" * 120_000 + " B\nx y\nx y\n")
+    assert len(flowing) < 200_000  # laid out: 12,001 lines of 120,000 characters
+
+
 def test_without_a_template_cid_images_cannot_be_found(plain_spec) -> None:
     error = failure_of(plain_spec, acting_user="bob", body='<img src="cid:logo.png">', html=True)
     assert error.failure == "file_access" and "html_template" in str(error)

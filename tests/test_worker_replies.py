@@ -758,14 +758,17 @@ def test_a_report_is_read_as_rfc_3464_writes_it() -> None:
     assert delayed is not None and delayed.failed == () and delayed.original_ids() == ("<m-2@example.com>",)
 
 
-def test_a_report_with_more_parts_than_a_report_has_is_not_parsed_and_no_report_is_answered(tmp_path: Path) -> None:
+@pytest.mark.parametrize("end", [b"\r\n", b"\n", b"\r"])
+def test_a_report_with_more_parts_than_a_report_has_is_not_parsed_and_no_report_is_answered(
+    tmp_path: Path, end: bytes
+) -> None:
     """A crafted multipart/report of thousands of empty parts (or nested deep) would hold Python's parser for
     minutes: it is not read as a delivery report, its text is not searched, and, a report still, it gets no
-    auto-reply. Neither does a read receipt."""
+    auto-reply, whatever its lines end in (the parser takes a lone CR too). Neither does a read receipt."""
     head = b"From: MAILER-DAEMON@mx\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
-    wide = head + b"--b\r\n\r\n" * (MAX_MIME_BOUNDARIES + 1) + b"--b--\r\n"
+    wide = head + (b"--b" + end + end) * (MAX_MIME_BOUNDARIES + 1) + b"--b--" + end
     assert read_delivery_report(wide) is None
-    bounded = head + b"--b\r\n\r\n" * (MAX_MIME_BOUNDARIES - 1) + b"--b--\r\n"  # the closing line is one too
+    bounded = head + (b"--b" + end + end) * (MAX_MIME_BOUNDARIES - 1) + b"--b--" + end  # the closing line is one too
     assert read_delivery_report(bounded) is not None
     assert why_not_answer(header_block(wide), frozenset()) == "a report (multipart/report)"
     receipt = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 from html.parser import HTMLParser
+from typing import Any
 from urllib.parse import unquote
 
 
@@ -16,19 +17,48 @@ def text_to_html(text: str) -> str:
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 
+# The most characters a table layout may come to: inscriptis pads every cell to its column's width, so a
+# table's text can grow to its rows times its width (one wide cell and many rows in a few hundred KB of HTML
+# would ask for gigabytes). Beyond this, tables flow: a line per row, the cells one after another.
+MAX_TABLE_LAYOUT = 16 * 1024 * 1024
+_TABLE_ROW = re.compile(r"<tr[\s>/]", re.IGNORECASE)
+
+
 def html_to_text(markup: str) -> str:
     """The text/plain alternative of ``markup``, laid out by inscriptis (tables, lists, line breaks, link targets).
 
     inscriptis pads table cells to a common width; the padding at line ends is removed,
-    and runs of blank lines become one.
+    and runs of blank lines become one. Tables whose layout could exceed :data:`MAX_TABLE_LAYOUT`
+    (their rows times the markup's length bound it) flow instead.
     """
     from inscriptis import get_text  # type: ignore[import-untyped]  # lxml is imported only when a mail is composed
     from inscriptis.model.config import ParserConfig  # type: ignore[import-untyped]
 
-    text = str(get_text(markup, ParserConfig(display_links=True)))
+    if len(_TABLE_ROW.findall(markup)) * len(markup) <= MAX_TABLE_LAYOUT:
+        config = ParserConfig(display_links=True)
+    else:
+        config = _flowing_tables()
+    text = str(get_text(markup, config))
     text = "\n".join(line.rstrip() for line in text.splitlines())
     text = _BLANK_LINES.sub("\n\n", text).strip("\n")
     return text + "\n" if text else ""
+
+
+def _flowing_tables() -> Any:
+    """inscriptis' configuration with tables as text that flows: each row a block, each cell followed by a space."""
+    from inscriptis.css_profiles import CSS_PROFILES  # type: ignore[import-untyped]
+    from inscriptis.html_properties import Display  # type: ignore[import-untyped]
+    from inscriptis.model.config import ParserConfig
+    from inscriptis.model.html_element import HtmlElement  # type: ignore[import-untyped]
+    from inscriptis.model.tag import CustomHtmlTagHandlerMapping  # type: ignore[import-untyped]
+
+    css = CSS_PROFILES["relaxed"].copy()  # inscriptis' default
+    css["tr"] = HtmlElement(display=Display.block)
+    css["td"] = css["th"] = HtmlElement(suffix=" ")
+    unhandled = dict.fromkeys(("table", "tr", "td", "th"))  # no table layout
+    return ParserConfig(
+        css=css, display_links=True, custom_html_tag_handler_mapping=CustomHtmlTagHandlerMapping(unhandled, unhandled)
+    )
 
 
 class _InlineImages(HTMLParser):

@@ -367,5 +367,6 @@ def _answers(headers: Message | _Fields) -> tuple[str, ...]:
 
 def parts_are_bounded(raw: bytes) -> bool:
     """Whether ``raw`` has few enough lines that may be MIME boundaries (see MAX_MIME_BOUNDARIES) to be
-    parsed whole; counted at the speed of a byte search."""
-    return raw.count(b"\n--") <= MAX_MIME_BOUNDARIES
+    parsed whole; counted at the speed of a byte search, after any line end the parser takes (LF and CRLF
+    as `\n--`, a lone CR as `\r--`: a maildir may keep them as a mail arrived)."""
+    return raw.count(b"\n--") + raw.count(b"\r--") <= MAX_MIME_BOUNDARIES
