@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mailops.cli import app
+from mailops.engine.batch import read_batch
 from mailops.state import StateStore
 from tests.servers import HOST
 
@@ -157,6 +158,25 @@ def test_a_batch_merges_its_columns_and_reuses_one_session(engine_env, mail_serv
     refused = run("--as", "alice", "send", "--batch", str(bad))
     assert refused.exit_code == 1
     assert refused.stderr == f"Error: {bad}:2: `subject` uses {{nobody}}, which is no column of the batch\n"
+
+
+@pytest.mark.parametrize("separator", [",", ";", "\t"])
+def test_a_batch_keeps_single_quotes_and_reads_double_ones_as_quoting(tmp_path: Path, separator: str) -> None:
+    """Python's sniffer takes a field in '…' for quoting: only the separator is taken from it."""
+    batch = tmp_path / "mails.csv"
+    rows = [
+        ["to", "subject", "body"],
+        ["kunde@example.org", "'Sommer-Sale' 20%", "Liebe Kundin"],
+        ["kunde@example.org", "'Sommer-Sale'", "'Danke'"],
+        ["kunde@example.org", f'"Preis{separator} 5 ""netto"""', "Hallo"],
+    ]
+    batch.write_text("\n".join(separator.join(row) for row in rows) + "\n", encoding="utf-8")
+    requests = read_batch(batch)
+    assert [(request.subject, request.body) for request in requests] == [
+        ("'Sommer-Sale' 20%", "Liebe Kundin"),
+        ("'Sommer-Sale'", "'Danke'"),
+        (f'Preis{separator} 5 "netto"', "Hallo"),
+    ]
 
 
 # -- failures, classified --------------------------------------------------------------------

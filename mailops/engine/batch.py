@@ -44,11 +44,18 @@ def read_batch(path: Path) -> list[SendRequest]:
     return [_request(path, line, row) for line, row in rows]
 
 
+class _Spreadsheet(csv.excel):
+    """CSV as spreadsheets write it: fields quoted with `"` (doubled inside), with the separator found in the file."""
+
+
 def _csv(path: Path, text: str) -> list[tuple[int, dict[str, str]]]:
+    dialect = _Spreadsheet()
     try:
-        dialect = csv.Sniffer().sniff(text[:8192], delimiters=",;\t")
+        # Only the separator is taken from the sniffer: it takes a field in `'…'` for quoting, and the quotes
+        # of a subject such as 'Sommer-Sale' 20% would be lost.
+        dialect.delimiter = csv.Sniffer().sniff(text[:8192], delimiters=",;\t").delimiter
     except csv.Error:
-        dialect = csv.excel
+        pass
     reader = csv.DictReader(io.StringIO(text), dialect=dialect)
     rows = []
     try:
