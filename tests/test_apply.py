@@ -243,14 +243,17 @@ def test_changing_a_connection_field_verifies_again(engine_env, mail_servers, ne
 
 def test_test_mail_command_round_trip(engine_env, mail_servers, new_account) -> None:
     account, other = new_account(), new_account()
-    spec_files(engine_env, account.yaml(mail_servers))
+    spec_files(engine_env, account.yaml(mail_servers), policies="employees:\n  alice: {name: Alice}\n")
     sent = run("test-mail", account.address, "--wait")
     assert sent.exit_code == 0, sent.output
     assert "arrived in the inbox" in sent.stdout
-    to_other = run("test-mail", account.address, "--to", other.address)
+    # To another address it is sending: someone must act (the spec makes the command line no administrator).
+    nobody = run("test-mail", account.address, "--to", other.address)
+    assert nobody.exit_code == 1 and nobody.stderr.startswith("Error: say who acts: --as EMPLOYEE or MAILOPS_USER")
+    to_other = run("--as", "alice", "test-mail", account.address, "--to", other.address)
     assert to_other.exit_code == 0
     assert len(mail_servers.users.messages(other.address)) == 1
-    refused = run("test-mail", account.address, "--to", "unknown-x@example.com")
+    refused = run("--as", "alice", "test-mail", account.address, "--to", "unknown-x@example.com")
     assert refused.exit_code == 1
     assert "recipient_refused" in refused.stderr
 

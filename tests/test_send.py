@@ -356,6 +356,17 @@ def test_visible_to_limits_sending_and_reading(engine_env, mail_servers, new_acc
     assert hidden.exit_code == 1 and hidden.stderr == f"Error: no outbox entry {entry['id']}\n"
     nobody = run("outbox", "list")
     assert nobody.exit_code == 1 and "say who acts: --as EMPLOYEE or MAILOPS_USER" in nobody.stderr
+    # A test mail goes to any --to: it is sending, and asks the same of who acts.
+    tested = run("--as", "alice", "test-mail", support.address, "--to", recipient)
+    assert tested.exit_code == 0, tested.output
+    for who, refusal in (
+        (["--as", "bob"], f"Error: bob may not send from {support.address} (it is not in its visible_to)\n"),
+        (["--as", "nosuch"], "Error: `nosuch` is not an employee declared under `employees:`\n"),
+        ([], "Error: say who acts: --as EMPLOYEE or MAILOPS_USER"),
+    ):
+        refused = run(*who, "test-mail", support.address, "--to", recipient)
+        assert refused.exit_code == 1 and refused.stderr.startswith(refusal), refused.output
+    assert len(received(mail_servers, recipient)) == 2  # the mail and alice's test mail
 
 
 def test_a_deleted_account_no_longer_sends_but_its_history_stays(engine_env, mail_servers, new_account) -> None:

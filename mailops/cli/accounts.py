@@ -76,7 +76,8 @@ def test_mail(
     settings = settings_of(ctx, config_dir)
     loaded = load_spec_or_exit(settings, as_json=False)
     with reported_errors():
-        result = send_test_mail(loaded, open_store(settings, create=False), settings, address, to=to, wait=wait)
+        store = open_store(settings, create=False)
+        result = send_test_mail(loaded, store, settings, settings.user, address, to=to, wait=wait)
     if result.error is not None:
         typer.echo(f"Test mail from {address} to {result.recipient} failed: {result.error.summary()}", err=True)
         typer.echo(f"Remedy: {result.error.remedy}", err=True)

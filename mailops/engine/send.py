@@ -30,7 +30,7 @@ from email.utils import make_msgid
 from mailops.compose import Composed, ComposeError, SendRequest, TemplateFiles, compose
 from mailops.engine.credentials import credential_context
 from mailops.engine.verify import endpoints, timeouts_of
-from mailops.engine.visibility import Actor, NotAllowed, visible_addresses
+from mailops.engine.visibility import Actor, visible_addresses
 from mailops.errors import MailopsError
 from mailops.providers.base import CredentialContext, provider_for
 from mailops.settings import Settings
@@ -108,7 +108,7 @@ def send_mails(
             if error.failure not in LOGGED_COMPOSE_FAILURES or dry_run:
                 raise
             if error.account is not None and not actor.may_see(error.account.visible_to):
-                raise _not_allowed(actor, error.account.address) from None
+                raise actor.may_not_send_from(error.account.address) from None
             composed.append((request, error))
             continue
         if mail.account.address not in may_send:  # one look at the state store per account, not per mail
@@ -132,14 +132,10 @@ def _required(result: SendResult | None) -> SendResult:
     return result
 
 
-def _not_allowed(actor: Actor, address: str) -> NotAllowed:
-    return NotAllowed(f"{actor.user} may not send from {address} (it is not in its visible_to)")
-
-
 def _check_may_send(store: StateStore, actor: Actor, mail: Composed) -> None:
     account = mail.account
     if not actor.may_see(account.visible_to):
-        raise _not_allowed(actor, account.address)
+        raise actor.may_not_send_from(account.address)
     problem = _not_sending(store, account.address)
     if problem is not None:
         raise MailopsError(problem)

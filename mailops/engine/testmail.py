@@ -6,6 +6,7 @@ import asyncio
 
 from mailops.engine.credentials import credential_context
 from mailops.engine.verify import TestMailResult, recipient_of_test_mail, send_test_mail_now
+from mailops.engine.visibility import acting
 from mailops.errors import MailopsError
 from mailops.providers.base import provider_for
 from mailops.settings import Settings
@@ -16,9 +17,22 @@ from mailops.transport.failures import TransportError
 
 
 def send_test_mail(
-    loaded: LoadedSpec, store: StateStore, settings: Settings, address: str, *, to: str | None, wait: bool
+    loaded: LoadedSpec,
+    store: StateStore,
+    settings: Settings,
+    user: str | None,
+    address: str,
+    *,
+    to: str | None,
+    wait: bool,
 ) -> TestMailResult:
-    """Send a test mail from ``address``; bad input is refused before anything is sent."""
+    """Send a test mail from ``address``; bad input is refused before anything is sent.
+
+    Without ``to`` it goes where `apply`'s test mail goes (the policies' address, or the account itself): a
+    check of the account, which needs no one to act. A mail to another address is sending, and asks what
+    `send` asks: someone who acts (``user``, from --as or MAILOPS_USER; or the administrator where the
+    policies make the command line one) and may send from the account. A named ``user`` is always checked.
+    """
     account = loaded.spec.account(address)
     if account is None:
         raise MailopsError(f"{address!r} is not an account in {loaded.config_dir}")
@@ -31,6 +45,10 @@ def send_test_mail(
             f"--wait looks for the test mail in {account.address}'s own inbox; it cannot check another "
             f"mailbox ({recipient}). Send without --wait, or to {account.address} itself."
         )
+    if user is not None or to is not None:
+        actor = acting(loaded.spec, user)
+        if not actor.may_see(account.visible_to):
+            raise actor.may_not_send_from(account.address)
     try:
         credential = provider.credential(account, credential_context(loaded, settings, store))
     except TransportError as error:

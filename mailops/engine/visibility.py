@@ -37,6 +37,10 @@ class Actor:
         names = set(visible_to)
         return self.admin or not names or self.user in names or bool(self.groups & names)
 
+    def may_not_send_from(self, address: str) -> NotAllowed:
+        """The refusal of a mail from ``address``, an account this actor may not see."""
+        return NotAllowed(f"{self.user} may not send from {address} (it is not in its visible_to)")
+
 
 def acting(spec: Spec, user: str | None) -> Actor:
     """The actor for ``user`` (from --as / MAILOPS_USER)."""
