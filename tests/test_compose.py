@@ -401,6 +401,18 @@ def test_without_a_template_an_html_body_gets_a_generated_text_part(plain_spec) 
     assert ("template", "none in the defaults") in composed.explanation
 
 
+@pytest.mark.parametrize("html", [False, True])
+def test_a_body_with_a_control_character_is_refused_where_it_is(plain_spec, html: bool) -> None:
+    """NUL and the like may not travel in a mail's text (a server may cut it there): refused, with the place."""
+    error = failure_of(plain_spec, acting_user="bob", body="Hallo,\r\nab\x00cd", html=html)
+    assert error.failure == "invalid_body"
+    assert str(error).startswith("the body has the control character U+0000 (NUL) at line 2, column 3;")
+    escape = failure_of(plain_spec, acting_user="bob", body="\x1b[31mrot", html=html)
+    assert "U+001B (ESC) at line 1, column 1" in str(escape)
+    kept = plain_text(parsed(make(plain_spec, acting_user="bob", body="Preis:\t5 €\fSeite 2")))
+    assert kept.startswith("Preis:\t5 €\fSeite 2")
+
+
 def test_a_table_is_laid_out_unless_its_layout_would_be_huge(plain_spec) -> None:
     """inscriptis pads each cell to its column's width: one wide cell over thousands of rows would come to
     gigabytes of text from a few hundred KB of HTML. Such a table's rows flow instead, a line each."""

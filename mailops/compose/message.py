@@ -26,9 +26,10 @@ from pydantic_core import PydanticCustomError
 from mailops.compose.htmlbody import html_to_text, inline_image_names, text_to_html
 from mailops.compose.personal import FIELD_OF, render, values_of, variables_in
 from mailops.errors import MailopsError, quoted
-from mailops.fileio import FileReadError, MiB, NotUtf8Error, decode_utf8, read_bytes
+from mailops.fileio import FileReadError, MiB, NotUtf8Error, decode_utf8, line_and_column, read_bytes
 from mailops.spec.checks import MAX_TEMPLATE_BYTES
 from mailops.spec.models import CONTENT_PLACEHOLDER, Account, Employee, Spec, canonical_address, single_line
+from mailops.spec.yamldoc import describe_character
 
 MAX_ATTACHMENT_BYTES = 25 * MiB
 PREVIEW_CHARACTERS = 200
@@ -42,6 +43,7 @@ Failure = Literal[
     "missing_employee",
     "invalid_address",
     "invalid_header",
+    "invalid_body",
 ]
 
 
@@ -164,7 +166,7 @@ def _compose_for(
         signature_text, origin = spec.defaults.signature, "from the defaults"
     signature = _personal_text("signature", signature_text, origin, employee, notes)
 
-    body = _unix_lines(request.body)
+    body = _checked_body(_unix_lines(request.body))
     closing = [part for part in (greeting, signature) if part]
     template = _template(spec, config_dir, notes, files)
     markup: str | None = None
@@ -397,6 +399,23 @@ def _personal_text(what: str, text: str, origin: str, employee: tuple[str, Emplo
 
 def _unix_lines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+# What text mail may not carry (RFC 5322 §2.3, RFC 2045 §2.7): NUL and the other C0 controls but tab, line
+# feed and form feed (carriage returns are line ends by now), and DEL. A server may cut the mail at a NUL.
+_BODY_CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f]")
+
+
+def _checked_body(body: str) -> str:
+    bad = _BODY_CONTROL.search(body)
+    if bad is not None:
+        line, column = line_and_column(body, bad.start())
+        raise ComposeError(
+            "invalid_body",
+            f"the body has the control character {describe_character(bad.group())} at line {line}, column {column}; "
+            "a mail's text may hold tabs, line breaks and form feeds only",
+        )
+    return body
 
 
 # --- template, inline images, attachments -------------------------------------------
