@@ -413,6 +413,15 @@ def test_a_body_with_a_control_character_is_refused_where_it_is(plain_spec, html
     assert kept.startswith("Preis:\t5 €\fSeite 2")
 
 
+def test_text_nested_deeper_than_the_html_parser_reads_is_kept(plain_spec) -> None:
+    """libxml2 stops at 256 levels, and the text there and after it was gone from the text part (and from the
+    archive's search): deep levels are read, and kept as text."""
+    deep = "<p>Sehr geehrte Kundin,</p>" + "<div>" * 300 + "Ihre Rechnung ist angehängt." + "</div>" * 300
+    text = plain_text(parsed(make(plain_spec, acting_user="bob", body=deep + "<p>Gruß</p>", html=True)))
+    assert text.startswith("Sehr geehrte Kundin,\n")
+    assert "Ihre Rechnung ist angehängt.\n\nGruß\n" in text
+
+
 def test_a_table_is_laid_out_unless_its_layout_would_be_huge(plain_spec) -> None:
     """inscriptis pads each cell to its column's width: one wide cell over thousands of rows would come to
     gigabytes of text from a few hundred KB of HTML. Such a table's rows flow instead, a line each."""

@@ -24,24 +24,60 @@ MAX_TABLE_LAYOUT = 16 * 1024 * 1024
 _TABLE_ROW = re.compile(r"<tr[\s>/]", re.IGNORECASE)
 
 
+# Levels of nesting laid out; what lies deeper is kept as the text of its element at this level. libxml2 stops
+# reading HTML at 256 levels by default, and the text there and after it was lost; inscriptis recurses per level.
+MAX_LAYOUT_DEPTH = 200
+
+
 def html_to_text(markup: str) -> str:
     """The text/plain alternative of ``markup``, laid out by inscriptis (tables, lists, line breaks, link targets).
 
     inscriptis pads table cells to a common width; the padding at line ends is removed,
     and runs of blank lines become one. Tables whose layout could exceed :data:`MAX_TABLE_LAYOUT`
-    (their rows times the markup's length bound it) flow instead.
+    (their rows times the markup's length bound it) flow instead; nesting beyond
+    :data:`MAX_LAYOUT_DEPTH` levels is kept as plain text.
     """
-    from inscriptis import get_text  # type: ignore[import-untyped]  # lxml is imported only when a mail is composed
+    from inscriptis.html_engine import Inscriptis  # type: ignore[import-untyped]  # lxml: only when a mail is composed
     from inscriptis.model.config import ParserConfig  # type: ignore[import-untyped]
 
     if len(_TABLE_ROW.findall(markup)) * len(markup) <= MAX_TABLE_LAYOUT:
         config = ParserConfig(display_links=True)
     else:
         config = _flowing_tables()
-    text = str(get_text(markup, config))
+    tree = _html_tree(markup)
+    text = str(Inscriptis(tree, config).get_text()) if tree is not None else ""
     text = "\n".join(line.rstrip() for line in text.splitlines())
     text = _BLANK_LINES.sub("\n\n", text).strip("\n")
     return text + "\n" if text else ""
+
+
+def _html_tree(markup: str) -> Any:
+    """``markup`` parsed as inscriptis parses it, but deep documents read whole (libxml2's huge_tree) and every
+    element at :data:`MAX_LAYOUT_DEPTH` made its text alone; None for no markup."""
+    from lxml.etree import ParserError  # type: ignore[import-untyped]
+    from lxml.html import HTMLParser as LxmlParser  # type: ignore[import-untyped]
+    from lxml.html import document_fromstring
+
+    markup = markup.strip()
+    if not markup:
+        return None
+    if markup.startswith("<?xml "):
+        markup = markup.split("?>", 1)[-1]
+    parser = LxmlParser(huge_tree=True)
+    try:
+        tree = document_fromstring(markup, parser=parser)
+    except ParserError:  # no element at all: text, as inscriptis reads it
+        tree = document_fromstring("<pre>" + markup + "</pre>", parser=parser)
+    level = [tree]
+    for _ in range(MAX_LAYOUT_DEPTH):
+        level = [child for element in level for child in element]
+    for element in level:
+        if len(element):
+            text = element.text_content()  # C, no recursion: the element's text, its descendants' and their tails
+            for child in list(element):
+                element.remove(child)
+            element.text = text
+    return tree
 
 
 def _flowing_tables() -> Any:
