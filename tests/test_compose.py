@@ -409,8 +409,11 @@ def test_a_body_with_a_control_character_is_refused_where_it_is(plain_spec, html
     assert str(error).startswith("the body has the control character U+0000 (NUL) at line 2, column 3;")
     escape = failure_of(plain_spec, acting_user="bob", body="\x1b[31mrot", html=html)
     assert "U+001B (ESC) at line 1, column 1" in str(escape)
-    kept = plain_text(parsed(make(plain_spec, acting_user="bob", body="Preis:\t5 €\fSeite 2")))
-    assert kept.startswith("Preis:\t5 €\fSeite 2")
+    for character, shown in (("\x85", "U+0085 (next line)"), ("\u2028", "U+2028 (line separator)"), ("\f", "U+000C")):
+        refused = failure_of(plain_spec, acting_user="bob", body=f"a{character}b", html=html)
+        assert f"{shown} at line 1, column 2" in str(refused)  # as in a spec's texts
+    kept = plain_text(parsed(make(plain_spec, acting_user="bob", body="Preis:\t5 €\r\nSumme: 5 €")))
+    assert kept.startswith("Preis:\t5 €\nSumme: 5 €\n")
 
 
 def test_text_nested_deeper_than_the_html_parser_reads_is_kept(plain_spec) -> None:

@@ -28,7 +28,15 @@ from mailops.compose.personal import FIELD_OF, render, values_of, variables_in
 from mailops.errors import MailopsError, quoted
 from mailops.fileio import FileReadError, MiB, NotUtf8Error, decode_utf8, line_and_column, read_bytes
 from mailops.spec.checks import MAX_TEMPLATE_BYTES
-from mailops.spec.models import CONTENT_PLACEHOLDER, Account, Employee, Spec, canonical_address, single_line
+from mailops.spec.models import (
+    CONTENT_PLACEHOLDER,
+    Account,
+    Employee,
+    Spec,
+    canonical_address,
+    control_in_text,
+    single_line,
+)
 from mailops.spec.yamldoc import describe_character
 
 MAX_ATTACHMENT_BYTES = 25 * MiB
@@ -401,19 +409,16 @@ def _unix_lines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-# What text mail may not carry (RFC 5322 §2.3, RFC 2045 §2.7): NUL and the other C0 controls but tab, line
-# feed and form feed (carriage returns are line ends by now), and DEL. A server may cut the mail at a NUL.
-_BODY_CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f]")
-
-
 def _checked_body(body: str) -> str:
-    bad = _BODY_CONTROL.search(body)
+    """``body`` (its line ends made LF) when it holds no character that a spec's text may not hold either (a
+    server may cut a mail at a NUL; RFC 5322 and 2045 allow no controls in text); else where the first is."""
+    bad = control_in_text(body)
     if bad is not None:
         line, column = line_and_column(body, bad.start())
         raise ComposeError(
             "invalid_body",
             f"the body has the control character {describe_character(bad.group())} at line {line}, column {column}; "
-            "a mail's text may hold tabs, line breaks and form feeds only",
+            "a mail's text may hold tabs and line breaks only",
         )
     return body
 

@@ -67,9 +67,14 @@ def single_line(value: str) -> str:
     return value
 
 
+def control_in_text(value: str) -> re.Match[str] | None:
+    """The first character that :func:`multi_line` text may not hold, or None."""
+    return _CONTROL_IN_TEXT.search(value)
+
+
 def multi_line(value: str) -> str:
     """Text that may span lines (``\\n``) and hold tabs, but no other control character."""
-    bad = _CONTROL_IN_TEXT.search(value)
+    bad = control_in_text(value)
     if bad is not None:
         hint = "; write a line break as \\n" if bad.group() == "\r" else ""
         raise _refuse(bad.group(), hint)
