@@ -177,9 +177,11 @@ def _give_to_nobody(path: Path) -> None:
         return
     nobody = pwd.getpwnam("nobody")
     for directory, _dirs, files in os.walk(path):
-        os.chown(directory, nobody.pw_uid, nobody.pw_gid)
-        for name in files:
-            os.chown(os.path.join(directory, name), nobody.pw_uid, nobody.pw_gid)
+        for entry in (directory, *(os.path.join(directory, name) for name in files)):
+            try:
+                os.chown(entry, nobody.pw_uid, nobody.pw_gid)
+            except FileNotFoundError:  # a delivery on the server's thread renamed its tmp/ file meanwhile
+                pass
 
 
 # Dovecot's checkpassword passdb runs this (as user dovecot) for XOAUTH2/OAUTHBEARER logins the
