@@ -788,7 +788,9 @@ def test_a_message_of_heavy_html_has_a_bounded_share_of_it_converted(tmp_path: P
 
     converted: list[int] = []
     convert = htmlbody.html_to_text
-    monkeypatch.setattr(htmlbody, "html_to_text", lambda html: converted.append(len(html)) or convert(html))
+    monkeypatch.setattr(
+        htmlbody, "html_to_text", lambda html, **options: converted.append(len(html)) or convert(html, **options)
+    )
     tags = "<table><tr>" + "<td></td>" * 100_000 + "</tr></table>"
     parts = [f"Content-Type: text/html; charset=utf-8\r\n\r\n{tags}\r\n" for _ in range(3)]
     parts.append("Content-Type: text/plain; charset=utf-8\r\n\r\nfind me too\r\n")
@@ -798,6 +800,19 @@ def test_a_message_of_heavy_html_has_a_bounded_share_of_it_converted(tmp_path: P
     [heavy] = store.put_many([raw])
     assert "find me too" in message_text(store, heavy)
     assert 0 < sum(converted) <= MAX_CONVERTED_HTML < 3 * len(tags)
+
+
+def test_a_received_table_is_read_without_its_layout(tmp_path: Path) -> None:
+    """A cell of many lines beside a wide one lays out as their product (inscriptis pads both ways): HTML from
+    anywhere is read with its tables flowing, in time and memory that follow its length."""
+    tall = "<br>".join(["x"] * 3000)
+    html = f"<table><tr><td>{'A' * 3000}</td><td>{tall}</td></tr></table>"
+    raw = ("Subject: t\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + html).encode()
+    store = RawStore(tmp_path)
+    [table] = store.put_many([raw])
+    text = message_text(store, table)
+    assert "A" * 3000 in text and text.count("x") == 3000
+    assert len(text) < 20_000  # laid out: 3,000 lines of 3,000 characters
 
 
 def test_own_addresses_include_aliases(example_config) -> None:

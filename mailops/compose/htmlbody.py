@@ -27,25 +27,30 @@ _TABLE_ROW = re.compile(r"<tr[\s>/]", re.IGNORECASE)
 # Levels of nesting laid out; what lies deeper is kept as the text of its element at this level. libxml2 stops
 # reading HTML at 256 levels by default, and the text there and after it was lost; inscriptis recurses per level.
 MAX_LAYOUT_DEPTH = 200
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # but tab and line feed
 
 
-def html_to_text(markup: str) -> str:
+def html_to_text(markup: str, *, layout_tables: bool = True) -> str:
     """The text/plain alternative of ``markup``, laid out by inscriptis (tables, lists, line breaks, link targets).
 
-    inscriptis pads table cells to a common width; the padding at line ends is removed,
-    and runs of blank lines become one. Tables whose layout could exceed :data:`MAX_TABLE_LAYOUT`
-    (their rows times the markup's length bound it) flow instead; nesting beyond
-    :data:`MAX_LAYOUT_DEPTH` levels is kept as plain text.
+    inscriptis pads table cells to a common width (and height); the padding at line ends is removed,
+    and runs of blank lines become one. Tables flow instead where ``layout_tables`` is off (HTML
+    from anywhere: a cell of many lines beside a wide one lays out as their product), or where
+    their layout could exceed :data:`MAX_TABLE_LAYOUT` (their rows times the markup's length
+    bound it for the common cases). Nesting beyond :data:`MAX_LAYOUT_DEPTH` levels is kept as
+    plain text. Control characters that entities spell (``&#x1b;``) are left out: text mail
+    carries none.
     """
     from inscriptis.html_engine import Inscriptis  # type: ignore[import-untyped]  # lxml: only when a mail is composed
     from inscriptis.model.config import ParserConfig  # type: ignore[import-untyped]
 
-    if len(_TABLE_ROW.findall(markup)) * len(markup) <= MAX_TABLE_LAYOUT:
+    if layout_tables and len(_TABLE_ROW.findall(markup)) * len(markup) <= MAX_TABLE_LAYOUT:
         config = ParserConfig(display_links=True)
     else:
         config = _flowing_tables()
     tree = _html_tree(markup)
     text = str(Inscriptis(tree, config).get_text()) if tree is not None else ""
+    text = _CONTROL.sub("", text)
     text = "\n".join(line.rstrip() for line in text.splitlines())
     text = _BLANK_LINES.sub("\n\n", text).strip("\n")
     return text + "\n" if text else ""
@@ -54,6 +59,7 @@ def html_to_text(markup: str) -> str:
 def _html_tree(markup: str) -> Any:
     """``markup`` parsed as inscriptis parses it, but deep documents read whole (libxml2's huge_tree) and every
     element at :data:`MAX_LAYOUT_DEPTH` made its text alone; None for no markup."""
+    from inscriptis import RE_STRIP_XML_DECLARATION  # type: ignore[import-untyped]
     from lxml.etree import ParserError  # type: ignore[import-untyped]
     from lxml.html import HTMLParser as LxmlParser  # type: ignore[import-untyped]
     from lxml.html import document_fromstring
@@ -62,7 +68,7 @@ def _html_tree(markup: str) -> Any:
     if not markup:
         return None
     if markup.startswith("<?xml "):
-        markup = markup.split("?>", 1)[-1]
+        markup = RE_STRIP_XML_DECLARATION.sub("", markup, count=1)
     parser = LxmlParser(huge_tree=True)
     try:
         tree = document_fromstring(markup, parser=parser)

@@ -121,7 +121,7 @@ def _texts(message: object) -> Iterator[str]:
                 continue
             content = content[:html_left]
             html_left -= len(content)
-            yield html_to_text(content)
+            yield html_to_text(content, layout_tables=False)  # HTML from anywhere: no layout to blow up
         else:
             yield content
         read += len(content)
