@@ -250,6 +250,8 @@ def test_test_mail_command_round_trip(engine_env, mail_servers, new_account) -> 
     # To another address it is sending: someone must act (the spec makes the command line no administrator).
     nobody = run("test-mail", account.address, "--to", other.address)
     assert nobody.exit_code == 1 and nobody.stderr.startswith("Error: say who acts: --as EMPLOYEE or MAILOPS_USER")
+    itself = run("test-mail", account.address, "--to", account.address, "--wait")  # to itself: a check
+    assert itself.exit_code == 0, itself.output
     to_other = run("--as", "alice", "test-mail", account.address, "--to", other.address)
     assert to_other.exit_code == 0
     assert len(mail_servers.users.messages(other.address)) == 1

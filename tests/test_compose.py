@@ -414,6 +414,9 @@ def test_a_body_with_a_control_character_is_refused_where_it_is(plain_spec, html
         assert f"{shown} at line 1, column 2" in str(refused)  # as in a spec's texts
     kept = plain_text(parsed(make(plain_spec, acting_user="bob", body="Preis:\t5 €\r\nSumme: 5 €")))
     assert kept.startswith("Preis:\t5 €\nSumme: 5 €\n")
+    # In HTML an entity may spell one: the text part made from it leaves it out.
+    spelled = plain_text(parsed(make(plain_spec, acting_user="bob", body="<p>a&#x1b;[31mb&#1;c</p>", html=True)))
+    assert spelled.startswith("a[31mbc\n")
 
 
 def test_text_nested_deeper_than_the_html_parser_reads_is_kept(plain_spec) -> None:

@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mailops.cli import app
-from mailops.engine.batch import read_batch
+from mailops.engine.batch import BatchError, read_batch
 from mailops.state import StateStore
 from tests.servers import HOST
 
@@ -168,15 +168,33 @@ def test_a_batch_keeps_single_quotes_and_reads_double_ones_as_quoting(tmp_path: 
         ["to", "subject", "body"],
         ["kunde@example.org", "'Sommer-Sale' 20%", "Liebe Kundin"],
         ["kunde@example.org", "'Sommer-Sale'", "'Danke'"],
-        ["kunde@example.org", f'"Preis{separator} 5 ""netto"""', "Hallo"],
+        ["kunde@example.org", "Preis", f'"5{separator} ""netto"""'],
     ]
     batch.write_text("\n".join(separator.join(row) for row in rows) + "\n", encoding="utf-8")
     requests = read_batch(batch)
     assert [(request.subject, request.body) for request in requests] == [
         ("'Sommer-Sale' 20%", "Liebe Kundin"),
         ("'Sommer-Sale'", "'Danke'"),
-        (f'Preis{separator} 5 "netto"', "Hallo"),
+        ("Preis", f'5{separator} "netto"'),
     ]
+
+
+def test_a_batch_row_with_a_control_character_is_named_by_its_line(tmp_path: Path) -> None:
+    batch = tmp_path / "mails.csv"
+    batch.write_text(
+        'to,subject,body,name\nkunde@example.org,Hallo,"Liebe {name},\r\nalles gut",Ann\n'
+        "kunde@example.org,Hallo {name},Hi,B\x1bo\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(BatchError) as raised:
+        read_batch(batch)
+    # The second row spans lines 2 and 3: the third starts on line 4.
+    assert (
+        str(raised.value) == f"{batch}:4: `subject` has the control character U+001B (ESC), which a mail may not carry"
+    )
+    batch.write_text("to,subject,body\nkunde@example.org,Hallo,a\x00b\n", encoding="utf-8")
+    with pytest.raises(BatchError, match=r":2: `body` has the control character U\+0000 \(NUL\)"):
+        read_batch(batch)
 
 
 # -- failures, classified --------------------------------------------------------------------

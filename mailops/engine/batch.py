@@ -21,6 +21,8 @@ from typing import Any
 from mailops.compose import SendRequest
 from mailops.errors import MailopsError, printable
 from mailops.fileio import FileReadError, read_text
+from mailops.spec.models import control_in_line, control_in_text
+from mailops.spec.yamldoc import describe_character
 
 MAX_BATCH_BYTES = 256 * 1024 * 1024
 KNOWN = frozenset({"to", "cc", "bcc", "subject", "body", "html", "project", "attach"})
@@ -111,12 +113,24 @@ def _request(path: Path, line: int, row: dict[str, str]) -> SendRequest:
     if html not in ("", "true", "false", "yes", "no", "1", "0"):
         raise BatchError(f"{path}:{line}: `html` is {html!r}; write true or false")
     is_html = html in ("true", "yes", "1")
+    subject = _merge(path, line, "subject", row["subject"], fields)
+    body = _merge(path, line, "body", row["body"], fields, escape=is_html)
+    # Told here, with the batch's line: the mail would refuse them too, but not say which row holds them.
+    for name, bad in (
+        ("subject", control_in_line(subject)),
+        ("body", control_in_text(body.replace("\r\n", "\n").replace("\r", "\n"))),
+    ):
+        if bad is not None:
+            raise BatchError(
+                f"{path}:{line}: `{name}` has the control character {describe_character(bad.group())}, which a "
+                "mail may not carry"
+            )
     return SendRequest(
         to=_addresses(row.get("to", "")),
         cc=_addresses(row.get("cc", "")),
         bcc=_addresses(row.get("bcc", "")),
-        subject=_merge(path, line, "subject", row["subject"], fields),
-        body=_merge(path, line, "body", row["body"], fields, escape=is_html),
+        subject=subject,
+        body=body,
         html=is_html,
         attachments=tuple(_attachment(path, line, item) for item in row.get("attach", "").split(";") if item.strip()),
         project=row.get("project", "").strip() or None,

@@ -28,8 +28,8 @@ def send_test_mail(
 ) -> TestMailResult:
     """Send a test mail from ``address``; bad input is refused before anything is sent.
 
-    Without ``to`` it goes where `apply`'s test mail goes (the policies' address, or the account itself): a
-    check of the account, which needs no one to act. A mail to another address is sending, and asks what
+    To the account itself, or where `apply`'s test mail goes (the policies' address; the default of ``to``),
+    it is a check of the account, which needs no one to act. A mail to another address is sending, and asks what
     `send` asks: someone who acts (``user``, from --as or MAILOPS_USER; or the administrator where the
     policies make the command line one) and may send from the account. A named ``user`` is always checked.
     """
@@ -39,13 +39,14 @@ def send_test_mail(
     provider = provider_for(account.provider)
     if to is not None and address_key(to) is None:
         raise MailopsError(f"--to {to!r} is not a valid e-mail address")
-    recipient = canonical_address(to) if to else recipient_of_test_mail(account, loaded.spec.policies.test_mail.to)
+    usual = recipient_of_test_mail(account, loaded.spec.policies.test_mail.to)
+    recipient = canonical_address(to) if to else usual
     if wait and address_key(recipient) != account.address.lower():
         raise MailopsError(
             f"--wait looks for the test mail in {account.address}'s own inbox; it cannot check another "
             f"mailbox ({recipient}). Send without --wait, or to {account.address} itself."
         )
-    if user is not None or to is not None:
+    if user is not None or address_key(recipient) not in (address_key(usual), account.address.lower()):
         actor = acting(loaded.spec, user)
         if not actor.may_see(account.visible_to):
             raise actor.may_not_send_from(account.address)

@@ -59,9 +59,14 @@ def _refuse(character: str, hint: str) -> PydanticCustomError:
     )
 
 
+def control_in_line(value: str) -> re.Match[str] | None:
+    """The first character that :func:`single_line` text may not hold, or None."""
+    return _CONTROL.search(value)
+
+
 def single_line(value: str) -> str:
     """Text for one line of a header or a server command: no control characters at all."""
-    bad = _CONTROL.search(value)
+    bad = control_in_line(value)
     if bad is not None:
         raise _refuse(bad.group(), "; this value must be a single line")
     return value
