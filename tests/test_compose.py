@@ -426,6 +426,12 @@ def test_text_nested_deeper_than_the_html_parser_reads_is_kept(plain_spec) -> No
     text = plain_text(parsed(make(plain_spec, acting_user="bob", body=deep + "<p>Gruß</p>", html=True)))
     assert text.startswith("Sehr geehrte Kundin,\n")
     assert "Ihre Rechnung ist angehängt.\n\nGruß\n" in text
+    # Deeper than libxml2 reads at all (2048 levels): the document's text alone, scripts left out.
+    deeper = deep.replace("<div>" * 300, "<div>" * 3000).replace("</div>" * 300, "</div>" * 3000)
+    body = deeper + "<script>var hidden = 1</script><p>Gruß</p>"
+    text = plain_text(parsed(make(plain_spec, acting_user="bob", body=body, html=True)))
+    assert text.startswith("Sehr geehrte Kundin, Ihre Rechnung ist angehängt. Gruß")
+    assert "hidden" not in text
 
 
 def test_a_table_is_laid_out_unless_its_layout_would_be_huge(plain_spec) -> None:

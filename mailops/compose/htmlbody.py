@@ -74,6 +74,13 @@ def _html_tree(markup: str) -> Any:
         tree = document_fromstring(markup, parser=parser)
     except ParserError:  # no element at all: text, as inscriptis reads it
         tree = document_fromstring("<pre>" + markup + "</pre>", parser=parser)
+    if any(error.type_name == "ERR_RESOURCE_LIMIT" for error in parser.error_log):
+        # Deeper than libxml2 reads even so (2048 levels): it stopped there, and the rest would be lost (a
+        # mail could hide text from the archive's search). Its text alone, read by a parser that keeps no tree.
+        stripper = _TextOnly()
+        stripper.feed(markup)
+        stripper.close()
+        tree = document_fromstring("<pre>" + html.escape(" ".join(stripper.texts)) + "</pre>", parser=LxmlParser())
     level = [tree]
     for _ in range(MAX_LAYOUT_DEPTH):
         level = [child for element in level for child in element]
@@ -101,6 +108,18 @@ def _flowing_tables() -> Any:
     return ParserConfig(
         css=css, display_links=True, custom_html_tag_handler_mapping=CustomHtmlTagHandlerMapping(unhandled, unhandled)
     )
+
+
+class _TextOnly(HTMLParser):
+    """The texts of a document, in order, but those of scripts and styles; at any depth (it keeps no tree)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.texts: list[str] = []
+
+    def handle_data(self, data: str) -> None:
+        if self.cdata_elem is None and data.strip():  # cdata_elem: inside <script> or <style>
+            self.texts.append(" ".join(data.split()))
 
 
 class _InlineImages(HTMLParser):
