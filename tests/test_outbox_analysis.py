@@ -25,8 +25,7 @@ from sqlalchemy import update
 from typer.testing import CliRunner
 
 from mailops.cli import app
-from mailops.cli import outbox as outbox_cli
-from mailops.outbox import analysis, charts
+from mailops.outbox import analysis, charts, exports
 from mailops.outbox.analysis import (
     COLUMNS,
     FORMULA_START,
@@ -450,7 +449,7 @@ def test_an_export_in_chunks_is_the_same_as_one_at_once(
     example: StateStore, workdir: Path, form: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Chunks of two: some hold no project, no reply or no code at all, and still write those columns typed.
-    monkeypatch.setattr(outbox_cli, "EXPORT_CHUNK", 2)
+    monkeypatch.setattr(exports, "EXPORT_CHUNK", 2)
     out = workdir / f"outbox.{form}"
     result = runner.invoke(app, ["outbox", "export", "--out", str(out), "--format", form])
     assert result.exit_code == 0, result.output

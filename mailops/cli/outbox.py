@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -21,13 +21,8 @@ from mailops.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    import pandas as pd
-
     from mailops.engine.send import SendResult
     from mailops.engine.visibility import Actor
-    from mailops.fileio import Writer
     from mailops.settings import Settings
     from mailops.spec import LoadedSpec
     from mailops.state.outbox import OutboxEntry
@@ -309,9 +304,6 @@ def retry(ctx: typer.Context, config_dir: Path | None = ConfigDirOption) -> None
         raise typer.Exit(1)
 
 
-EXPORT_CHUNK = 10_000  # entries read, and written, at a time by `outbox export`
-
-
 @outbox_app.command()
 def export(
     ctx: typer.Context,
@@ -323,79 +315,16 @@ def export(
     config_dir: Path | None = ConfigDirOption,
 ) -> None:
     """Write the outbox log (what this user may see) as CSV or Parquet, for analysis."""
-    from mailops.fileio import atomic_write_from
-    from mailops.state.outbox import Outbox
+    from mailops.outbox.exports import write_export
 
     if format not in ("csv", "parquet"):
         fail("--format is csv or parquet")
     settings, loaded, actor, store = _context(ctx, config_dir)
-    written = 0
-
-    def frames() -> Iterator[pd.DataFrame]:
-        nonlocal written
-        # In the order the log was written, a chunk at a time: the log may not fit in memory.
-        visible, start = _visible(loaded, store, actor), _in_zone(since, settings)
-        for columns in Outbox(store).chunks(accounts=visible, since=start, size=EXPORT_CHUNK):
-            written += len(columns["id"])
-            yield _export_frame(columns)
-
     with reported_errors():
-        atomic_write_from(out, _csv_writer(frames()) if format == "csv" else _parquet_writer(frames()))
+        written = write_export(
+            store, out, form=format, accounts=_visible(loaded, store, actor), since=_in_zone(since, settings)
+        )
     typer.echo(f"Wrote {written} entr{'y' if written == 1 else 'ies'} to {out}.")
-
-
-def _export_frame(columns: dict[str, list[Any]]) -> pd.DataFrame:
-    """The columns of a chunk of :meth:`Outbox.chunks` as the export's rows."""
-    import pandas as pd
-
-    columns = dict(columns)
-    for key in ("to", "cc", "bcc"):
-        columns[key] = ["; ".join(addresses) for addresses in columns[key]]
-    frame = pd.DataFrame(columns, columns=_public_columns())
-    for column in ("retry_of", "smtp_code"):  # numbers, some missing: not floats (`552.0`)
-        frame[column] = frame[column].astype("Int64")
-    return frame
-
-
-def _csv_writer(frames: Iterator[pd.DataFrame]) -> Writer:
-    from mailops.outbox.analysis import spreadsheet_csv
-
-    def write(handle: BinaryIO) -> None:
-        header = True
-        for frame in frames:  # opened in spreadsheets too: text that would run as a formula is marked as text
-            handle.write(spreadsheet_csv(frame, header=header).encode("utf-8"))
-            header = False
-        if header:  # no entry: the header alone
-            handle.write(spreadsheet_csv(_export_frame(dict.fromkeys(_public_columns(), []))).encode("utf-8"))
-
-    return write
-
-
-def _parquet_writer(frames: Iterator[pd.DataFrame]) -> Writer:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    # One schema for every chunk: a chunk where a column happens to be empty must not make it untyped.
-    times, numbers = pa.timestamp("us", tz="UTC"), pa.int64()
-    typed = {"id": numbers, "attempt": numbers, "retry_of": numbers, "smtp_code": numbers, "has_raw": pa.bool_()}
-    typed |= {"created_at": times, "updated_at": times}
-    schema = pa.schema([(name, typed.get(name, pa.string())) for name in _public_columns()])
-    # With pandas' description of the columns, which pandas reads back by (Int64 stays Int64, not float).
-    empty = _export_frame(dict.fromkeys(_public_columns(), []))
-    schema = schema.with_metadata(pa.Schema.from_pandas(empty, preserve_index=False).metadata)
-
-    def write(handle: BinaryIO) -> None:
-        with pq.ParquetWriter(handle, schema) as writer:
-            for frame in frames:  # a row group per chunk
-                writer.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False))
-
-    return write
-
-
-def _public_columns() -> list[str]:
-    from mailops.state.outbox import OutboxEntry
-
-    return [name for name in OutboxEntry.__dataclass_fields__ if name not in ("has_raw", "owner")]
 
 
 @outbox_app.command("import")
